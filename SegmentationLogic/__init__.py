@@ -1,0 +1,28 @@
+"""TotalSegmentator-exact segmentation engine (no Qt): CLI, Python API and Slicer import.
+
+Python API (heavy dependencies are imported on first use, so `import SegmentationLogic`
+is cheap enough for Slicer start-up):
+
+    from SegmentationLogic import segment
+    result = segment("ct.nii.gz", task="total", quality="fast")    # arrays in memory
+    result.labelmap       # nibabel image, official label values
+    result.class_map      # {value: class name}
+
+See README.md for the CLI (`python -m SegmentationLogic --help`).
+"""
+__version__ = "0.1.0"
+
+from .errors import SegmentationError  # noqa: F401
+
+
+def __getattr__(name):
+    # Lazy public API: keeps torch/nnU-Net out of `import SegmentationLogic`.
+    if name in ("segment", "SegmentationResult"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("load_catalogue",):
+        from . import catalogue
+
+        return getattr(catalogue, name)
+    raise AttributeError(name)

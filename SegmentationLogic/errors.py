@@ -1,0 +1,72 @@
+"""Errors a user can act on.
+
+Every error the engine raises on purpose is a `SegmentationError` with a one-line cause
+and a fix. The CLI prints both, the progress protocol sends them as an `error` event,
+and the Slicer module shows them in a dialog, so no user ever sees a bare exit code.
+"""
+
+
+class SegmentationError(Exception):
+    """Base class: `cause` says what went wrong, `fix` what the user can do about it."""
+
+    kind = "error"
+
+    def __init__(self, cause, fix=""):
+        super().__init__(cause)
+        self.cause = cause
+        self.fix = fix
+
+    def __str__(self):
+        return f"{self.cause}\n  Fix: {self.fix}" if self.fix else self.cause
+
+    def to_dict(self):
+        return {"kind": self.kind, "type": type(self).__name__, "cause": self.cause, "fix": self.fix}
+
+
+class InputImageError(SegmentationError):
+    """The input image cannot be segmented as it is (2D/4D, NaN, empty, bad geometry...)."""
+
+    kind = "input"
+
+
+class UnknownTaskError(SegmentationError):
+    kind = "task"
+
+
+class WeightsMissingError(SegmentationError):
+    """Weights for a model are not installed and may not be downloaded now."""
+
+    kind = "weights"
+
+
+class WeightsDownloadError(SegmentationError):
+    """A download failed: offline, firewall, HTTP error, timeout, corrupt archive."""
+
+    kind = "download"
+
+
+class InvalidWeightsError(SegmentationError):
+    """A weights folder or zip is not a usable nnU-Net model."""
+
+    kind = "weights"
+
+
+class LicenseError(SegmentationError):
+    kind = "license"
+
+
+class OutOfMemoryError(SegmentationError):
+    kind = "memory"
+
+
+class DeviceError(SegmentationError):
+    kind = "device"
+
+
+class Cancelled(SegmentationError):
+    """Raised when the user cancels; nothing is written."""
+
+    kind = "cancelled"
+
+    def __init__(self, cause="Cancelled by the user.", fix=""):
+        super().__init__(cause, fix)
