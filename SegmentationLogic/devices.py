@@ -50,26 +50,26 @@ def _ram_gb():
     return None
 
 
-def resolve_device(name="auto"):
-    """A torch.device for a device name, or DeviceError with the devices that exist."""
-    torch = _torch()
+def parse_device(name="auto"):
+    """(kind, index) of a device name, checked for spelling only (no torch import)."""
     text = str(name or "auto").strip().lower()
     m = _PATTERN.match(text)
-    if not m:
-        raise DeviceError(f"Unknown device '{name}'.",
-                          "Use auto, cpu, cuda, cuda:N (or gpu, gpu:N) or mps.")
-    kind, index = m.group(1), m.group(2)
+    if not m or (m.group(2) is not None and m.group(1) in ("auto", "cpu", "mps")):
+        raise DeviceError(f"Unknown device '{name}'.", "Use auto, cpu, cuda, cuda:N (or gpu, gpu:N) or mps.")
+    return m.group(1), m.group(2)
+
+
+def resolve_device(name="auto"):
+    """A torch.device for a device name, or DeviceError with the devices that exist."""
+    kind, index = parse_device(name)
+    torch = _torch()
     if kind == "auto":
-        if index is not None:
-            raise DeviceError(f"Unknown device '{name}'.", "Use 'auto' without an index.")
         if torch.cuda.is_available():
             return torch.device("cuda:0")
         if _mps_available(torch):
             return torch.device("mps")
         return torch.device("cpu")
     if kind == "cpu":
-        if index is not None:
-            raise DeviceError(f"Unknown device '{name}'.", "Use 'cpu' without an index.")
         return torch.device("cpu")
     if kind == "mps":
         if not _mps_available(torch):

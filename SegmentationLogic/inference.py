@@ -241,9 +241,11 @@ def _file_round_trip_output(model, seg, props, workdir):
 
 
 def preprocess(model, data_xyz, zooms_xyz, affine, workdir=None):
-    """Run the model's preprocessor; returns (torch tensor, properties)."""
+    """Run the model's preprocessor; returns (torch tensor, properties).
+
+    With a `workdir` the image goes through a NIfTI file and the model's own reader."""
     torch = _nnunet()[0]
-    if model.reader_name in IN_MEMORY_READERS:
+    if workdir is None:
         data, props = reader_input(data_xyz, zooms_xyz)
     else:
         data, props = _file_round_trip_input(model, data_xyz, affine, workdir)
@@ -254,23 +256,26 @@ def preprocess(model, data_xyz, zooms_xyz, affine, workdir=None):
     return tensor, props
 
 
-def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, preprocessed=None):
+def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, preprocessed=None, via_files=None):
     """Segment one image (canonical x, y, z array) with one model.
 
     Returns the labelmap (x, y, z) with the model's own label values, as the official tool
     reads it from nnU-Net's output file. `preprocessed` is an optional dict shared between
     models of one run: models whose preprocessing is identical reuse the tensor.
     `tile_callback(done, total)` is called after every sliding-window tile and may raise
-    Cancelled.
+    Cancelled. `via_files` forces (True) or forbids (False) the file round trip through
+    the model's reader/writer; by default only readers not emulated in memory use it.
     """
     convert = _nnunet()[5]
     workdir = None
     tmp = None
-    if model.reader_name not in IN_MEMORY_READERS:
+    if via_files is None:
+        via_files = model.reader_name not in IN_MEMORY_READERS
+    if via_files:
         tmp = tempfile.TemporaryDirectory(prefix="totalseg_slicer_")
         workdir = tmp.name
     try:
-        key = model.preprocessing_key
+        key = model.preprocessing_key + ("|files" if via_files else "")
         if preprocessed is not None and key in preprocessed:
             tensor, props = preprocessed[key]
         else:

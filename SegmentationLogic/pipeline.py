@@ -210,8 +210,6 @@ class Segmenter:
         Writes nothing when `output` is None; otherwise a multilabel NIfTI (`ml`) or a
         folder with one mask per class, the label names, statistics.json and a preview
         when asked. Returns a SegmentationResult."""
-        import torch
-
         t_start = time.time()
         progress = _as_progress(progress, cancel)
         cat = load_catalogue()
@@ -220,16 +218,22 @@ class Segmenter:
         roi_subset = _check_request(spec, mode, quality, roi_subset, output, ml)
         weights_dir = weights_dir if weights_dir is not None else self.weights_dir
         download = self.download if download is None else download
+        from .devices import configure_threads, parse_device, resolve_device
 
-        from .devices import configure_threads, resolve_device
+        device = device if device is not None else self.device
+        parse_device(device)
+        if not isinstance(input, nib.spatialimages.SpatialImage) and not Path(input).exists():
+            raise InputImageError(f"Input not found: {input}", "Check the path.")
+        plan = self._plan(cat, spec, mode, roi_subset, body_seg, robust_crop)
+        self._ensure_weights(plan, weights_dir, download, progress)  # before torch: quick errors
 
-        dev = resolve_device(device if device is not None else self.device)
+        import torch
+
+        dev = resolve_device(device)
         threads = torch.get_num_threads()
         configure_threads(dev)
         run = _Run(self, dev, weights_dir, progress)
         try:
-            plan = self._plan(cat, spec, mode, roi_subset, body_seg, robust_crop)
-            self._ensure_weights(plan, weights_dir, download, progress)
             t = time.time()
             progress("load", 0.0, "reading the image")
             img = load_input(input, progress=progress)

@@ -83,9 +83,9 @@ def test_per_class_output_matches_multilabel(segmenter, fastest, example, tmp_pa
         assert np.array_equal(np.asanyarray(mask.dataobj), (multilabel == int(value)).astype(np.uint8)), name
 
 
-def test_array_result_without_output_writes_nothing(segmenter, fastest, example, tmp_path, monkeypatch):
+def test_image_in_array_out_writes_nothing(segmenter, fastest, example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = segmenter.segment(example(CT), None, quality="fastest")
+    result = segmenter.segment(nib.load(example(CT)), None, quality="fastest")
     assert result.files == [] and _files(tmp_path) == []
     assert np.array_equal(result.array, np.asanyarray(nib.load(fastest[1]).dataobj))
 
@@ -263,3 +263,41 @@ def test_statistics_skip_classes_touching_the_border():
     assert stats["a"]["volume"] == 64 * 4.5 and stats["a"]["intensity"] == pytest.approx(ct[seg == 1].mean())
     assert stats["b"] == {"volume": 0.0, "intensity": 0.0}
     assert stats["c"] == {"volume": 0.0, "intensity": 0.0}
+
+
+def test_in_memory_reader_equals_nnunet_reading_the_file(test_weights, example):
+    """The array handed to nnU-Net in memory is what its NibabelIOWithReorient reads from the
+    file the official tool writes, on an oblique, resampled image that nnU-Net resamples again."""
+    import torch
+
+    from SegmentationLogic import inference
+    from SegmentationLogic.catalogue import load_catalogue
+    from SegmentationLogic.weights import model_dir
+
+    spec = load_catalogue().task("total").mode("fast").models[0]
+    model = inference.LoadedModel(model_dir(spec, test_weights), torch.device("cpu"), [0])
+    assert model.reader_name == "NibabelIOWithReorient"
+    img = nib.load(example(CT))
+    angle = np.deg2rad(7.0)
+    rot = np.eye(4)
+    rot[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    data, affine = geometry.to_canonical(geometry.exact_values(img), rot @ img.affine)
+    data, affine, _ = geometry.resample_to_spacing(data, affine, (3.7, 3.3, 4.1))
+    zooms = geometry.header_zooms(affine)
+    in_memory = inference.preprocess(model, data, zooms, affine)
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        from_file = inference.preprocess(model, data, zooms, affine, workdir=tmp)
+    assert torch.equal(in_memory[0], from_file[0])
+    assert in_memory[1]["spacing"] == from_file[1]["spacing"]
+    a = inference.predict(model, data, zooms, affine, 0.8, via_files=False)
+    b = inference.predict(model, data, zooms, affine, 0.8, via_files=True)
+    assert a.shape == data.shape and a.any()
+    assert np.array_equal(a, b)
+
+
+def test_device_list_has_the_cpu():
+    from SegmentationLogic.devices import available_devices
+
+    devices = available_devices()
+    assert devices[-1]["id"] == "cpu" and devices[-1]["name"].startswith("CPU")
+    assert all({"id", "name", "memory_gb"} <= set(d) for d in devices)
