@@ -95,12 +95,13 @@ def _choices_hint():
 
 
 def configure_threads(device):
-    """Thread settings as the official tool: all cores for torch on the CPU, one otherwise.
+    """Thread settings as the official tool: all cores for torch on the CPU, one with CUDA.
 
     nnU-Net then caps the threads of the prediction itself at nnUNet_def_n_proc (default 8),
     as it does under the official tool, so results and speed are comparable."""
     torch = _torch()
     if device.type == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())
-    else:
+    elif device.type == "cuda":
         torch.set_num_threads(1)
+    # mps: left as it is, as the official tool does

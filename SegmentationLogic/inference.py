@@ -174,16 +174,25 @@ class LoadedModel:
         return json.dumps(key, sort_keys=True, default=str)
 
     def estimate_bytes(self, shape_xyz, spacing_xyz):
-        """Peak memory of one prediction (CPU side) for an input of this shape and spacing."""
-        target = self.configuration_manager.spacing
+        """Peak memory (bytes, CPU side) of one prediction on an image of this shape and spacing.
+
+        Counts what nnU-Net allocates: the fp16 logit and weight accumulators over the
+        padded image, one tile's network output and activations, the input copies and,
+        when nnU-Net resamples, its float64 copy of the logits and the resampled logits."""
+        cm = self.configuration_manager
         zyx = np.array(shape_xyz[::-1], dtype=np.float64)
-        sp = np.array([float(s) for s in spacing_xyz[::-1]])
-        model_vox = float(np.prod(np.maximum(np.round(zyx * sp / np.array(target, dtype=np.float64)), 1)))
-        in_vox = float(np.prod(zyx))
-        resamples = abs(model_vox - in_vox) > 0.5
-        per_model_vox = self.num_heads * 2 + 2 + 4 * 3  # fp16 logits + weights, float32 data copies
-        per_input_vox = 4 * 2 + 8 + (self.num_heads * 8 if resamples else 0)  # input, argmax, resampled logits
-        return int(model_vox * per_model_vox + in_vox * per_input_vox)
+        spacing = np.array([float(s) for s in spacing_xyz[::-1]])
+        model_zyx = np.maximum(np.round(zyx * spacing / np.array(cm.spacing, dtype=np.float64)), 1)
+        patch = np.array(cm.patch_size, dtype=np.float64)
+        model_vox, in_vox = float(np.prod(model_zyx)), float(np.prod(zyx))
+        padded_vox, patch_vox = float(np.prod(np.maximum(model_zyx, patch))), float(np.prod(patch))
+        heads = self.num_heads
+        features = (cm.network_arch_init_kwargs.get("features_per_stage") or [32])[0]
+        weights = sum(p.numel() for p in self.predictor.network.parameters()) * 4 * (1 + len(self.folds))
+        tile = patch_vox * (heads * 4 * 2 + features * 4 * 10)
+        accumulate = padded_vox * (heads * 2 + 2 + 4 * 3)
+        export = in_vox * 9 + (heads * (model_vox * 8 + in_vox * 2) if abs(model_vox - in_vox) > 0.5 else 0)
+        return int(weights + tile + accumulate + export)
 
 
 class ModelCache:
