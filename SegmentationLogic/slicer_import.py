@@ -318,7 +318,8 @@ def _surfaces_by_label(data, extent_start, image_to_world, labels, smoothing_fac
     from vtk.util import numpy_support
 
     vtk = _vtk()
-    padded = np.pad(data, 1)  # closes surfaces of structures cut by the image border
+    padded = np.zeros(np.add(data.shape, 2), dtype=data.dtype, order="F")  # closes surfaces cut by the border
+    padded[1:-1, 1:-1, 1:-1] = data
     image = vtk.vtkImageData()
     start = np.asarray(extent_start, dtype=int) - 1
     image.SetExtent(start[0], start[0] + padded.shape[0] - 1, start[1], start[1] + padded.shape[1] - 1,
@@ -338,28 +339,30 @@ def _surfaces_by_label(data, extent_start, image_to_world, labels, smoothing_fac
     surfaces = {int(label): vtk.vtkPolyData() for label in labels}
     if mesh.GetNumberOfPolys() == 0:
         return surfaces
-    points = numpy_support.vtk_to_numpy(mesh.GetPoints().GetData()).astype(float)
-    world = (points @ image_to_world[:3, :3].T + image_to_world[:3, 3]).astype(np.float32)
+    rotation = image_to_world[:3, :3].astype(np.float32)
+    points = numpy_support.vtk_to_numpy(mesh.GetPoints().GetData())
+    world = points @ rotation.T + image_to_world[:3, 3].astype(np.float32)
     triangles = numpy_support.vtk_to_numpy(mesh.GetPolys().GetConnectivityArray()).reshape(-1, 3)
-    sides = numpy_support.vtk_to_numpy(mesh.GetCellData().GetArray("BoundaryLabels")).astype(np.int64)
+    sides = numpy_support.vtk_to_numpy(mesh.GetCellData().GetArray("BoundaryLabels"))
     # A face between labels a and b belongs to both; SurfaceNets orients it outward from
     # its first label, so the second label gets it reversed. A mirrored lattice (negative
     # determinant) reverses every face once more, keeping normals outward in RAS.
-    mirrored = np.linalg.det(image_to_world[:3, :3]) < 0
-    owner = np.concatenate([sides[:, 0], sides[:, 1]])
-    face = np.concatenate([triangles, triangles[:, ::-1]])
-    if mirrored:
-        face = face[:, ::-1]
-    keep = owner > 0
-    owner, face = owner[keep], face[keep]
-    order = np.argsort(owner, kind="stable")
-    owner, face = owner[order], face[order]
-    bounds = np.searchsorted(owner, np.asarray(labels, dtype=np.int64), side="left")
-    ends = np.searchsorted(owner, np.asarray(labels, dtype=np.int64), side="right")
-    for label, lo, hi in zip(labels, bounds, ends):
-        if hi <= lo:
+    mirrored = np.linalg.det(rotation) < 0
+    wanted = np.asarray(labels, dtype=sides.dtype)
+    groups = []
+    for side in (0, 1):
+        order = np.argsort(sides[:, side], kind="stable")
+        owner = sides[order, side]
+        groups.append((order, np.searchsorted(owner, wanted, "left"), np.searchsorted(owner, wanted, "right")))
+    for i, label in enumerate(labels):
+        (order0, lo0, hi0), (order1, lo1, hi1) = groups
+        faces = [triangles[order0[lo0[i]:hi0[i]]], triangles[order1[lo1[i]:hi1[i]]][:, ::-1]]
+        face = np.concatenate(faces)
+        if len(face) == 0:
             continue
-        used, local = np.unique(face[lo:hi], return_inverse=True)
+        if mirrored:
+            face = face[:, ::-1]
+        used, local = np.unique(face, return_inverse=True)
         surfaces[int(label)] = _polydata(world[used], local.reshape(-1, 3))
     return surfaces
 
@@ -427,7 +430,7 @@ def import_labelmap(scene, labelmap, class_map, reference_volume_node=None, segm
         _check_overlap(data.shape, affine, offset, reference_volume_node)
     full_geometry = (data.shape, offset.copy(), affine)
 
-    present = np.flatnonzero(np.bincount(data.ravel())) if data.size else np.array([], dtype=int)
+    present = np.flatnonzero(np.bincount(data.ravel(order="K"))) if data.size else np.array([], dtype=int)
     present = [int(v) for v in present if v != 0]
     unknown = [v for v in present if v not in class_map]
     if unknown:
@@ -443,7 +446,8 @@ def import_labelmap(scene, labelmap, class_map, reference_volume_node=None, segm
         hi = np.array([n[-1] for n in nz]) + 1
     else:
         lo, hi = np.zeros(3, dtype=int), np.ones(3, dtype=int)
-    cropped = np.ascontiguousarray(data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    # Fortran order = VTK's x-fastest layout: the copies into VTK below are then plain memcpys.
+    cropped = np.asfortranarray(data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
     del data
     start = offset + lo
     _report(progress, 0.2, f"Creating {len(values)} segments")
