@@ -49,7 +49,8 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert [rows[c]["status"] for c in ("broken", "ct", "series")] == ["failed", "ok", "ok"]
-    assert rows["broken"]["error"] and "Traceback" not in rows["broken"]["error"]
+    assert "broken.nii.gz" in rows["broken"]["error"] and "Fix:" in rows["broken"]["error"]
+    assert rows["broken"]["output"] == "" and rows["ct"]["note"]  # test models ran: the summary says so
     assert "[3/3] series" in proc.stdout and "[predict" in proc.stdout  # progress lines on stdout
     assert sorted(p.name for p in out.iterdir()) == ["ct.seg.nrrd", "series.seg.nrrd", "summary.csv"]
 

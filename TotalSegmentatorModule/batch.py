@@ -10,7 +10,8 @@ Cases are the NIfTI / NRRD / MetaImage files, zips of one DICOM series, and fold
 holding one DICOM series, directly inside D. Each case runs the engine, imports the
 result with standard names, colours and terminology, and writes O/<case>.seg.nrrd.
 A failing case is reported and the others still run. O/summary.csv gets one row per
-case as it finishes (case, status, seconds, segments, error, output). Progress lines
+case as it finishes (case, status, seconds, segments, error, output, note: e.g. that a
+test model ran instead of the real weights). Progress lines
 go to stdout. Exit code: 0 when every case succeeded, 1 when any failed, 2 for a usage
 error (missing folder, no cases), 130 when interrupted.
 """
@@ -22,7 +23,7 @@ import traceback
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
-SUMMARY_FIELDS = ("case", "status", "seconds", "segments", "error", "output")
+SUMMARY_FIELDS = ("case", "status", "seconds", "segments", "error", "output", "note")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -88,7 +89,7 @@ def _say(message):
 
 
 def run_case(scene, path, output, args, progress):
-    """Segment one case and write its .seg.nrrd; returns the number of segments."""
+    """Segment one case and write its .seg.nrrd; returns (number of segments, model note)."""
     from SegmentationLogic import slicer_import
     from SegmentationLogic.pipeline import segment
 
@@ -101,7 +102,7 @@ def run_case(scene, path, output, args, progress):
                                          name=output.name[: -len(".seg.nrrd")], progress=progress)
     try:
         slicer_import.save_segmentation(node, output)
-        return node.GetSegmentation().GetNumberOfSegments()
+        return node.GetSegmentation().GetNumberOfSegments(), result.model_note or ""
     finally:
         scene.RemoveNode(node)
 
@@ -141,16 +142,17 @@ def main(argv=None):
         summary_file.flush()
         for index, (case, path) in enumerate(cases, start=1):
             output = args.output_dir / f"{case}.seg.nrrd"
-            row = {"case": case, "output": str(output), "error": "", "segments": ""}
+            row = {"case": case, "output": "", "error": "", "segments": "", "note": ""}
             _say(f"[{index}/{len(cases)}] {case}: {path}")
             start = time.time()
             if args.skip_existing and output.is_file():
-                row.update(status="skipped", seconds="0.0")
+                row.update(status="skipped", seconds="0.0", output=str(output))
                 _say("  skipped: output exists")
             else:
                 try:
-                    row["segments"] = run_case(scene, path, output, args, Progress(text_writer(sys.stdout)))
-                    row["status"] = "ok"
+                    row["segments"], row["note"] = run_case(scene, path, output, args,
+                                                            Progress(text_writer(sys.stdout)))
+                    row.update(status="ok", output=str(output))
                     _say(f"  done: {row['segments']} segments -> {output.name} ({time.time() - start:.1f} s)")
                 except (KeyboardInterrupt, Cancelled):
                     row.update(status="cancelled", seconds=f"{time.time() - start:.1f}", error="interrupted")
@@ -159,7 +161,7 @@ def main(argv=None):
                     return EXIT_INTERRUPTED
                 except SegmentationError as e:
                     failed += 1
-                    row.update(status="failed", error=str(e).replace("\n", " "))
+                    row.update(status="failed", error=f"{e.cause} Fix: {e.fix}" if e.fix else e.cause)
                     _say(f"  FAILED: {e}")
                 except Exception as e:  # one broken case must not stop the batch
                     failed += 1
