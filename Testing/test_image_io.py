@@ -5,7 +5,6 @@ reorient_nifti=True, loaded back with nibabel); the official converter runs once
 subprocess, over the real example series and a set of synthetic series with awkward
 geometry (sagittal, coronal, oblique, reversed file order, fractional rescale).
 """
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import SimpleITK as sitk
 from dicomseries import phantom, rotation, write_series
 from SegmentationLogic.errors import InputImageError, OutOfMemoryError
 from SegmentationLogic.image_io import (ImageTooLargeError, as_3d, check_image, estimate_memory_bytes,
-                                        guess_modality, load_image, modality_warning, select_volume)
+                                        guess_modality, load_image, modality_warning, open_input, select_volume)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -246,15 +245,35 @@ def test_folder_with_two_series(tmp_path):
         load_image(tmp_path, series_uid="9.9")
 
 
-def test_localizer_and_duplicate_slices_are_dropped(tmp_path):
+def test_localizer_duplicate_and_screenshot_are_dropped(tmp_path):
     folder = tmp_path / "s"
     write_series(str(folder), phantom())
     write_series(str(tmp_path / "scout"), phantom((1, 40, 48)), image_type="ORIGINAL\\PRIMARY\\LOCALIZER",
                  direction=np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float))
     shutil.copy(tmp_path / "scout" / "IM0000.dcm", folder / "scout.dcm")
     shutil.copy(folder / "IM0003.dcm", folder / "copy_of_3.dcm")
+    screenshot = sitk.GetImageFromArray(np.zeros((20, 30), np.uint8))  # a dose screen: no position
+    for tag, value in (("0008|0016", "1.2.840.10008.5.1.4.1.1.7"), ("0008|0060", "OT"), ("0020|000e", "1.2.3.4")):
+        screenshot.SetMetaData(tag, value)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "dose_screen.dcm"))
+    writer.Execute(screenshot)
+    pydicom = pytest.importorskip("pydicom")  # GDCM may add a default position; a real screen has none
+    ds = pydicom.dcmread(folder / "dose_screen.dcm")
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(folder / "dose_screen.dcm")
     img = load_image(folder)
     assert img.shape == (48, 40, 12)
+    only_screens = tmp_path / "screens"
+    only_screens.mkdir()
+    shutil.copy(folder / "dose_screen.dcm", only_screens)
+    with pytest.raises(InputImageError) as e:
+        load_image(only_screens)
+    assert "holds 1 DICOM image(s), but none is a slice of a 3D scan" in e.value.cause
+    assert "original CT or MR series" in e.value.fix
 
 
 def test_missing_slice_is_reported(tmp_path):
@@ -386,7 +405,7 @@ def test_check_image_memory_estimate(tmp_path):
     small = estimate_memory_bytes((100, 100, 100), (1.5, 1.5, 1.5))
     with_model = estimate_memory_bytes((100, 100, 100), (1.5, 1.5, 1.5), target_spacing=(3, 3, 3), n_classes=117)
     assert with_model > small
-    assert with_model - small == int(50 ** 3 * (12 + 10 * 118))
+    assert with_model - small == int(50 ** 3 * (12 + 6 * 118))
 
 
 def test_check_image_warnings(example):
@@ -402,6 +421,10 @@ def test_check_image_warnings(example):
 def test_examples_pass_checks(example):
     for name in ("example_ct_sm.nii.gz", "example_mr_sm.nii.gz", "example_ct_dicom"):
         assert check_image(load_image(example(name))) == []
+    img, warnings = open_input(example("example_ct_dicom"), target_spacing=(3, 3, 3), n_classes=117)
+    assert img.shape == (512, 512, 20) and warnings == []
+    img4d = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
+    assert open_input(img4d)[0].shape == (512, 512, 20)
 
 
 # -- modality ----------------------------------------------------------------------
