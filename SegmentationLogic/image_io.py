@@ -87,7 +87,7 @@ def load_image(path, progress=None, series_uid=None, available_bytes=None):
         img = _load_nifti(path)
     elif name.endswith(ITK_SUFFIXES):
         img = _load_itk(path, available_bytes)
-    elif zipfile.is_zipfile(path):
+    elif name.endswith(".zip") or zipfile.is_zipfile(path):
         img = _load_dicom_zip(path, progress, series_uid, available_bytes)
     elif _is_dicom_file(path):
         img = _load_dicom_dir(path.parent, progress, series_uid or _series_of(path), available_bytes)

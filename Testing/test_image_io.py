@@ -222,6 +222,9 @@ def test_missing_and_unsupported_inputs(tmp_path):
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(InputImageError, match="Cannot read NIfTI file broken.nii.gz"):
         load_image(tmp_path / "broken.nii.gz")
+    (tmp_path / "series.zip").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputImageError, match="Cannot open zip file series.zip"):
+        load_image(tmp_path / "series.zip")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputImageError, match="No DICOM images found"):
         load_image(tmp_path / "empty")
