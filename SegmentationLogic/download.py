@@ -200,7 +200,7 @@ def _install_zip(zip_path, weights_dir, required, report, source, keep):
                 f"(found: {', '.join(found) or 'no model'}).",
                 f"Check the file, or import the right one by hand: {_manual_fix(source, weights_dir)}")
         datasets = _gather({folder: found[folder]}, stage / "ready")
-        installed = install_staged(datasets, weights_dir, required, verify)
+        installed = install_staged(datasets, weights_dir, required, verify, origin=source["url"])
     if not keep:
         zip_path.unlink(missing_ok=True)
     return installed

@@ -344,8 +344,12 @@ def _install_verified(staged, weights_dir):
     return target
 
 
-def install_staged(datasets, weights_dir, required=None, report=None):
-    """Verify every staged dataset folder, then install them all. `required`: {dataset: {subdir: folds}}."""
+def install_staged(datasets, weights_dir, required=None, report=None, origin=None):
+    """Verify every staged dataset folder, then install them all.
+
+    `required`: {dataset: {model folder: folds}} that must be present; `origin` names
+    where the files came from in error messages (which never show the staging folder).
+    """
     report = report or Reporter(None, "install")
     items = sorted(datasets.items())
     for i, (name, folder) in enumerate(items):
@@ -353,7 +357,11 @@ def install_staged(datasets, weights_dir, required=None, report=None):
             report((_i + j / max(n, 1)) / len(items), f"verifying {_name} {label}")
             report.check()
 
-        verify_dataset_folder(folder, (required or {}).get(name), fold_progress)
+        try:
+            verify_dataset_folder(folder, (required or {}).get(name), fold_progress)
+        except InvalidWeightsError as e:
+            cause = e.cause.replace(str(folder.parent) + os.sep, "")
+            raise InvalidWeightsError(f"{cause.rstrip('.')} (in {origin})." if origin else cause, e.fix) from None
     report.check()  # last chance to cancel: from here on each dataset is one rename
     installed = []
     with file_lock(Path(weights_dir) / ".install.lock", report, "waiting for another weights install to finish"):
@@ -361,6 +369,19 @@ def install_staged(datasets, weights_dir, required=None, report=None):
             installed.append(_install_verified(folder, weights_dir))
     report(1.0, "installed " + ", ".join(p.name for p in installed))
     return installed
+
+
+def _catalogue_folds(datasets):
+    """{dataset: {model folder: folds}} the catalogue expects, for the model folders being imported."""
+    from .catalogue import load_catalogue
+
+    expected = {}
+    for task in load_catalogue().tasks():
+        for mode in task.modes.values():
+            for m in mode.models:
+                if m.folder in datasets and (datasets[m.folder] / m.subdir).is_dir():
+                    expected.setdefault(m.folder, {})[m.subdir] = m.folds
+    return expected
 
 
 def _catalogue_warnings(names, report):
@@ -406,4 +427,4 @@ def import_weights(path, weights_dir=None, progress=None):
             raise InvalidWeightsError(f"No nnU-Net model found in {src}.", f"Weights must be laid out as {LAYOUT}.")
         datasets = _gather(found, stage / "ready")
         _catalogue_warnings(datasets, report)
-        return install_staged(datasets, weights_dir, report=report.sub(0.4, 1.0))
+        return install_staged(datasets, weights_dir, _catalogue_folds(datasets), report.sub(0.4, 1.0), origin=src)
