@@ -52,10 +52,6 @@ class _Transient(Exception):
     """A failure worth retrying (5xx, dropped connection, timeout)."""
 
 
-class _CannotConnect(_Transient):
-    """No connection at all (offline, DNS, refused): retried once only, to fail fast offline."""
-
-
 class _Restart(Exception):
     """The partial file cannot be resumed (server ignored Range, or the file changed): start over."""
 
@@ -75,15 +71,17 @@ def download_models(models, weights_dir=None, license_key=None, progress=None, m
     by_dataset = {}
     for m in models:
         by_dataset.setdefault(m.dataset, []).append(m)
+    # Every source first: a missing licence key or mirror file fails before any download starts.
+    sources = [_source(cat, dataset, specs[0].folder, mirror, license_key, license_url)
+               for dataset, specs in by_dataset.items()]
     report = Reporter(progress, "download")
     installed = []
-    for i, (dataset, specs) in enumerate(by_dataset.items()):
+    downloads = weights_dir / DOWNLOADS
+    downloads.mkdir(exist_ok=True)
+    for i, (specs, source) in enumerate(zip(by_dataset.values(), sources)):
         part = report.sub(i / len(by_dataset), (i + 1) / len(by_dataset))
         folder = specs[0].folder
         required = {folder: {m.subdir: m.folds for m in specs}}
-        source = _source(cat, dataset, folder, mirror, license_key, license_url)
-        downloads = weights_dir / DOWNLOADS
-        downloads.mkdir(exist_ok=True)
         with file_lock(downloads / f"{folder}.lock", part, f"waiting for another download of {folder} to finish"):
             from .weights import is_installed
 
@@ -248,7 +246,8 @@ def _fetch(source, dest, weights_dir, report, opts):
                     failures = 0  # bytes arrived: a flaky link is making progress
                 failures += 1
                 attempts += 1
-                cannot_connect = isinstance(e, (_CannotConnect, requests.ConnectTimeout)) or (
+                # No connection at all (offline, DNS, refused): one retry only, to fail fast offline.
+                cannot_connect = isinstance(e, requests.ConnectTimeout) or (
                     isinstance(e, requests.ConnectionError) and _is_connect_failure(e))
                 allowed = min(1, opts["retries"]) if cannot_connect else opts["retries"]
                 if failures > allowed or attempts >= MAX_ATTEMPTS:
@@ -350,16 +349,17 @@ def _emit(report, source, done, total, speed, final=False):
 
 def _check_status(resp, source, weights_dir):
     status = resp.status_code
-    if status in (200, 206):
+    is_json = resp.headers.get("Content-Type", "").startswith("application/json")
+    if status in (200, 206) and not (source["method"] == "POST" and is_json):
         return
     if status in (429,) or status >= 500:
         raise _Transient(f"HTTP {status} {resp.reason or ''}".strip())
-    if source["method"] == "POST" and status in (400, 401, 403):
+    if source["method"] == "POST" and (status in (200, 400, 401, 403)):  # the licence server said no
         from .license import mask_license
 
         detail = _json_status(resp)
         raise LicenseError(
-            f"The licence server refused the stored licence key {mask_license(source['key'])} "
+            f"The licence server refused the licence key {mask_license(source['key'])} "
             f"({detail or f'HTTP {status}'}) for {source['folder']}.",
             "Check the key (python -m SegmentationLogic set-license), or contact TotalSegmentator support. "
             "Free academic licences: https://backend.totalsegmentator.com/license-academic/")

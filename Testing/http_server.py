@@ -27,6 +27,7 @@ FAULTS = {
     "huge": "announce a Content-Length of 10 PB (then send nothing)",
     "html": "200 with an HTML page instead of the zip (captive portal)",
     "no_validator": "no ETag, If-Range ignored (a changed file is resumed blindly)",
+    "json_200": "licence server: a wrong key gets 200 with a JSON status instead of 403",
 }
 
 
@@ -89,7 +90,7 @@ class WeightsServer:
                 if self.path != server.license_path or not isinstance(body, dict):
                     return self._send_json(404, {"status": "not_found"})
                 if body.get("license_number") != server.license_key:
-                    return self._send_json(403, {"status": "invalid_license"})
+                    return self._send_json(200 if server.fault == "json_200" else 403, {"status": "invalid_license"})
                 self._serve(server.license_files.get(body.get("task")), n)
 
             def _send_json(self, code, obj):

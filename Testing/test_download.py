@@ -1,7 +1,9 @@
 """Downloading weights: a real HTTP server on 127.0.0.1 serves a real model zip, with faults."""
 import json
 import logging
+import shutil
 import socket
+import sys
 import threading
 import time
 import zipfile
@@ -262,20 +264,54 @@ def test_unwritable_weights_folder(server, tmp_path):
     assert server.requests == []
 
 
-def test_read_only_weights_folder(server, tmp_path):
+def _run_cli_as_unprivileged(argv):
+    """Run cli.main(argv) in a forked child, as user 'nobody' if we are root; return (exit code, stderr)."""
     import os
 
-    ro = tmp_path / "ro"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 99
+        try:
+            os.close(r)
+            os.dup2(w, 2)
+            sys.stderr = os.fdopen(2, "w", closefd=False)
+            if os.geteuid() == 0:  # root ignores permissions
+                os.setgid(65534)
+                os.setuid(65534)
+            code = main(argv)
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err
+
+
+def test_read_only_weights_folder(tmp_path):
+    """A folder without write permission, through the CLI (as user 'nobody' when the tests run as root)."""
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="ro-weights-"))  # outside root's private pytest folder
+    ro = root / "results"
     ro.mkdir()
-    ro.chmod(0o500)
     try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("running as root: permissions do not stop writes (the file-in-the-way case covers this)")
-        with pytest.raises(WeightsFolderError) as e:
-            download_models([SPEC], weights_dir=ro, mirror=server.url(), **FAST)
-        assert "Permission denied" in e.value.cause
+        ro.chmod(0o555)
+        root.chmod(0o755)
+        code, err = _run_cli_as_unprivileged(
+            ["download-weights", "--task", "total", "--fastest", "--weights_dir", str(ro),
+             "--mirror", f"http://127.0.0.1:{_closed_port()}", "-q"])
+        if code == 99:
+            pytest.skip(f"cannot drop privileges here: {err[-300:]}")
+        assert code == 1, err
+        assert f"ERROR: Cannot write to the weights folder {ro}: Permission denied" in err
+        assert "TOTALSEG_WEIGHTS_PATH" in err
+        assert list(ro.iterdir()) == []
     finally:
-        ro.chmod(0o700)
+        ro.chmod(0o755)
+        shutil.rmtree(root)
 
 
 def test_folder_mirror_installs_and_keeps_the_zip(model_zip, wdir, tmp_path, monkeypatch):
@@ -324,6 +360,15 @@ def test_licensed_download_posts_the_key_and_never_shows_it(licence_server, wdir
     seen = out.out + out.err + caplog.text + json.dumps(events) + str(e.value)
     assert "aca_****...3456" in seen  # set-license confirmed with the masked key
     assert KEY not in seen and "aca_WRONGKEY012345" not in seen
+
+
+def test_licence_refusal_with_status_200(licence_server, wdir):
+    licence_server.fault = "json_200"
+    set_license("aca_WRONGKEY012345")
+    with pytest.raises(LicenseError) as e:
+        download_models([LICENSED], weights_dir=wdir, license_url=licence_server.url("/download_weights"), **FAST)
+    assert "refused the licence key aca_****...2345 (invalid_license)" in e.value.cause
+    assert_nothing_half_installed(wdir, allow_partial=False)
 
 
 def test_licensed_download_without_a_key(licence_server, wdir):
