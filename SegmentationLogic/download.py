@@ -190,7 +190,7 @@ def _install_zip(zip_path, weights_dir, required, report, source, keep):
     with staging_dir(weights_dir) as stage:
         (stage / "unpacked").mkdir()
         extract_zip(zip_path, stage / "unpacked", unpack)
-        found = find_datasets(stage / "unpacked")
+        found = find_datasets(stage / "unpacked", origin=source["url"])
         folder = source["folder"]
         if folder not in found:
             raise InvalidWeightsError(

@@ -230,23 +230,31 @@ def extract_zip(path, dest, report):
             raise CorruptArchiveError(f"{path} is damaged ({e}).", "Download or copy the file again.") from None
 
 
-def copy_folder(src, dest, report):
-    src = Path(src)
-    files = [p for p in src.rglob("*") if p.is_file()
-             and not any(x in SKIPPED_NAMES or x.startswith(".") for x in p.relative_to(src).parts)]
-    total = sum(p.stat().st_size for p in files) or 1
-    check_free_space(dest.parent, total, f"copying {src}")
-    dest.mkdir(parents=True, exist_ok=True)
+def copy_models(found, ready, report):
+    """Copy the model folders found in a source folder to ready/<dataset>/<model> (hidden files skipped)."""
+    jobs = []  # (source file, target file)
+    for dataset, models in found.items():
+        for m in models:
+            for p in sorted(m.rglob("*")):
+                rel = p.relative_to(m)
+                if p.is_file() and not any(x in SKIPPED_NAMES or x.startswith(".") for x in rel.parts):
+                    jobs.append((p, ready / dataset / m.name / rel))
+    total = sum(p.stat().st_size for p, _ in jobs) or 1
+    check_free_space(ready.parent, total, "copying the weights")
+    for dataset, models in found.items():
+        (ready / dataset).mkdir(parents=True, exist_ok=True)
+        for m in models:
+            (ready / dataset / m.name).mkdir(exist_ok=True)
     done = 0
-    for p in files:
-        target = dest / p.relative_to(src)
+    for p, target in jobs:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(p, "rb") as fin, open(target, "wb") as fout:
             while chunk := fin.read(COPY_CHUNK):
                 fout.write(chunk)
                 done += len(chunk)
                 report.check()
-        report(done / total, f"copying {src.name}")
+        report(done / total, f"copying {target.relative_to(ready).parts[0]}")
+    return {dataset: ready / dataset for dataset in found}
 
 
 # -- finding datasets ---------------------------------------------------------------------
@@ -265,7 +273,7 @@ def _dataset_name_from_plans(model_folder):
     return name
 
 
-def find_datasets(root, max_depth=4):
+def find_datasets(root, max_depth=4, origin=None):
     """{dataset folder name: [model folders]} found under `root` (extra top folders are fine).
 
     A DatasetXXX_name folder counts with all its <trainer>__<plans>__<configuration>
@@ -291,7 +299,8 @@ def find_datasets(root, max_depth=4):
     root = Path(root)
     if (root / "plans.json").is_file() and not SUBDIR_RE.match(root.name):
         raise InvalidWeightsError(
-            f"{root} holds a plans.json but is not named <trainer>__<plans>__<configuration>.",
+            f"{origin or root} holds a plans.json at its top level: model files must sit in a folder named "
+            f"<trainer>__<plans>__<configuration>.",
             f"Import the dataset folder above it, laid out as {LAYOUT}.")
     walk(root, 0)
     return found
@@ -396,6 +405,12 @@ def _catalogue_warnings(names, report):
             report.log(f"{name} is not used by any task of this version{hint}. Installed anyway.", "warning")
 
 
+def _found_or_error(found, src):
+    if not found:
+        raise InvalidWeightsError(f"No nnU-Net model found in {src}.", f"Weights must be laid out as {LAYOUT}.")
+    return found
+
+
 def import_weights(path, weights_dir=None, progress=None):
     """Install weights from a zip or folder; return the installed dataset folders.
 
@@ -416,15 +431,13 @@ def import_weights(path, weights_dir=None, progress=None):
     remove_stale_staging(weights_dir)
     report(0.0, f"importing {src.name}")
     with staging_dir(weights_dir) as stage:
-        unpacked = stage / "unpacked"
-        unpacked.mkdir()
-        if src.is_dir():
-            copy_folder(src, unpacked / src.name, report.sub(0.0, 0.4))
+        if src.is_dir():  # find the models in place, copy only them
+            found = _found_or_error(find_datasets(src, origin=src), src)
+            datasets = copy_models(found, stage / "ready", report.sub(0.0, 0.4))
         else:
-            extract_zip(src, unpacked, report.sub(0.0, 0.4))
-        found = find_datasets(unpacked)
-        if not found:
-            raise InvalidWeightsError(f"No nnU-Net model found in {src}.", f"Weights must be laid out as {LAYOUT}.")
-        datasets = _gather(found, stage / "ready")
+            (stage / "unpacked").mkdir()
+            extract_zip(src, stage / "unpacked", report.sub(0.0, 0.4))
+            found = _found_or_error(find_datasets(stage / "unpacked", origin=src), src)
+            datasets = _gather(found, stage / "ready")
         _catalogue_warnings(datasets, report)
         return install_staged(datasets, weights_dir, _catalogue_folds(datasets), report.sub(0.4, 1.0), origin=src)

@@ -39,6 +39,7 @@ def refused(path, wdir, *needles):
         import_weights(path, weights_dir=wdir)
     for n in needles:
         assert n in str(e.value), str(e.value)
+    assert ".install-" not in str(e.value)  # errors name the user's files, not our staging folder
     assert_nothing_half_installed(wdir)
     return e.value
 
@@ -163,6 +164,15 @@ def test_archive_that_is_not_a_model(wdir, tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("holiday/readme.txt", "not a model")
     refused(z, wdir, "No nnU-Net model found", "plans.json")
+
+
+def test_zip_of_a_model_folders_contents(test_weights, wdir, tmp_path):
+    z = tmp_path / "flat.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in (test_weights / A.folder / A.subdir).rglob("*"):
+            if p.is_file():
+                zf.write(p, p.relative_to(test_weights / A.folder / A.subdir).as_posix())
+    refused(z, wdir, f"{z} holds a plans.json at its top level", "<trainer>__<plans>__<configuration>")
 
 
 @pytest.mark.parametrize("damage, needles", [
