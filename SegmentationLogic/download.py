@@ -41,6 +41,7 @@ OFFICIAL_VERSION = "2.18.0"
 DEFAULT_TIMEOUT = (15.0, 60.0)  # seconds: connect, and between two bytes of the body
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF = 2.0  # seconds before the first retry, doubling
+PARTIAL_MAX_AGE_S = 14 * 24 * 3600  # partial downloads nobody resumed for two weeks are dropped
 MAX_ATTEMPTS = 100  # a link that keeps dropping but delivers bytes is resumed, up to this many times
 CHUNK = 64 * 1024
 USER_AGENT = "totalsegmentator-slicer-weights/0.1"
@@ -78,6 +79,7 @@ def download_models(models, weights_dir=None, license_key=None, progress=None, m
     installed = []
     downloads = weights_dir / DOWNLOADS
     downloads.mkdir(exist_ok=True)
+    _remove_old_partials(downloads)
     for i, (specs, source) in enumerate(zip(by_dataset.values(), sources)):
         part = report.sub(i / len(by_dataset), (i + 1) / len(by_dataset))
         folder = specs[0].folder
@@ -95,6 +97,16 @@ def download_models(models, weights_dir=None, license_key=None, progress=None, m
                                                    part, opts)
     report(1.0, "weights installed")
     return installed
+
+
+def _remove_old_partials(downloads):
+    now = time.time()
+    for p in downloads.glob("*.zip*"):
+        try:
+            if now - p.stat().st_mtime > PARTIAL_MAX_AGE_S:
+                p.unlink()
+        except OSError:
+            pass
 
 
 def _timeouts(timeout):

@@ -6,6 +6,10 @@ already downloaded with TotalSegmentator are reused:
     $TOTALSEG_HOME_DIR/nnunet/results, else
     ~/.totalsegmentator/nnunet/results
     <weights>/<DatasetXXX_name>/<trainer>__<plans>__<configuration>/{dataset.json, plans.json, fold_N/...}
+
+Getting weights there: download.py (official release URLs, a mirror, the licence server),
+install.py (import from a zip or folder; verified, atomic), license.py (the licence key),
+model_check.py (what "a usable model" means, and loading checkpoints safely).
 """
 import os
 from pathlib import Path

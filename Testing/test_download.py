@@ -1,6 +1,7 @@
 """Downloading weights: a real HTTP server on 127.0.0.1 serves a real model zip, with faults."""
 import json
 import logging
+import os
 import shutil
 import socket
 import sys
@@ -27,6 +28,13 @@ FOLDER = SPEC.folder
 LICENSED = CAT.models_for("heartchambers_highres")[-1]  # Dataset301, licence server only
 KEY = "aca_TESTKEY0123456"
 FAST = {"timeout": (2.0, 2.0), "retries": 2, "backoff": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def loopback_without_proxy(monkeypatch):
+    """A proxy configured on the test machine must not intercept requests to our 127.0.0.1 server."""
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, ",".join(x for x in (os.environ.get(var), "127.0.0.1", "localhost") if x))
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +274,6 @@ def test_unwritable_weights_folder(server, tmp_path):
 
 def _run_cli_as_unprivileged(argv):
     """Run cli.main(argv) in a forked child, as user 'nobody' if we are root; return (exit code, stderr)."""
-    import os
-
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
@@ -321,6 +327,25 @@ def test_folder_mirror_installs_and_keeps_the_zip(model_zip, wdir, tmp_path, mon
     monkeypatch.setenv(MIRROR_ENV, str(share))
     ensure_models([SPEC], weights_dir=wdir)
     assert is_installed(SPEC, wdir) and (share / f"{FOLDER}.zip").is_file()
+
+
+def test_two_concurrent_downloads_of_one_model_fetch_it_once(server, wdir):
+    server.fault = "slow"
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(download_models([SPEC], weights_dir=wdir, mirror=server.url(), **FAST))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and results == [[wdir / FOLDER]] * 2
+    assert len(server.requests) == 1 and is_installed(SPEC, wdir)
 
 
 def test_ensure_models_downloads_nothing_when_installed(server, wdir):
