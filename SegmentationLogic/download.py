@@ -254,6 +254,8 @@ def _fetch(source, dest, weights_dir, report, opts):
                     raise _disk_error(e, part) from None  # e.g. disk full: retrying will not help
                 if report.cancelled:
                     raise Cancelled() from None
+                if isinstance(e, requests.exceptions.SSLError):  # never retried, never bypassed
+                    raise _final_error(source, e, weights_dir, opts) from None
                 if state["received"]:
                     failures = 0  # bytes arrived: a flaky link is making progress
                 failures += 1

@@ -32,7 +32,9 @@ FAULTS = {
 
 
 class WeightsServer:
-    def __init__(self, files=None, license_key=None, license_files=None, license_path="/download_weights"):
+    def __init__(self, files=None, license_key=None, license_files=None, license_path="/download_weights",
+                 tls=None):
+        """`tls`: (certfile, keyfile) to serve https instead of http."""
         self.files = dict(files or {})
         self.license_key, self.license_files, self.license_path = license_key, dict(license_files or {}), license_path
         self.fault = None
@@ -42,10 +44,18 @@ class WeightsServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
+        self.scheme = "http"
+        if tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, path=""):
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def __enter__(self):
         self._thread.start()
@@ -159,7 +169,7 @@ class WeightsServer:
                             time.sleep(0.02)
                         return
                     self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, OSError):
                     self.close_connection = True
 
         return Handler

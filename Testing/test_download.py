@@ -82,7 +82,8 @@ def test_download_installs_verified_model_with_progress(server, wdir):
     fractions = [e["fraction"] for e in download_events(events)]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     with_bytes = [e for e in events if "bytes" in e]
-    assert with_bytes and with_bytes[-1]["bytes"] == with_bytes[-1]["total_bytes"] == len(server.files[f"/{FOLDER}.zip"])
+    size = len(server.files[f"/{FOLDER}.zip"])
+    assert with_bytes and with_bytes[-1]["bytes"] == with_bytes[-1]["total_bytes"] == size
     assert all(e["dataset"] == FOLDER and e["speed"] >= 0 for e in with_bytes)
     assert FOLDER in with_bytes[-1]["message"] and "MB/s" in with_bytes[-1]["message"]
     assert [r["method"] for r in server.requests] == ["GET"] and "Range" not in server.requests[0]["headers"]
@@ -207,6 +208,26 @@ def test_not_enough_disk_space_is_checked_before_writing(server, wdir):
     assert "Not enough disk space" in e.value.cause
     assert_nothing_half_installed(wdir)
     assert not list((wdir / ".downloads").glob("*.part"))
+
+
+def test_tls_is_verified(model_zip, wdir, tmp_path):
+    """A self-signed https mirror is refused (never verify=False), once, with how to trust a hospital CA."""
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("openssl is needed to make a test certificate")
+    with WeightsServer({f"/{FOLDER}.zip": model_zip}, tls=(cert, key)) as srv:
+        with pytest.raises(WeightsDownloadError) as e:
+            download_models([SPEC], weights_dir=wdir, mirror=srv.url(), **FAST)
+    assert "TLS certificate could not be verified" in e.value.cause and srv.url() in e.value.cause
+    assert "REQUESTS_CA_BUNDLE" in e.value.fix
+    assert srv.requests == []  # the handshake failed: nothing was sent
+    assert_nothing_half_installed(wdir)
 
 
 def _closed_port():
@@ -368,8 +389,8 @@ def test_licensed_download_posts_the_key_and_never_shows_it(licence_server, wdir
     caplog.set_level(logging.DEBUG)
     events, progress = recorder()
     assert main(["set-license", KEY]) == 0
-    download_models([LICENSED], weights_dir=wdir, progress=progress, license_url=licence_server.url("/download_weights"),
-                    **FAST)
+    download_models([LICENSED], weights_dir=wdir, progress=progress,
+                    license_url=licence_server.url("/download_weights"), **FAST)
     assert is_installed(LICENSED, wdir)
     (req,) = licence_server.requests
     assert req["method"] == "POST"

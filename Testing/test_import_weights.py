@@ -71,7 +71,8 @@ def test_folders_dataset_model_and_whole_weights_folder(test_weights, model_a, w
     assert import_weights(model_a, weights_dir=wdir) == [wdir / A.folder]
     assert sorted(p.relative_to(model_a) for p in model_a.rglob("*")) == before  # source untouched
     # a bare model folder: the dataset is named by its plans.json
-    assert import_weights(test_weights / B.folder / B.subdir, weights_dir=tmp_path / "w2") == [tmp_path / "w2" / B.folder]
+    w2 = tmp_path / "w2"
+    assert import_weights(test_weights / B.folder / B.subdir, weights_dir=w2) == [w2 / B.folder]
     # another installation's whole weights folder
     other = tmp_path / "other_install"
     for m in (A, B):
