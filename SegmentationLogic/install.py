@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -103,11 +104,18 @@ def _pid_alive(pid):
     return True
 
 
+def _staging_tag():
+    """Host and pid in staging names: a weights folder on a network share may serve several machines."""
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    return f"{host}-{os.getpid()}"
+
+
 def remove_stale_staging(weights_dir, max_age_s=24 * 3600):
-    """Remove staging folders left by a killed process (dead pid, or older than a day)."""
+    """Remove staging folders left by a killed process (ours: dead pid; another host's: older than a day)."""
+    host = _staging_tag().rsplit("-", 1)[0]
     for p in Path(weights_dir).glob(STAGING_PREFIX + "*"):
-        m = re.match(re.escape(STAGING_PREFIX) + r"(\d+)-", p.name)
-        alive = _pid_alive(int(m.group(1))) if m else None
+        m = re.match(re.escape(STAGING_PREFIX) + r"([A-Za-z0-9]+)-(\d+)-", p.name)
+        alive = _pid_alive(int(m.group(2))) if m and m.group(1) == host else None
         try:
             old = time.time() - p.stat().st_mtime > max_age_s
         except OSError:
@@ -119,7 +127,7 @@ def remove_stale_staging(weights_dir, max_age_s=24 * 3600):
 @contextlib.contextmanager
 def staging_dir(weights_dir):
     """A hidden temporary folder inside the weights folder, removed whatever happens."""
-    path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=weights_dir))
+    path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_staging_tag()}-", dir=weights_dir))
     try:
         yield path
     finally:

@@ -48,7 +48,7 @@ def load_checkpoint(path):
 
     path = Path(path)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with _allowing(_safe_globals()):
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as e:  # legacy (non-zip) checkpoints cannot be memory-mapped
@@ -66,6 +66,22 @@ def load_checkpoint(path):
         raise InvalidWeightsError(f"{path} is not a readable PyTorch checkpoint ({_short(e)}).", _FIX) from None
     except Exception as e:  # truncated or damaged file: zip errors, EOF, bad magic...
         raise InvalidWeightsError(f"{path} is not a readable PyTorch checkpoint ({_short(e)}).", _FIX) from None
+
+
+def _allowing(allowed):
+    """torch >= 2.5: a scoped allow-list; 2.4: a process-wide one; older: no safe way to load them."""
+    import contextlib
+
+    import torch
+
+    ser = torch.serialization
+    if hasattr(ser, "safe_globals"):
+        return ser.safe_globals(allowed)
+    if hasattr(ser, "add_safe_globals"):
+        ser.add_safe_globals([g[0] if isinstance(g, tuple) else g for g in allowed])
+        return contextlib.nullcontext()
+    raise InvalidWeightsError(f"PyTorch {torch.__version__} cannot check model checkpoints safely.",
+                              "Update PyTorch to 2.4 or newer.")
 
 
 def _unsafe_globals(path):

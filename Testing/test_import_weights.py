@@ -299,6 +299,23 @@ def test_cancel_during_import_leaves_nothing(test_weights, wdir, tmp_path):
     assert_nothing_half_installed(wdir)
 
 
+def test_staging_left_by_a_killed_process_is_removed(model_a, wdir):
+    import subprocess
+    import sys
+
+    from SegmentationLogic.install import STAGING_PREFIX, _staging_tag
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = _staging_tag().rsplit("-", 1)[0]
+    left = wdir / f"{STAGING_PREFIX}{host}-{dead.stdout.strip()}-abc"  # killed mid-install
+    busy = wdir / f"{STAGING_PREFIX}{host}-{os.getpid()}-def"  # a live install (this process)
+    remote = wdir / f"{STAGING_PREFIX}otherhost-{dead.stdout.strip()}-ghi"  # another machine's, recent
+    for d in (left, busy, remote):
+        (d / "unpacked").mkdir(parents=True)
+    import_weights(model_a, weights_dir=wdir)
+    assert not left.exists() and busy.exists() and remote.exists()
+
+
 def test_importing_from_inside_the_weights_folder_is_refused(test_weights, wdir):
     import_weights(test_weights / A.folder, weights_dir=wdir)
     refused_error = pytest.raises(InvalidWeightsError)
