@@ -70,6 +70,12 @@ def dicom_cases(tmp_path_factory, example):
     return {name: (src, root / f"{name}_official.nii.gz") for name, src in cases.items()}
 
 
+@pytest.fixture(scope="module")
+def dicom_image(example):
+    """The example series, read once (JPEG 2000: about a second per read)."""
+    return load_image(example("example_ct_dicom"))
+
+
 @pytest.fixture
 def clean_tmp(tmp_path, monkeypatch):
     """A private temporary folder, to see what a read leaves behind."""
@@ -103,8 +109,8 @@ def test_dicom_matches_official_conversion(dicom_cases, case, clean_tmp):
     assert list(clean_tmp.iterdir()) == []  # a zip read leaves nothing behind
 
 
-def test_example_dicom_geometry(example):
-    img = load_image(example("example_ct_dicom"))
+def test_example_dicom_geometry(dicom_image):
+    img = dicom_image
     assert img.shape == (512, 512, 20)
     assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
     data = img.get_fdata()
@@ -421,10 +427,10 @@ def test_check_image_warnings(example):
     assert any("sform and qform disagree" in w for w in check_image(moved))
 
 
-def test_examples_pass_checks(example):
-    for name in ("example_ct_sm.nii.gz", "example_mr_sm.nii.gz", "example_ct_dicom"):
+def test_examples_pass_checks(example, dicom_image):
+    for name in ("example_ct_sm.nii.gz", "example_mr_sm.nii.gz"):
         assert check_image(load_image(example(name))) == []
-    img, warnings = open_input(example("example_ct_dicom"), target_spacing=(3, 3, 3), n_classes=117)
+    img, warnings = open_input(dicom_image, target_spacing=(3, 3, 3), n_classes=117)
     assert img.shape == (512, 512, 20) and warnings == []
     img4d = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
     assert open_input(img4d)[0].shape == (512, 512, 20)
@@ -432,12 +438,12 @@ def test_examples_pass_checks(example):
 
 # -- modality ----------------------------------------------------------------------
 
-def test_guess_modality_on_examples(example):
+def test_guess_modality_on_examples(example, dicom_image):
     modality, confidence, reason = guess_modality(load_image(example("example_ct_sm.nii.gz")))
     assert modality == "CT" and confidence >= 0.9 and "below -500" in reason
     modality, confidence, reason = guess_modality(load_image(example("example_mr_sm.nii.gz")))
     assert modality == "MR" and confidence >= 0.8 and "non-negative" in reason
-    assert guess_modality(load_image(example("example_ct_dicom")))[0] == "CT"
+    assert guess_modality(dicom_image)[0] == "CT"
 
 
 def test_guess_modality_soft_tissue_crop_and_warning(example):
