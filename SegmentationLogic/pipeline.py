@@ -101,22 +101,30 @@ OOM_FIX = ("Use --fast (3 mm) or --fastest (6 mm), crop the image to the region 
 def _image_io():
     try:
         from . import image_io
-    except ImportError:
+    except ImportError:  # a minimal installation: NIfTI only
         return None
     return image_io
 
 
-def load_input(input, progress=None):
-    """The input as the official tool sees it (a Nifti1Image), checked."""
+def load_input(input, progress=None, target_spacing=None, n_classes=None):
+    """The input as the official tool sees it (a Nifti1Image), checked.
+
+    Paths go through image_io (NIfTI, NRRD, DICOM folder or zip, read as the official
+    tool reads them); a nibabel image is used as it is (trailing 1-length axes dropped).
+    The checks refuse what cannot be segmented (2D/4D, sheared axes, NaN, far too large)
+    with a cause and a fix; their warnings go to the progress log."""
     io = _image_io()
+    if io is not None:
+        img = io.load_image(input, progress=progress)
+        warnings = io.check_image(img, target_spacing=target_spacing, n_classes=n_classes)
+        for w in warnings or ():
+            if progress is not None:
+                progress.log(w, "warning")
+        return img
     if isinstance(input, nib.spatialimages.SpatialImage):
         img = input if isinstance(input, nib.Nifti1Image) else nib.Nifti1Image.from_image(input)
-    elif io is not None and hasattr(io, "load_image"):
-        img = io.load_image(input, progress=progress)
     else:
         path = Path(input)
-        if not path.exists():
-            raise InputImageError(f"Input not found: {path}", "Check the path.")
         if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
             raise InputImageError(f"Cannot read {path.name}: this installation reads NIfTI (.nii, .nii.gz) only.",
                                   "Convert the image to NIfTI, or install the full package with image_io.")
@@ -124,9 +132,7 @@ def load_input(input, progress=None):
             img = nib.load(str(path))
         except Exception as e:  # noqa: BLE001 - nibabel raises many types for broken files
             raise InputImageError(f"Cannot read {path}: {e}", "Check that the file is a valid NIfTI image.") from e
-    if io is not None and hasattr(io, "check_image"):
-        io.check_image(img)
-    elif len(img.shape) != 3:
+    if len(img.shape) != 3:
         raise InputImageError(f"The image has {len(img.shape)} dimensions ({img.shape}); a 3D volume is needed.",
                               "Give a single 3D volume (for 4D series pick one time point).")
     return img
@@ -236,7 +242,8 @@ class Segmenter:
         try:
             t = time.time()
             progress("load", 0.0, "reading the image")
-            img = load_input(input, progress=progress)
+            img = load_input(input, progress=progress, target_spacing=mode.resample,
+                             n_classes=max(len(m.classes or spec.classes) for m in plan["models"]) + 1)
             values = geometry.exact_values(img)
             run.timed("read", time.time() - t)
             want_fast_stats = bool(statistics) and quality == "fast"
@@ -266,8 +273,8 @@ class Segmenter:
             files = []
             if output is not None:
                 t = time.time()
-                files = self._write(output, ml, spec, labels, img, values, labelmap, class_map, stats, preview,
-                                    note, progress)
+                files = self._write(output, ml, spec, quality, labels, img, values, labelmap, class_map, stats,
+                                    preview, note, progress)
                 run.timed("save", time.time() - t)
             progress("save", 1.0, "done")
         finally:
@@ -482,7 +489,8 @@ class Segmenter:
                 f"{classes} classes), but only {available / 2**30:.1f} GB are available.", OOM_FIX)
 
     # -- outputs ----------------------------------------------------------------------------------
-    def _write(self, output, ml, spec, labels, img, values, labelmap, class_map, stats, preview, note, progress):
+    def _write(self, output, ml, spec, quality, labels, img, values, labelmap, class_map, stats, preview, note,
+               progress):
         output = Path(output)
         out_dir = output.parent if ml else output
         writer = outputs.AtomicWriter()
@@ -498,14 +506,16 @@ class Segmenter:
             if stats is not None:
                 writer.json(stats, out_dir / "statistics.json")
             if preview:
-                self._preview(writer, labelmap, class_map, out_dir / f"preview_{spec.name}.png", note, progress)
+                title = f"TotalSegmentator {spec.name}" + (f" --{quality}" if quality != "normal" else "")
+                self._preview(writer, labelmap, class_map, out_dir / f"preview_{spec.name}.png", note, title,
+                              progress)
             return writer.commit()
         except BaseException:
             writer.abort()
             raise
 
     @staticmethod
-    def _preview(writer, labelmap, class_map, png, note, progress):
+    def _preview(writer, labelmap, class_map, png, note, title, progress):
         try:
             from .preview import render_preview
         except ImportError:
@@ -515,7 +525,7 @@ class Segmenter:
         tmp = png.with_name(f".{png.name}.part{os.getpid()}.png")
         png.parent.mkdir(parents=True, exist_ok=True)
         writer.adopt(tmp, png)
-        render_preview(labelmap, class_map, tmp, note=note)
+        render_preview(labelmap, class_map, tmp, note=note, title=title)
 
 
 def _as_progress(progress, cancel):
