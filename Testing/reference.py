@@ -65,67 +65,92 @@ def official_kwargs(task="total", quality="normal", roi_subset=None, ml=True, st
 
 
 class OfficialBatch:
-    """Runs a list of cases through the official tool in ONE background subprocess.
+    """Runs a list of cases through the official tool in background subprocesses.
 
     cases: [(name, input_path, output_path, our_options_dict)]. `wait(name)` blocks until
     that case is done and returns {"ok", "seconds", "error"}; the output is on disk then.
+    With `workers` > 1 the cases are dealt to that many subprocesses (each keeps the
+    given order), balanced by `costs` {name: rough seconds}, so the official tool's many
+    idle moments (worker start-up, file I/O) overlap with other work.
     """
 
-    def __init__(self, cases, weights_dir, workdir, timeout=1800):
+    def __init__(self, cases, weights_dir, workdir, timeout=1800, workers=1, costs=None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         home = make_home(self.workdir)
         spec = [{"name": n, "input": str(i), "output": str(o), "kwargs": official_kwargs(**opts)}
                 for n, i, o, opts in cases]
         self.names = [c["name"] for c in spec]
-        self.cases_file = self.workdir / "cases.json"
-        self.results_file = self.workdir / "results.jsonl"
-        self.cases_file.write_text(json.dumps(spec))
-        self.results_file.write_text("")
-        self.log = open(self.workdir / "oracle.log", "w")
-        self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, str(HERE), str(self.cases_file), str(self.results_file)],
-                                     env=oracle_env(weights_dir, home), stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir)
+        groups = _deal(spec, max(1, min(workers, len(spec))), costs or {})
         self.timeout = timeout
-        self._lock = threading.Lock()
+        self.started = time.time()
+        self._workers = []  # (process, results file, log file, names)
+        for k, group in enumerate(groups):
+            cases_file = self.workdir / f"cases{k}.json"
+            results_file = self.workdir / f"results{k}.jsonl"
+            cases_file.write_text(json.dumps(group))
+            results_file.write_text("")
+            log = open(self.workdir / f"oracle{k}.log", "w")
+            proc = subprocess.Popen([sys.executable, str(HERE), str(cases_file), str(results_file)],
+                                    env=oracle_env(weights_dir, home), stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=self.workdir)
+            self._workers.append((proc, results_file, log, [c["name"] for c in group]))
 
-    def _results(self):
+    def _worker_of(self, name):
+        for w in self._workers:
+            if name in w[3]:
+                return w
+        raise KeyError(f"oracle case {name!r} was not scheduled")
+
+    @staticmethod
+    def _results(results_file):
         out = {}
-        for line in self.results_file.read_text().splitlines():
+        for line in results_file.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
                 out[r["name"]] = r
         return out
 
     def wait(self, name):
-        if name not in self.names:
-            raise KeyError(f"oracle case {name!r} was not scheduled")
+        proc, results_file, log, _ = self._worker_of(name)
         deadline = self.started + self.timeout
         while True:
-            res = self._results()
+            res = self._results(results_file)
             if name in res:
                 return res[name]
-            if self.proc.poll() is not None:
-                res = self._results()
+            if proc.poll() is not None:
+                res = self._results(results_file)
                 if name in res:
                     return res[name]
-                raise RuntimeError(f"official TotalSegmentator runner exited ({self.proc.returncode}) before "
-                                   f"case {name}; log:\n{self.tail_log()}")
+                raise RuntimeError(f"official TotalSegmentator runner exited ({proc.returncode}) before "
+                                   f"case {name}; log:\n{self.tail_log(log)}")
             if time.time() > deadline:
                 self.close()
                 raise TimeoutError(f"official runner did not finish {name} in {self.timeout}s")
             time.sleep(0.2)
 
-    def tail_log(self, n=4000):
-        self.log.flush()
-        return (self.workdir / "oracle.log").read_text()[-n:]
+    @staticmethod
+    def tail_log(log, n=4000):
+        log.flush()
+        return Path(log.name).read_text()[-n:]
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        for proc, _, log, _ in self._workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def _deal(spec, n, costs):
+    """Split cases into n groups of similar total cost (largest first), keeping their order."""
+    load = [0.0] * n
+    owner = {}
+    for c in sorted(spec, key=lambda c: -costs.get(c["name"], 10.0)):
+        k = load.index(min(load))
+        owner[c["name"]] = k
+        load[k] += costs.get(c["name"], 10.0)
+    return [g for g in ([c for c in spec if owner[c["name"]] == k] for k in range(n)) if g]
 
 
 def run_official(input_path, output_path, weights_dir, workdir=None, **options):

@@ -1,8 +1,8 @@
 """Parity: this engine and the official TotalSegmentator give IDENTICAL labelmaps.
 
 Both run on the same test models (real nnU-Net checkpoints in the official layout) and
-the same real example images. The official tool runs offline in ONE background
-subprocess (Testing/reference.py) that works through every selected case once per
+the same real example images. The official tool runs offline in two background
+subprocesses (Testing/reference.py) that work through every selected case once per
 session while this process runs the engine; each test waits only for its own case.
 A single differing voxel fails the test: there is no tolerance.
 
@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 CT, MR, DICOM = "example_ct_sm.nii.gz", "example_mr_sm.nii.gz", "example_ct_dicom"
 
-# name -> (input, options); the order is the order the official runner works through them
+# name -> (input, options); the order is the order the tests (and the official runners) take
+# them. OFFICIAL_SECONDS: rough cost of each official run, to share them between two runners.
 CASES = {
     "fastest": (CT, dict(quality="fastest")),
     "fast": (CT, dict(quality="fast", statistics=True)),
@@ -48,6 +49,8 @@ CASES = {
     "force_split": (CT, dict(force_split=True)),
 }
 STATISTICS_CASES = ("total", "fast")
+OFFICIAL_SECONDS = {"total": 60, "force_split": 90, "roi_subset": 25, "total_mr": 25}
+OFFICIAL_RUNNERS = 2
 
 
 def _image_io_available():
@@ -81,7 +84,8 @@ def official(request, test_weights, parity_dir, example):
     """The official runs of every selected case, started once, in the background."""
     names = _selected_cases(request.session)
     cases = [(n, example(CASES[n][0]), _output(parity_dir / "official", n), CASES[n][1]) for n in names]
-    batch = OfficialBatch(cases, test_weights, parity_dir / "official_work")
+    batch = OfficialBatch(cases, test_weights, parity_dir / "official_work", workers=OFFICIAL_RUNNERS,
+                          costs=OFFICIAL_SECONDS)
     yield batch
     batch.close()
 
