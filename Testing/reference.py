@@ -48,7 +48,7 @@ def oracle_env(weights_dir, home):
     env = dict(os.environ)
     env["TOTALSEG_HOME_DIR"] = str(home)
     env["TOTALSEG_WEIGHTS_PATH"] = str(weights_dir)
-    env.setdefault("nnUNet_def_n_proc", "1")
+    # nnUNet_def_n_proc (torch threads of the prediction) is inherited: compare like with like
     # nothing may leave the machine: an accidental download or stats call fails at once
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env[var] = "http://127.0.0.1:9"

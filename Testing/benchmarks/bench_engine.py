@@ -9,7 +9,9 @@ alternately in the same invocation and the report gives ratios (engine / officia
       (6 stages, 32..320 features, 128^3 patch, untrained)
 
 Each tool runs as a fresh process (python start-up, imports and model loading included,
-as a user running either command line sees it). Wall time, and peak memory two ways:
+as a user running either command line sees it). Wall time, CPU time of the process tree
+(user + system: less sensitive than wall time to other load on a shared machine), and
+peak memory two ways:
 the largest single process (getrusage of the children) and the whole process tree
 (sampled from /proc every 20 ms; the official tool spawns worker processes). The engine
 is also timed warm: a second run in a process that has its models loaded (the Slicer
@@ -82,7 +84,8 @@ def tree_rss_kb(root):
 
 
 def measure(cmd, env, cwd):
-    """Run cmd; return wall seconds, peak tree RSS (MB), peak single-process RSS (MB)."""
+    """Run cmd; return wall seconds, CPU seconds of the whole tree, peak tree RSS (MB) and
+    peak single-process RSS (MB)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
@@ -103,7 +106,8 @@ def measure(cmd, env, cwd):
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"wall": wall, "tree_mb": peak[0] / 1024, "proc_mb": usage.ru_maxrss / 1024}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "tree_mb": peak[0] / 1024,
+            "proc_mb": usage.ru_maxrss / 1024}
 
 
 # -- the two tools ------------------------------------------------------------------------
@@ -178,8 +182,9 @@ def main():
             engine_input = work / "dicom.nii.gz"
             extra = dicom_as_nifti(official_input, engine_input)
             note = f"engine fed the dicom2nifti conversion; its {extra:.1f} s are added to the engine's time"
-        official_env = oracle_env(w, home)
+        official_env = oracle_env(w, home)  # same torch thread settings as the engine's
         engine_env = dict(os.environ, PYTHONPATH=str(REPO))
+        assert official_env.get("nnUNet_def_n_proc") == engine_env.get("nnUNet_def_n_proc")
         res = {"official": [], "engine": []}
         for i in range(args.repeat):
             odir = work / f"{name}_official_{i}"
@@ -199,7 +204,8 @@ def main():
     print("\nSummary (ratio engine/official; target wall <= 0.50):")
     for name, med, warm, same, note in rows:
         o, e = med["official"], med["engine"]
-        print(f"  {name:<13} wall {e['wall'] / o['wall']:.2f}   tree-RSS {e['tree_mb'] / o['tree_mb']:.2f}   "
+        print(f"  {name:<13} wall {e['wall'] / o['wall']:.2f}   cpu {e['cpu'] / o['cpu']:.2f}   "
+              f"tree-RSS {e['tree_mb'] / o['tree_mb']:.2f}   "
               f"max-process-RSS {e['proc_mb'] / o['proc_mb']:.2f}   identical labels: {same}")
 
 
@@ -213,14 +219,14 @@ def _same_labels(a, b):
 def _print_row(name, med, warm, same, note):
     o, e = med["official"], med["engine"]
     print(f"\n{name}")
-    print(f"  official  wall {o['wall']:7.1f} s   peak tree RSS {o['tree_mb']:7.0f} MB   "
-          f"largest process {o['proc_mb']:7.0f} MB")
-    print(f"  engine    wall {e['wall']:7.1f} s   peak tree RSS {e['tree_mb']:7.0f} MB   "
-          f"largest process {e['proc_mb']:7.0f} MB")
+    for label, m in (("official", o), ("engine", e)):
+        print(f"  {label:<9} wall {m['wall']:7.1f} s   cpu {m['cpu']:7.1f} s   peak tree RSS {m['tree_mb']:7.0f} MB"
+              f"   largest process {m['proc_mb']:7.0f} MB")
     if warm is not None:
         print(f"  engine, models already loaded (persistent worker): {warm:.1f} s")
-    print(f"  ratio     wall {e['wall'] / o['wall']:.2f}   tree RSS {e['tree_mb'] / o['tree_mb']:.2f}   "
-          f"largest process {e['proc_mb'] / o['proc_mb']:.2f}   identical labels: {same}")
+    print(f"  ratio     wall {e['wall'] / o['wall']:.2f}   cpu {e['cpu'] / o['cpu']:.2f}   "
+          f"tree RSS {e['tree_mb'] / o['tree_mb']:.2f}   largest process {e['proc_mb'] / o['proc_mb']:.2f}   "
+          f"identical labels: {same}")
     if note:
         print(f"  note: {note}")
 
