@@ -524,8 +524,15 @@ class Segmenter:
             return
         tmp = png.with_name(f".{png.name}.part{os.getpid()}.png")
         png.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            render_preview(labelmap, class_map, tmp, note=note, title=title)
+        except Exception as e:  # noqa: BLE001 - a picture must not cost the user the segmentation
+            tmp.unlink(missing_ok=True)
+            log.warning("preview failed", exc_info=True)
+            progress.log(f"Preview not written ({type(e).__name__}: {e}); the segmentation itself is complete.",
+                         "warning")
+            return
         writer.adopt(tmp, png)
-        render_preview(labelmap, class_map, tmp, note=note, title=title)
 
 
 def _as_progress(progress, cancel):

@@ -4,6 +4,7 @@ Exactness against the official tool is in test_parity.py; here the engine runs a
 the real example CT with the test models (6 mm model: about a second per run).
 """
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -305,3 +306,18 @@ def test_device_list_has_the_cpu():
     devices = available_devices()
     assert devices[-1]["id"] == "cpu" and devices[-1]["name"].startswith("CPU")
     assert all({"id", "name", "memory_gb"} <= set(d) for d in devices)
+
+
+def test_preview_draws_a_label_enclosed_by_another(tmp_path):
+    """--preview on a result where one structure lies inside another (its faces all border
+    that structure): the renderer must not fail on the inner label (it did: IndexError)."""
+    try:
+        from SegmentationLogic.preview import render_preview
+    except ImportError:
+        pytest.skip("no preview renderer in this installation")
+    seg = np.zeros((40, 40, 40), np.uint8)
+    seg[8:32, 8:32, 8:32] = 3
+    seg[16:24, 16:24, 16:24] = 79
+    png = render_preview(nib.Nifti1Image(seg, np.diag([2.0, 2.0, 2.0, 1.0])), {3: "liver", 79: "spinal_cord"},
+                         tmp_path / "p.png")
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
