@@ -1,0 +1,259 @@
+"""Where each tree enters the liver: portal and hepatic seed nodes on the skeleton graph.
+
+Anatomy, not exact overlap, picks the seeds, so support masks that are shifted by a few
+mm or partly missing still work:
+- portal: the portal vein enters at the hilum as the thickest intrahepatic vessel, at the
+  end of the portal trunk; the seed is the node that best combines a large radius with
+  closeness to the trunk mask (searched up to 25 mm away: a trunk without its hilum end
+  still points at the right vessel);
+- hepatic: the hepatic veins end at the IVC; seeds are the thick nodes whose free end
+  lies near the IVC (or which overlap it). A missing IVC slab is filled in by
+  interpolating the IVC slice by slice before the search.
+Without a usable support mask a documented fallback guesses from radius and position
+(and says so in the warnings). User points override both.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+PORTAL, HEPATIC = 1, 2
+PORTAL_SEARCH_MM = 25.0
+PORTAL_DECAY_MM = 15.0
+HEPATIC_SEARCH_MM = 10.0     # a vein's free end this close to the IVC may be its root
+HEPATIC_TOUCH_MM = 6.0       # any vessel this close touches the IVC (masks shifted by a few mm)
+USER_POINT_MAX_MM = 15.0
+
+
+@dataclass
+class Seeds:
+    portal: np.ndarray                       # node ids
+    hepatic: np.ndarray
+    source: dict = field(default_factory=dict)     # {"portal": "portal_trunk" | "fallback" | "user" ...}
+    warnings: list = field(default_factory=list)
+    support: dict = field(default_factory=dict)    # distances and repairs, for QC
+
+
+def _surface_points(mask, spacing):
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        return np.zeros((0, 3))
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = np.minimum(idx.max(0) + 2, mask.shape)
+    sub = mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    surf = sub & ~ndimage.binary_erosion(sub)
+    return (np.argwhere(surf) + lo) * np.asarray(spacing, float)
+
+
+def repair_ivc(ivc, spacing, max_gap_mm=120.0):
+    """Fill missing axial slabs of an IVC mask by interpolating its slice centroids and radii.
+
+    Returns (mask, filled_mm): the repaired mask and the length of IVC added (mm).
+    Assumes RAS-canonical array axes (axis 2 runs inferior to superior).
+    """
+    ivc = np.asarray(ivc) > 0
+    spacing = np.asarray(spacing, float)
+    present = np.nonzero(ivc.any(axis=(0, 1)))[0]
+    if len(present) < 2:
+        return ivc, 0.0
+    missing = np.setdiff1d(np.arange(present[0], present[-1] + 1), present)
+    if not len(missing):
+        return ivc, 0.0
+    area = ivc.sum(axis=(0, 1))[present].astype(float)
+    idx = np.argwhere(ivc)
+    cx = np.bincount(idx[:, 2], weights=idx[:, 0], minlength=ivc.shape[2])[present] / area
+    cy = np.bincount(idx[:, 2], weights=idx[:, 1], minlength=ivc.shape[2])[present] / area
+    radius_mm = np.sqrt(area * spacing[0] * spacing[1] / np.pi)
+    # only gaps up to max_gap_mm: a longer absence is not a slab missing from one vessel
+    nxt = np.searchsorted(present, missing)
+    gap_mm = (present[nxt] - present[nxt - 1]) * spacing[2]
+    missing = missing[gap_mm <= max_gap_mm]
+    out = ivc.copy()
+    x = np.arange(ivc.shape[0]) * spacing[0]
+    y = np.arange(ivc.shape[1]) * spacing[1]
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    for k in missing:  # one disc per missing slice: a loop over slices, not voxels
+        px = np.interp(k, present, cx) * spacing[0]
+        py = np.interp(k, present, cy) * spacing[1]
+        r = np.interp(k, present, radius_mm)
+        out[:, :, k] = (X - px) ** 2 + (Y - py) ** 2 <= r * r
+    return out, float(len(missing) * spacing[2])
+
+
+def _node_distance(graph, points_mm):
+    """(min distance per node, distance per skeleton voxel) to a point cloud (mm)."""
+    if not len(points_mm):
+        inf = np.full(graph.n_nodes, np.inf)
+        return inf, np.full(len(graph.coords), np.inf)
+    d, _ = cKDTree(points_mm).query(graph.points_mm())
+    per_node = np.full(graph.n_nodes, np.inf)
+    np.minimum.at(per_node, graph.node, d)
+    return per_node, d
+
+
+def _portal_from_trunk(graph, trunk, spacing, seeds):
+    pts = _surface_points(trunk, spacing)
+    if not len(pts):
+        seeds.warnings.append("Portal trunk mask is empty: portal seed guessed from vessel radius and position.")
+        return None
+    dist, _ = _node_distance(graph, pts)
+    seeds.support["portal_trunk_distance_mm"] = float(dist.min())
+    cand = np.nonzero(dist <= PORTAL_SEARCH_MM)[0]
+    if not len(cand):
+        seeds.warnings.append(
+            f"Portal trunk mask does not reach the vessels (nearest vessel {dist.min():.1f} mm away): "
+            "portal seed guessed from vessel radius and position.")
+        return None
+    if dist.min() > 2.0 * float(np.max(spacing)):
+        seeds.warnings.append(
+            f"Portal trunk mask does not touch the vessels (nearest vessel {dist.min():.1f} mm away): "
+            "portal seed taken from the nearest large vessel.")
+    # the portal tree, not a speck near the trunk: weigh by the vessel volume of the piece
+    piece = np.bincount(graph.component[graph.voxel_node], minlength=graph.component.max() + 1)
+    share = np.minimum(1.0, piece[graph.component[cand]] / (0.05 * len(graph.voxel_node)))
+    score = _width(graph)[cand] ** 4 * np.exp(-dist[cand] / PORTAL_DECAY_MM) * share
+    return np.array([cand[np.argmax(score)]])
+
+
+def _hepatic_from_ivc(graph, ivc, spacing, seeds):
+    ivc, filled = repair_ivc(ivc, spacing)
+    if filled:
+        seeds.support["ivc_filled_mm"] = filled
+    pts = _surface_points(ivc, spacing)
+    if not len(pts):
+        seeds.warnings.append("IVC mask is empty: hepatic seeds guessed from vessel radius and position.")
+        return None
+    node_d, vox_d = _node_distance(graph, pts)
+    seeds.support["ivc_distance_mm"] = float(node_d.min())
+    inside = np.zeros(graph.n_nodes, bool)
+    ijk = graph.coords
+    inside_vox = ivc[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    inside[graph.node[inside_vox]] = True
+    # hepatic veins end at the IVC: a free end (or the node itself) close to it
+    near_tip = graph.tips[vox_d[graph.tips] <= HEPATIC_SEARCH_MM]
+    touching = node_d <= max(HEPATIC_TOUCH_MM, 2.0 * float(np.max(spacing)))
+    cand = np.union1d(graph.node[near_tip], np.nonzero(inside | touching)[0])
+    if not len(cand):
+        seeds.warnings.append(
+            f"IVC mask does not reach the vessels (nearest vessel {node_d.min():.1f} mm away): "
+            "hepatic seeds guessed from vessel radius and position.")
+        return None
+    if node_d.min() > 2.0 * float(np.max(spacing)):
+        seeds.warnings.append(
+            f"IVC mask does not touch the vessels (nearest vessel {node_d.min():.1f} mm away): "
+            "hepatic seeds taken from the large vessels ending near it.")
+    # a vein's end at the IVC is its root, the thickest part of its tree; a twig of the
+    # other tree that merely ends near the IVC is thinner than the branch it comes from
+    size = _width(graph)[cand]
+    root = size >= 0.85 * _neighbour_radius(graph, cand)
+    cand, size = (cand[root], size[root]) if root.any() else (cand, size)
+    return cand[size >= 0.5 * size.max()]
+
+
+def _width(graph):
+    """Radius of branches; junctions (clusters with no meaningful length) by their widest point."""
+    return np.where(graph.is_junction, graph.node_max_radius, graph.node_radius)
+
+
+def _neighbour_radius(graph, nodes):
+    """Largest radius among the branches one junction away from each node."""
+    e = np.concatenate([graph.edges, graph.edges[:, ::-1]])
+    r = graph.node_radius
+    # neighbours, and neighbours of neighbouring junctions
+    first = {}
+    for a, b in e:
+        first.setdefault(a, []).append(b)
+    out = np.zeros(len(nodes))
+    for i, n in enumerate(nodes):
+        around = set()
+        for m in first.get(n, []):
+            around.add(m)
+            if graph.is_junction[m]:
+                around.update(first.get(m, []))
+        around.discard(n)
+        around = [m for m in around if not graph.is_junction[m]]
+        out[i] = max((r[m] for m in around), default=0.0)
+    return out
+
+
+def _fallback_portal(graph, hepatic):
+    far = np.ones(graph.n_nodes, bool)
+    if hepatic is not None and len(hepatic):
+        d, _ = cKDTree(graph.node_centre[hepatic]).query(graph.node_centre)
+        far = d >= 20.0
+    cand = np.nonzero(far)[0] if far.any() else np.arange(graph.n_nodes)
+    return np.array([cand[np.argmax(graph.node_radius[cand])]])
+
+
+def _fallback_hepatic(graph, portal):
+    """Thick free ends high in the vessel tree, away from the portal seed (veins drain up to the IVC)."""
+    z = graph.node_centre[:, 2]
+    tip_nodes = np.unique(graph.node[graph.tips])
+    cand = tip_nodes[z[tip_nodes] >= np.percentile(z, 65)]
+    if portal is not None and len(portal):
+        d = np.linalg.norm(graph.node_centre[cand][:, None] - graph.node_centre[portal][None], axis=2).min(1)
+        cand = cand[d >= 30.0]
+        ref = graph.node_radius[portal].max()
+        cand = cand[graph.node_radius[cand] >= 0.4 * ref]
+    if not len(cand):
+        return None
+    cand = cand[np.argsort(-graph.node_radius[cand])]
+    chosen = []
+    for c in cand:  # up to three veins, at least 15 mm apart
+        if all(np.linalg.norm(graph.node_centre[c] - graph.node_centre[o]) >= 15.0 for o in chosen):
+            chosen.append(c)
+        if len(chosen) == 3:
+            break
+    return np.array(chosen)
+
+
+def user_seed_nodes(graph, points_ijk, label, seeds):
+    """Nodes nearest to user points (array indices); points too far from any vessel are reported."""
+    if points_ijk is None or not len(points_ijk):
+        return np.zeros(0, int)
+    vox, dist = graph.nearest_voxel(np.asarray(points_ijk, float), USER_POINT_MAX_MM)
+    for p, d in zip(points_ijk, dist):
+        if not np.isfinite(d):
+            seeds.warnings.append(f"A {label} seed point at voxel {np.round(p, 1).tolist()} is more than "
+                                  f"{USER_POINT_MAX_MM:.0f} mm from any vessel and was ignored.")
+    return np.unique(graph.node[vox[vox >= 0]])
+
+
+def find_seeds(graph, spacing, portal_trunk=None, ivc=None, portal_points=None, hepatic_points=None):
+    seeds = Seeds(np.zeros(0, int), np.zeros(0, int))
+    portal = hepatic = None
+    if portal_trunk is not None:
+        portal = _portal_from_trunk(graph, portal_trunk, spacing, seeds)
+    else:
+        seeds.warnings.append("Portal trunk mask missing: portal seed guessed from vessel radius and position.")
+    if ivc is not None:
+        hepatic = _hepatic_from_ivc(graph, ivc, spacing, seeds)
+    else:
+        seeds.warnings.append("IVC mask missing: hepatic seeds guessed from vessel radius and position.")
+    seeds.source["portal"] = "portal_trunk" if portal is not None else "fallback"
+    seeds.source["hepatic"] = "inferior_vena_cava" if hepatic is not None else "fallback"
+    if portal is None:
+        portal = _fallback_portal(graph, hepatic)
+    if hepatic is None:
+        hepatic = _fallback_hepatic(graph, portal)
+        if hepatic is None:
+            hepatic = np.zeros(0, int)
+    hepatic = np.setdiff1d(hepatic, portal)
+
+    user_p = user_seed_nodes(graph, portal_points, "portal", seeds)
+    user_h = user_seed_nodes(graph, hepatic_points, "hepatic", seeds)
+    both = np.intersect1d(user_p, user_h)
+    if len(both):
+        seeds.warnings.append(f"{len(both)} portal and hepatic seed points fall on the same branch; "
+                              "those points were ignored.")
+        user_p, user_h = np.setdiff1d(user_p, both), np.setdiff1d(user_h, both)
+    if len(user_p):
+        seeds.source["portal"] += "+user"
+    if len(user_h):
+        seeds.source["hepatic"] += "+user"
+    # a user's point wins over an automatic seed of the other class on the same branch
+    seeds.portal = np.union1d(np.setdiff1d(portal, user_h), user_p).astype(int)
+    seeds.hepatic = np.union1d(np.setdiff1d(hepatic, user_p), user_h).astype(int)
+    return seeds
