@@ -30,6 +30,8 @@ USER_POINT_MAX_MM = 15.0
 class Seeds:
     portal: np.ndarray                       # node ids
     hepatic: np.ndarray
+    user_portal: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    user_hepatic: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     source: dict = field(default_factory=dict)     # {"portal": "portal_trunk" | "fallback" | "user" ...}
     warnings: list = field(default_factory=list)
     support: dict = field(default_factory=dict)    # distances and repairs, for QC
@@ -144,38 +146,16 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds):
         seeds.warnings.append(
             f"IVC mask does not touch the vessels (nearest vessel {node_d.min():.1f} mm away): "
             "hepatic seeds taken from the large vessels ending near it.")
-    # a vein's end at the IVC is its root, the thickest part of its tree; a twig of the
-    # other tree that merely ends near the IVC is thinner than the branch it comes from
+    # thin vessels near the IVC are twigs of either tree; the veins are thick where they
+    # end. Candidates that the portal tree reaches at full width are dropped later
+    # (split.drop_portal_candidates), once the portal seed is known.
     size = _width(graph)[cand]
-    root = size >= 0.85 * _neighbour_radius(graph, cand)
-    cand, size = (cand[root], size[root]) if root.any() else (cand, size)
     return cand[size >= 0.5 * size.max()]
 
 
 def _width(graph):
     """Radius of branches; junctions (clusters with no meaningful length) by their widest point."""
     return np.where(graph.is_junction, graph.node_max_radius, graph.node_radius)
-
-
-def _neighbour_radius(graph, nodes):
-    """Largest radius among the branches one junction away from each node."""
-    e = np.concatenate([graph.edges, graph.edges[:, ::-1]])
-    r = graph.node_radius
-    # neighbours, and neighbours of neighbouring junctions
-    first = {}
-    for a, b in e:
-        first.setdefault(a, []).append(b)
-    out = np.zeros(len(nodes))
-    for i, n in enumerate(nodes):
-        around = set()
-        for m in first.get(n, []):
-            around.add(m)
-            if graph.is_junction[m]:
-                around.update(first.get(m, []))
-        around.discard(n)
-        around = [m for m in around if not graph.is_junction[m]]
-        out[i] = max((r[m] for m in around), default=0.0)
-    return out
 
 
 def _fallback_portal(graph, hepatic):
@@ -254,6 +234,7 @@ def find_seeds(graph, spacing, portal_trunk=None, ivc=None, portal_points=None, 
     if len(user_h):
         seeds.source["hepatic"] += "+user"
     # a user's point wins over an automatic seed of the other class on the same branch
+    seeds.user_portal, seeds.user_hepatic = user_p.astype(int), user_h.astype(int)
     seeds.portal = np.union1d(np.setdiff1d(portal, user_h), user_p).astype(int)
     seeds.hepatic = np.union1d(np.setdiff1d(hepatic, user_p), user_h).astype(int)
     return seeds

@@ -158,7 +158,7 @@ def build_skeleton_graph(vessels, spacing, spur_factor=1.0, merge_rounds=3):
     # every vessel voxel belongs to its nearest skeleton voxel's node; a node's mean radius
     # is then its volume over its length: continuous, and robust to one thin or thick spot
     voxel_index = idx.astype(np.int32)
-    _, nearest = cKDTree(pts).query(voxel_index * spacing)
+    nearest = _nearest_in_piece(sub, origin, voxel_index, coords_p, pts, spacing)
     voxel_node = node[nearest].astype(np.int32)
     volume = np.bincount(voxel_node, minlength=k) * float(np.prod(spacing))
     length = _node_lengths(node, pairs, pts, k) + float(np.mean(spacing))
@@ -171,6 +171,27 @@ def build_skeleton_graph(vessels, spacing, spur_factor=1.0, merge_rounds=3):
     return SkeletonGraph(tuple(vessels.shape), spacing, coords, radius, node, is_junction, counts, node_radius,
                          node_max_radius, centre, length, comp, edges, edge_dir, tips, tip_dir, voxel_index,
                          voxel_node)
+
+
+def _nearest_in_piece(sub, origin, voxel_index, coords_p, pts, spacing, k=8):
+    """Nearest skeleton voxel of the same connected piece of the mask for every vessel voxel
+    (the plain nearest may sit in a neighbouring vessel that passes close by)."""
+    pieces, _ = ndimage.label(sub, structure=np.ones((3, 3, 3)))
+    vpiece = pieces[tuple((voxel_index - origin).T)]
+    spiece = pieces[tuple(coords_p.T)]
+    tree = cKDTree(pts)
+    k = min(k, len(pts))
+    _, nn = tree.query(voxel_index * spacing, k=k)
+    nn = nn.reshape(len(voxel_index), k)
+    same = spiece[nn] == vpiece[:, None]
+    nearest = nn[np.arange(len(nn)), np.argmax(same, axis=1)]
+    lost = np.nonzero(~same.any(1))[0]
+    for piece in np.unique(vpiece[lost]):  # rare: a voxel far from its own piece's skeleton
+        own = np.nonzero(spiece == piece)[0]
+        sel = lost[vpiece[lost] == piece]
+        if len(own):
+            nearest[sel] = own[cKDTree(pts[own]).query(voxel_index[sel] * spacing)[1]]
+    return nearest
 
 
 def _node_lengths(node, pairs, pts, k):

@@ -33,6 +33,7 @@ from .skeleton import _ragged, build_skeleton_graph
 
 GAP_SEARCH_MM = 12.0
 GAP_DECAY_MM = 6.0
+GAP_TRUST = 0.25     # a bridge over a gap counts for less than the same vessel seen whole
 AMBIGUOUS_BELOW = 0.6
 
 
@@ -135,7 +136,7 @@ def _gap_bridges(graph, sources=()):
         a, b = graph.node[t], graph.node[near[best]]
         w = min(cap[a], cap[b], max(graph.node_radius[a], graph.node_radius[b]) ** 4)
         out_e.append((a, b))
-        out_w.append(w * score[best])
+        out_w.append(w * score[best] * GAP_TRUST)
     if not out_e:
         return np.zeros((0, 2), int), np.zeros(0)
     return np.array(out_e, int), np.array(out_w)
@@ -177,38 +178,70 @@ def _path_strength(n, edges, weights, seeds):
     return strength
 
 
-def _break_ties(labels, sp, sh, edges, rounds=8):
+def _break_ties(labels, sp, sh, edges, weights, rounds=8):
     """Nodes both classes reach equally strongly (their own joint is the bottleneck either
-    way) follow their most strongly held neighbour."""
+    way) follow the neighbour that holds them best: the strongest joint to a neighbour,
+    then the neighbour's own strength (the path beyond the shared bottleneck)."""
     tie = (sp == sh) & (sp > 0) & np.isfinite(sp)
     if not tie.any():
         return
     held = np.where(tie, 0.0, np.maximum(sp, sh))
-    a, b = np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]])
+    a = np.concatenate([edges[:, 0], edges[:, 1]])
+    b = np.concatenate([edges[:, 1], edges[:, 0]])
+    w = np.concatenate([weights, weights])
     for _ in range(rounds):
         todo = tie[a] & (held[a] == 0) & (held[b] > 0)
         if not todo.any():
             break
+        via = np.minimum(held[b], w)
         best = np.zeros(len(labels))
-        np.maximum.at(best, a[todo], held[b[todo]])
-        win = todo & (held[b] == best[a])
+        np.maximum.at(best, a[todo], via[todo])
+        first = todo & (via == best[a])
+        best2 = np.zeros(len(labels))
+        np.maximum.at(best2, a[first], held[b[first]])
+        win = first & (held[b] == best2[a])
         labels[a[win]] = labels[b[win]]
-        held[a[win]] = np.minimum(best[a[win]], sp[a[win]])
+        held[a[win]] = best[a[win]]
 
 
-def label_graph(graph, seeds, use_gaps=True):
-    """(node labels 0/1/2, node confidence 0.5..1) from the seeds by strongest paths."""
-    sources = np.concatenate([seeds.portal, seeds.hepatic]).astype(int)
+def _graph_edges(graph, sources, use_gaps=True):
     edges, weights = graph.edges, _joint_weights(graph, sources)
     if use_gaps:
         ge, gw = _gap_bridges(graph, sources)
         if len(ge):
             edges, weights = np.concatenate([edges, ge]), np.concatenate([weights, gw])
+    return edges, weights
+
+
+def drop_portal_candidates(graph, seeds):
+    """Drop automatic hepatic seeds that are twigs of the portal tree ending near the IVC.
+
+    A twig: a thin free end (under 60 % of the widest candidate) that the portal seed
+    reaches at its full width. A wrongly kept twig costs one twig; a dropped hepatic root
+    would cost a whole vein, so only clear cases go."""
+    auto = np.setdiff1d(seeds.hepatic, seeds.user_hepatic)
+    if len(auto) < 2 or not len(seeds.portal):
+        return seeds
+    edges, weights = _graph_edges(graph, np.asarray(seeds.portal, int))
+    sp = _path_strength(graph.n_nodes, edges, weights, seeds.portal)
+    width = np.where(graph.is_junction, graph.node_max_radius, graph.node_radius)[auto]
+    has_tip = np.isin(auto, graph.node[graph.tips])
+    twig = has_tip & (width < 0.6 * width.max()) & (sp[auto] >= 0.9 * width ** 4)
+    if twig.any():
+        seeds.hepatic = np.setdiff1d(seeds.hepatic, auto[twig])
+        seeds.support["hepatic_candidates_dropped"] = int(twig.sum())
+    return seeds
+
+
+def label_graph(graph, seeds, use_gaps=True):
+    """(node labels 0/1/2, node confidence 0.5..1) from the seeds by strongest paths."""
+    sources = np.concatenate([seeds.portal, seeds.hepatic]).astype(int)
+    edges, weights = _graph_edges(graph, sources, use_gaps)
     sp = _path_strength(graph.n_nodes, edges, weights, seeds.portal)
     sh = _path_strength(graph.n_nodes, edges, weights, seeds.hepatic)
     labels = np.where(sp >= sh, PORTAL, HEPATIC).astype(np.uint8)
     labels[(sp == 0) & (sh == 0)] = 0
-    _break_ties(labels, sp, sh, edges)
+    _break_ties(labels, sp, sh, edges, weights)
     win, lose = np.maximum(sp, sh), np.minimum(sp, sh)
     with np.errstate(invalid="ignore", divide="ignore"):
         conf = np.where(np.isinf(win) & np.isinf(lose), 0.5,
@@ -296,7 +329,8 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
     step("postprocess", 0.05, "Vessel skeleton")
     graph = build_skeleton_graph(vessels, spacing)
     step("postprocess", 0.4, "Seeds from portal trunk and IVC")
-    seeds = find_seeds(graph, spacing, portal_trunk, ivc, portal_points, hepatic_points)
+    seeds = drop_portal_candidates(graph, find_seeds(graph, spacing, portal_trunk, ivc, portal_points,
+                                                     hepatic_points))
     warnings = list(seeds.warnings)
 
     if use_skeleton:
