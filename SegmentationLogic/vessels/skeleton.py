@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - scikit-image is a declared dependency
     skeletonize = None
 
 # the 13 "forward" offsets of the 26-neighbourhood: each neighbour pair is found once
+RADIUS = "volume"
 _FORWARD = np.array([o for o in np.ndindex(3, 3, 3) if o > (1, 1, 1)]) - 1
 
 
@@ -163,9 +164,11 @@ def build_skeleton_graph(vessels, spacing, spur_factor=1.0, merge_rounds=3):
     volume = np.bincount(voxel_node, minlength=k) * float(np.prod(spacing))
     length = _node_lengths(node, pairs, pts, k) + float(np.mean(spacing))
     node_radius = np.sqrt(volume / (np.pi * length))
+    if RADIUS == "median":
+        node_radius = _percentile_per_group(radius, node, k, 0.5)
     _, comp = _components(k, edges)
 
-    edge_dir = _edge_directions(edges, node, pts, centre, node_radius, spacing)
+    edge_dir = _edge_directions(edges, node, pairs, pts, node_radius, spacing)
     tips = np.nonzero(degree <= 1)[0]
     tip_dir = _tip_directions(tips, node, pts, node_radius, spacing)
     return SkeletonGraph(tuple(vessels.shape), spacing, coords, radius, node, is_junction, counts, node_radius,
@@ -258,17 +261,27 @@ def _local_direction(anchor_pts, voxel_pts, owner, reach):
     return np.where(norm[:, None] > 1e-9, v / np.maximum(norm, 1e-9)[:, None], 0.0)
 
 
-def _edge_directions(edges, node, pts, centre, node_radius, spacing):
-    """For each edge (a, b): direction of a's voxels seen from b's centre, and vice versa."""
-    order = np.argsort(node, kind="stable")
-    counts = np.bincount(node, minlength=len(centre))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+def _edge_directions(edges, node, pairs, pts, node_radius, spacing):
+    """For each edge (a, b): direction of a's voxels seen from where a touches b, and vice
+    versa. Anchoring at the touching voxels (not at a junction's centre) keeps tangents
+    right where junction clusters are long or lopsided, as in thick vessels."""
     out = np.zeros((len(edges), 2, 3))
+    if not len(edges):
+        return out
+    cross = pairs[node[pairs[:, 0]] != node[pairs[:, 1]]]
+    swap = node[cross[:, 0]] > node[cross[:, 1]]
+    cross[swap] = cross[swap][:, ::-1]                     # (voxel of lower node, voxel of higher)
+    key = np.stack([node[cross[:, 0]], node[cross[:, 1]]], 1)
+    _, first = np.unique(key, axis=0, return_index=True)   # same sorted order as `edges`
+    touch = cross[first]
+    order = np.argsort(node, kind="stable")
+    counts = np.bincount(node, minlength=len(node_radius))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     for side in (0, 1):
-        own, other = edges[:, side], edges[:, 1 - side]
+        own = edges[:, side]
         vox, which = _ragged(starts[own], counts[own])
-        reach = np.maximum(3.0 * node_radius[own], 4.0 * spacing.min()) + 2.0 * node_radius[other]
-        out[:, side] = _local_direction(centre[other], pts[order[vox]], which, reach)
+        reach = np.maximum(3.0 * node_radius[own], 4.0 * spacing.min())
+        out[:, side] = _local_direction(pts[touch[:, 1 - side]], pts[order[vox]], which, reach)
     return out
 
 
