@@ -24,7 +24,6 @@ except ImportError:  # pragma: no cover - scikit-image is a declared dependency
     skeletonize = None
 
 # the 13 "forward" offsets of the 26-neighbourhood: each neighbour pair is found once
-RADIUS = "volume"
 _FORWARD = np.array([o for o in np.ndindex(3, 3, 3) if o > (1, 1, 1)]) - 1
 
 
@@ -37,7 +36,7 @@ class SkeletonGraph:
     node: np.ndarray          # (n,) node of each skeleton voxel
     is_junction: np.ndarray   # (k,) node is a junction
     node_voxels: np.ndarray   # (k,) skeleton voxels per node
-    node_radius: np.ndarray   # (k,) mean radius, mm: sqrt(volume / (pi length)) of the voxels it carries
+    node_radius: np.ndarray   # (k,) mean radius, mm (see build_skeleton_graph)
     node_max_radius: np.ndarray  # (k,) largest radius along the node, mm
     node_centre: np.ndarray   # (k, 3) mm
     node_length: np.ndarray   # (k,) mm
@@ -163,9 +162,10 @@ def build_skeleton_graph(vessels, spacing, spur_factor=1.0, merge_rounds=3):
     voxel_node = node[nearest].astype(np.int32)
     volume = np.bincount(voxel_node, minlength=k) * float(np.prod(spacing))
     length = _node_lengths(node, pairs, pts, k) + float(np.mean(spacing))
-    node_radius = np.sqrt(volume / (np.pi * length))
-    if RADIUS == "median":
-        node_radius = _percentile_per_group(radius, node, k, 0.5)
+    # a node's radius: volume over length, or the median wall distance along its centreline
+    # where junctions took much of its volume (thick, noisy vessels); both ignore a single
+    # thin or thick spot, and a true neck is narrow all along
+    node_radius = np.maximum(np.sqrt(volume / (np.pi * length)), _percentile_per_group(radius, node, k, 0.5))
     _, comp = _components(k, edges)
 
     edge_dir = _edge_directions(edges, node, pairs, pts, node_radius, spacing)
