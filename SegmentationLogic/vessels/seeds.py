@@ -37,7 +37,8 @@ class Seeds:
     support: dict = field(default_factory=dict)    # distances and repairs, for QC
 
 
-def _surface_points(mask, spacing):
+def _surface_points(mask, spacing, offset=(0, 0, 0)):
+    """Surface voxels of a mask in mm (full-volume indices when `mask` is a crop at `offset`)."""
     mask = np.asarray(mask) > 0
     if not mask.any():
         return np.zeros((0, 3))
@@ -45,8 +46,8 @@ def _surface_points(mask, spacing):
     lo = np.maximum(idx.min(0) - 1, 0)
     hi = np.minimum(idx.max(0) + 2, mask.shape)
     sub = mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
-    surf = sub & ~ndimage.binary_erosion(sub)
-    return (np.argwhere(surf) + lo) * np.asarray(spacing, float)
+    surf = sub & ~ndimage.binary_erosion(sub, border_value=0)
+    return (np.argwhere(surf) + lo + np.asarray(offset)) * np.asarray(spacing, float)
 
 
 def repair_ivc(ivc, spacing, max_gap_mm=120.0):
@@ -95,8 +96,8 @@ def _node_distance(graph, points_mm):
     return per_node, d
 
 
-def _portal_from_trunk(graph, trunk, spacing, seeds):
-    pts = _surface_points(trunk, spacing)
+def _portal_from_trunk(graph, trunk, spacing, seeds, offset):
+    pts = _surface_points(trunk, spacing, offset)
     if not len(pts):
         seeds.warnings.append("Portal trunk mask is empty: portal seed guessed from vessel radius and position.")
         return None
@@ -119,19 +120,21 @@ def _portal_from_trunk(graph, trunk, spacing, seeds):
     return np.array([cand[np.argmax(score)]])
 
 
-def _hepatic_from_ivc(graph, ivc, spacing, seeds):
+def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
     ivc, filled = repair_ivc(ivc, spacing)
     if filled:
         seeds.support["ivc_filled_mm"] = filled
-    pts = _surface_points(ivc, spacing)
+    pts = _surface_points(ivc, spacing, offset)
     if not len(pts):
         seeds.warnings.append("IVC mask is empty: hepatic seeds guessed from vessel radius and position.")
         return None
     node_d, vox_d = _node_distance(graph, pts)
     seeds.support["ivc_distance_mm"] = float(node_d.min())
     inside = np.zeros(graph.n_nodes, bool)
-    ijk = graph.coords
-    inside_vox = ivc[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    ijk = graph.coords - np.asarray(offset)
+    ok = np.all((ijk >= 0) & (ijk < ivc.shape), axis=1)
+    inside_vox = np.zeros(len(ijk), bool)
+    inside_vox[ok] = ivc[tuple(ijk[ok].T)]
     inside[graph.node[inside_vox]] = True
     # hepatic veins end at the IVC: a free end (or the node itself) close to it
     near_tip = graph.tips[vox_d[graph.tips] <= HEPATIC_SEARCH_MM]
@@ -201,15 +204,17 @@ def user_seed_nodes(graph, points_ijk, label, seeds):
     return np.unique(graph.node[vox[vox >= 0]])
 
 
-def find_seeds(graph, spacing, portal_trunk=None, ivc=None, portal_points=None, hepatic_points=None):
+def find_seeds(graph, spacing, portal_trunk=None, ivc=None, portal_points=None, hepatic_points=None,
+               offset=(0, 0, 0)):
+    """Seeds on `graph`; support masks may be crops starting at `offset` (full-volume index)."""
     seeds = Seeds(np.zeros(0, int), np.zeros(0, int))
     portal = hepatic = None
     if portal_trunk is not None:
-        portal = _portal_from_trunk(graph, portal_trunk, spacing, seeds)
+        portal = _portal_from_trunk(graph, portal_trunk, spacing, seeds, offset)
     else:
         seeds.warnings.append("Portal trunk mask missing: portal seed guessed from vessel radius and position.")
     if ivc is not None:
-        hepatic = _hepatic_from_ivc(graph, ivc, spacing, seeds)
+        hepatic = _hepatic_from_ivc(graph, ivc, spacing, seeds, offset)
     else:
         seeds.warnings.append("IVC mask missing: hepatic seeds guessed from vessel radius and position.")
     seeds.source["portal"] = "portal_trunk" if portal is not None else "fallback"

@@ -108,19 +108,25 @@ def _percentile_per_group(values, groups, n_groups, q):
     return out
 
 
-def build_skeleton_graph(vessels, spacing, spur_factor=1.0, merge_rounds=3):
-    """SkeletonGraph of a binary vessel mask (any shape); None if the mask is empty."""
+def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_factor=1.0, merge_rounds=3):
+    """SkeletonGraph of a binary vessel mask; None if the mask is empty.
+
+    `vessels` may be a crop of a larger volume: `offset` is the crop's first index and
+    `shape` the full volume's shape; all coordinates in the graph are full-volume indices.
+    """
     if skeletonize is None:  # pragma: no cover
         raise ImportError("scikit-image is required for the skeleton graph")
     vessels = np.asarray(vessels) > 0
     spacing = np.asarray(spacing, float)
+    offset = np.asarray(offset, int)
     idx = np.argwhere(vessels)
     if not len(idx):
         return None
     lo = np.maximum(idx.min(0) - 2, 0)
     hi = np.minimum(idx.max(0) + 3, vessels.shape)
     sub = np.pad(vessels[tuple(slice(a, b) for a, b in zip(lo, hi))], 1)
-    origin = lo - 1
+    idx = idx + offset
+    origin = lo - 1 + offset
 
     skel = skeletonize(sub)
     coords_p = np.argwhere(skel)                       # C order, so linear indices are sorted
@@ -171,7 +177,7 @@ def build_skeleton_graph(vessels, spacing, spur_factor=1.0, merge_rounds=3):
     edge_dir = _edge_directions(edges, node, pairs, pts, node_radius, spacing)
     tips = np.nonzero(degree <= 1)[0]
     tip_dir = _tip_directions(tips, node, pts, node_radius, spacing)
-    return SkeletonGraph(tuple(vessels.shape), spacing, coords, radius, node, is_junction, counts, node_radius,
+    return SkeletonGraph(tuple(shape or vessels.shape), spacing, coords, radius, node, is_junction, counts, node_radius,
                          node_max_radius, centre, length, comp, edges, edge_dir, tips, tip_dir, voxel_index,
                          voxel_node)
 

@@ -261,7 +261,8 @@ def _crop_box(mask, pad=1):
 
 
 def clean_small_islands(labels, vessels, min_size):
-    """Per class, components below min_size join the other class if they touch it, else clear."""
+    """Voxel version (no skeleton): per class, components below min_size join the other
+    class if they touch it, else are cleared."""
     if min_size <= 1 or not labels.any():
         return labels
     box, _ = _crop_box(vessels)
@@ -283,6 +284,32 @@ def clean_small_islands(labels, vessels, min_size):
         sub[speck & ~join] = 0
     labels[box] = sub
     return labels
+
+
+def clean_small_node_islands(graph, node_label, min_size):
+    """Graph version: per class, groups of same-label nodes carrying fewer than min_size
+    voxels join the other class if they touch it, else are cleared."""
+    from .skeleton import _components
+
+    label = node_label.copy()
+    if min_size <= 1 or not label.any():
+        return label
+    voxels = np.bincount(graph.voxel_node, minlength=graph.n_nodes)
+    e = graph.edges
+    for cls, other in ((PORTAL, HEPATIC), (HEPATIC, PORTAL)):
+        same = (label[e[:, 0]] == cls) & (label[e[:, 1]] == cls)
+        _, group = _components(graph.n_nodes, e[same])
+        size = np.bincount(group, weights=voxels * (label == cls), minlength=group.max() + 1)
+        small = (label == cls) & (size[group] < min_size)
+        if not small.any():
+            continue
+        touch = np.zeros(group.max() + 1, bool)
+        for a, b in ((0, 1), (1, 0)):
+            hit = small[e[:, a]] & (label[e[:, b]] == other)
+            touch[group[e[hit, a]]] = True
+        label[small & touch[group]] = other
+        label[small & ~touch[group]] = 0
+    return label
 
 
 def _map_to_voxels(graph, vessels, node_values):
@@ -310,12 +337,22 @@ def _voxel_watershed(vessels, spacing, seeds_vox):
     return out
 
 
+def _work_box(vessels, spacing, margin_mm=30.0):
+    """The vessels' bounding box plus a margin that keeps nearby support masks in view."""
+    idx = np.nonzero(vessels.any(axis=(1, 2)))[0], np.nonzero(vessels.any(axis=(0, 2)))[0], \
+        np.nonzero(vessels.any(axis=(0, 1)))[0]
+    pad = np.ceil(margin_mm / np.asarray(spacing)).astype(int)
+    return tuple(slice(max(int(i[0]) - p, 0), min(int(i[-1]) + p + 1, n))
+                 for i, p, n in zip(idx, pad, vessels.shape))
+
+
 def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use_skeleton=True,
                   min_component_size=20, portal_points=None, hepatic_points=None, progress=None):
     """Split a binary vessel mask into portal (1) and hepatic (2) in RAS-canonical arrays.
 
     `portal_points` / `hepatic_points`: extra user seeds as array indices (n, 3).
-    Support masks may be None. Returns a SplitResult with labels and QC.
+    Support masks may be None. Returns a SplitResult with labels and QC. The liver mask
+    is not needed by the split itself (vessels are expected inside it already).
     """
     from .io import VesselInputError
 
@@ -326,30 +363,34 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
                                "Check that the liver_vessels result (or the --vessels file) contains vessels; "
                                "a CT without contrast often gives none.")
     step = progress or (lambda *a, **k: None)
+    box = _work_box(vessels, spacing)
+    offset = np.array([b.start for b in box])
+    crop = (lambda m: None if m is None else np.asarray(m)[box] > 0)
     step("postprocess", 0.05, "Vessel skeleton")
-    graph = build_skeleton_graph(vessels, spacing)
+    graph = build_skeleton_graph(vessels[box], spacing, offset, vessels.shape)
     step("postprocess", 0.4, "Seeds from portal trunk and IVC")
-    seeds = drop_portal_candidates(graph, find_seeds(graph, spacing, portal_trunk, ivc, portal_points,
-                                                     hepatic_points))
+    seeds = drop_portal_candidates(graph, find_seeds(graph, spacing, crop(portal_trunk), crop(ivc), portal_points,
+                                                     hepatic_points, offset))
     warnings = list(seeds.warnings)
+    idx, vnode = graph.voxel_index, graph.voxel_node
 
     if use_skeleton:
         step("postprocess", 0.5, "Splitting the vessel tree")
         node_label, node_conf = label_graph(graph, seeds)
-        idx, vnode, vlabel = _map_to_voxels(graph, vessels, node_label)
+        node_label = clean_small_node_islands(graph, node_label, min_component_size)
+        node_conf = np.where(node_label > 0, node_conf, 0.0)
+        final = node_label[vnode]
         labels = np.zeros(vessels.shape, np.uint8)
-        labels[tuple(idx.T)] = vlabel
+        labels[tuple(idx.T)] = final
         vconf = node_conf[vnode]
     else:
         step("postprocess", 0.5, "Splitting the vessel mask (voxel watershed)")
-        idx, vnode, _ = _map_to_voxels(graph, vessels, np.zeros(graph.n_nodes))
         seed_vox = {PORTAL: idx[np.isin(vnode, seeds.portal)], HEPATIC: idx[np.isin(vnode, seeds.hepatic)]}
         labels = _voxel_watershed(vessels, spacing, seed_vox)
+        labels = clean_small_islands(labels, vessels, min_component_size)
+        final = labels[tuple(idx.T)]
         node_label = node_conf = vconf = None
-    step("postprocess", 0.85, "Cleaning small islands")
-    labels = clean_small_islands(labels, vessels, min_component_size)
 
-    final = labels[tuple(idx.T)]
     seed_voxels = {cls: int(np.isin(vnode, nodes).sum()) for cls, nodes in ((PORTAL, seeds.portal),
                                                                              (HEPATIC, seeds.hepatic))}
     confidence = ambiguous = None
@@ -359,7 +400,7 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
         ambiguous = int((labelled & (vconf < AMBIGUOUS_BELOW)).sum())
     skel_labels = np.zeros(vessels.shape, np.uint8)
     skel_labels[tuple(graph.coords.T)] = labels[tuple(graph.coords.T)]
-    qc = split_qc(labels, vessels, seed_voxels[PORTAL], seed_voxels[HEPATIC], use_skeleton, confidence,
-                  ambiguous, warnings, seeds)
+    qc = split_qc(final, np.ones(len(final), bool), seed_voxels[PORTAL], seed_voxels[HEPATIC], use_skeleton,
+                  confidence, ambiguous, warnings, seeds)
     step("postprocess", 1.0, "Split done")
     return SplitResult(labels, qc, graph, node_label, node_conf, seeds, idx, vnode, skel_labels)
