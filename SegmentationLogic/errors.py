@@ -51,6 +51,12 @@ class InvalidWeightsError(SegmentationError):
     kind = "weights"
 
 
+class WeightsFolderError(SegmentationError):
+    """The weights folder cannot be created or written (permissions, read-only disk, a file in the way, disk full)."""
+
+    kind = "weights"
+
+
 class LicenseError(SegmentationError):
     kind = "license"
 
@@ -70,3 +76,9 @@ class Cancelled(SegmentationError):
 
     def __init__(self, cause="Cancelled by the user.", fix=""):
         super().__init__(cause, fix)
+
+
+class SceneImportError(SegmentationError):
+    """A result cannot be imported into the Slicer scene (bad labelmap, unreadable file)."""
+
+    kind = "import"
