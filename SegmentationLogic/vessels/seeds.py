@@ -96,22 +96,28 @@ def _node_distance(graph, points_mm):
     return per_node, d
 
 
+def _wall_gap(graph, node_dist):
+    """Gap between a support mask and the vessel walls (mm): centreline distance minus radius."""
+    return float(max(0.0, np.min(node_dist - graph.node_max_radius)))
+
+
 def _portal_from_trunk(graph, trunk, spacing, seeds, offset):
     pts = _surface_points(trunk, spacing, offset)
     if not len(pts):
         seeds.warnings.append("Portal trunk mask is empty: portal seed guessed from vessel radius and position.")
         return None
     dist, _ = _node_distance(graph, pts)
-    seeds.support["portal_trunk_distance_mm"] = float(dist.min())
+    gap = _wall_gap(graph, dist)
+    seeds.support["portal_trunk_gap_mm"] = gap
     cand = np.nonzero(dist <= PORTAL_SEARCH_MM)[0]
     if not len(cand):
         seeds.warnings.append(
-            f"Portal trunk mask does not reach the vessels (nearest vessel {dist.min():.1f} mm away): "
+            f"Portal trunk mask does not reach the vessels (nearest vessel {gap:.1f} mm away): "
             "portal seed guessed from vessel radius and position.")
         return None
-    if dist.min() > 2.0 * float(np.max(spacing)):
+    if gap > 2.0 * float(np.max(spacing)):
         seeds.warnings.append(
-            f"Portal trunk mask does not touch the vessels (nearest vessel {dist.min():.1f} mm away): "
+            f"Portal trunk mask does not touch the vessels (nearest vessel {gap:.1f} mm away): "
             "portal seed taken from the nearest large vessel.")
     # the portal tree, not a speck near the trunk: weigh by the vessel volume of the piece
     piece = np.bincount(graph.component[graph.voxel_node], minlength=graph.component.max() + 1)
@@ -129,7 +135,8 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
         seeds.warnings.append("IVC mask is empty: hepatic seeds guessed from vessel radius and position.")
         return None
     node_d, vox_d = _node_distance(graph, pts)
-    seeds.support["ivc_distance_mm"] = float(node_d.min())
+    gap = _wall_gap(graph, node_d)
+    seeds.support["ivc_gap_mm"] = gap
     inside = np.zeros(graph.n_nodes, bool)
     ijk = graph.coords - np.asarray(offset)
     ok = np.all((ijk >= 0) & (ijk < ivc.shape), axis=1)
@@ -142,12 +149,12 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
     cand = np.union1d(graph.node[near_tip], np.nonzero(inside | touching)[0])
     if not len(cand):
         seeds.warnings.append(
-            f"IVC mask does not reach the vessels (nearest vessel {node_d.min():.1f} mm away): "
+            f"IVC mask does not reach the vessels (nearest vessel {gap:.1f} mm away): "
             "hepatic seeds guessed from vessel radius and position.")
         return None
-    if node_d.min() > 2.0 * float(np.max(spacing)):
+    if gap > 2.0 * float(np.max(spacing)):
         seeds.warnings.append(
-            f"IVC mask does not touch the vessels (nearest vessel {node_d.min():.1f} mm away): "
+            f"IVC mask does not touch the vessels (nearest vessel {gap:.1f} mm away): "
             "hepatic seeds taken from the large vessels ending near it.")
     # thin vessels near the IVC are twigs of either tree; the veins are thick where they
     # end. Candidates that the portal tree reaches at full width are dropped later
