@@ -120,9 +120,7 @@ def _portal_from_trunk(graph, trunk, spacing, seeds, offset):
             f"Portal trunk mask does not touch the vessels (nearest vessel {gap:.1f} mm away): "
             "portal seed taken from the nearest large vessel.")
     # the portal tree, not a speck near the trunk: weigh by the vessel volume of the piece
-    piece = np.bincount(graph.component[graph.voxel_node], minlength=graph.component.max() + 1)
-    share = np.minimum(1.0, piece[graph.component[cand]] / (0.05 * len(graph.voxel_node)))
-    score = _width(graph)[cand] ** 4 * np.exp(-dist[cand] / PORTAL_DECAY_MM) * share
+    score = _width(graph)[cand] ** 4 * np.exp(-dist[cand] / PORTAL_DECAY_MM) * _piece_share(graph, cand)
     return np.array([cand[np.argmax(score)]])
 
 
@@ -168,35 +166,40 @@ def _width(graph):
     return np.where(graph.is_junction, graph.node_max_radius, graph.node_radius)
 
 
+def _piece_share(graph, nodes):
+    """Share of the vessel volume in each node's connected piece, capped at 1 from 5 %."""
+    piece = np.bincount(graph.component[graph.voxel_node], minlength=graph.component.max() + 1)
+    return np.minimum(1.0, piece[graph.component[nodes]] / (0.05 * len(graph.voxel_node)))
+
+
 def _fallback_portal(graph, hepatic):
+    """Without a trunk: the portal vein at the hilum is the thickest vessel of the tree,
+    away from the hepatic roots (specks and blobs do not count)."""
     far = np.ones(graph.n_nodes, bool)
     if hepatic is not None and len(hepatic):
         d, _ = cKDTree(graph.node_centre[hepatic]).query(graph.node_centre)
         far = d >= 20.0
     cand = np.nonzero(far)[0] if far.any() else np.arange(graph.n_nodes)
-    return np.array([cand[np.argmax(graph.node_radius[cand])]])
+    score = _width(graph)[cand] ** 4 * _piece_share(graph, cand)
+    return np.array([cand[np.argmax(score)]])
 
 
 def _fallback_hepatic(graph, portal):
-    """Thick free ends high in the vessel tree, away from the portal seed (veins drain up to the IVC)."""
+    """Without an IVC: the hepatic veins end (in the vessel mask) where they reach the IVC,
+    so their roots are the thickest free ends apart from the portal root; they lie in the
+    upper half of the vessel tree and away from the portal seed."""
+    w = _width(graph)
     z = graph.node_centre[:, 2]
-    tip_nodes = np.unique(graph.node[graph.tips])
-    cand = tip_nodes[z[tip_nodes] >= np.percentile(z, 65)]
+    cand = np.unique(graph.node[graph.tips])
+    cand = cand[z[cand] >= np.percentile(z, 50)]
     if portal is not None and len(portal):
         d = np.linalg.norm(graph.node_centre[cand][:, None] - graph.node_centre[portal][None], axis=2).min(1)
         cand = cand[d >= 30.0]
-        ref = graph.node_radius[portal].max()
-        cand = cand[graph.node_radius[cand] >= 0.4 * ref]
+        cand = cand[w[cand] >= 0.5 * w[portal].max()]
     if not len(cand):
         return None
-    cand = cand[np.argsort(-graph.node_radius[cand])]
-    chosen = []
-    for c in cand:  # up to three veins, at least 15 mm apart
-        if all(np.linalg.norm(graph.node_centre[c] - graph.node_centre[o]) >= 15.0 for o in chosen):
-            chosen.append(c)
-        if len(chosen) == 3:
-            break
-    return np.array(chosen)
+    cand = cand[np.argsort(-w[cand])]
+    return cand[w[cand] >= 0.7 * w[cand[0]]][:5]
 
 
 def user_seed_nodes(graph, points_ijk, label, seeds):
