@@ -23,8 +23,8 @@ def split_qc(labels, vessels, portal_seed_voxels, hepatic_seed_voxels, use_skele
         "total_vessel_voxels": total,
         "portal_fraction": portal / total if total else 0.0,
         "hepatic_fraction": hepatic / total if total else 0.0,
-        "portal_seed_voxels": int(portal_seed_voxels),
-        "hepatic_seed_voxels": int(hepatic_seed_voxels),
+        "portal_seed_voxels": None if portal_seed_voxels is None else int(portal_seed_voxels),
+        "hepatic_seed_voxels": None if hepatic_seed_voxels is None else int(hepatic_seed_voxels),
         "use_skeleton": bool(use_skeleton),
         "confidence": None if confidence is None else round(float(confidence), 4),
         "ambiguous_voxels": None if ambiguous_voxels is None else int(ambiguous_voxels),
@@ -41,6 +41,7 @@ def fraction_warnings(qc):
     out = []
     if qc["total_vessel_voxels"] == 0:
         return ["The vessel mask is empty."]
+    # seed counts are None when unknown (a split loaded without its QC)
     if qc["portal_seed_voxels"] == 0:
         out.append("No portal seed: the portal class has no starting point.")
     if qc["hepatic_seed_voxels"] == 0:
@@ -57,7 +58,7 @@ def update_qc(qc, labels, vessels, confidence=None, ambiguous_voxels=None):
     """QC after a manual edit: counts recomputed, seed figures and support notes kept."""
     base = {k: v for k, v in (qc or {}).items()}
     warnings = [w for w in base.get("warnings", []) if not _is_fraction_warning(w)]
-    new = split_qc(labels, vessels, base.get("portal_seed_voxels", 0), base.get("hepatic_seed_voxels", 0),
+    new = split_qc(labels, vessels, base.get("portal_seed_voxels"), base.get("hepatic_seed_voxels"),
                    base.get("use_skeleton", True), confidence if confidence is not None else base.get("confidence"),
                    ambiguous_voxels if ambiguous_voxels is not None else base.get("ambiguous_voxels"), warnings)
     for key in ("seed_sources", "support"):

@@ -189,17 +189,20 @@ def _nearest_in_piece(sub, origin, voxel_index, coords_p, pts, spacing, k=8):
     vpiece = pieces[tuple((voxel_index - origin).T)]
     spiece = pieces[tuple(coords_p.T)]
     tree = cKDTree(pts)
-    k = min(k, len(pts))
-    _, nn = tree.query(voxel_index * spacing, k=k)
-    nn = nn.reshape(len(voxel_index), k)
-    same = spiece[nn] == vpiece[:, None]
-    nearest = nn[np.arange(len(nn)), np.argmax(same, axis=1)]
-    lost = np.nonzero(~same.any(1))[0]
-    for piece in np.unique(vpiece[lost]):  # rare: a voxel far from its own piece's skeleton
-        own = np.nonzero(spiece == piece)[0]
-        sel = lost[vpiece[lost] == piece]
-        if len(own):
-            nearest[sel] = own[cKDTree(pts[own]).query(voxel_index[sel] * spacing)[1]]
+    _, nearest = tree.query(voxel_index * spacing)
+    wrong = np.nonzero(spiece[nearest] != vpiece)[0]
+    if len(wrong):  # few voxels: look further among their neighbours
+        k = min(k, len(pts))
+        _, nn = tree.query(voxel_index[wrong] * spacing, k=k)
+        nn = nn.reshape(len(wrong), k)
+        same = spiece[nn] == vpiece[wrong, None]
+        nearest[wrong] = nn[np.arange(len(wrong)), np.argmax(same, axis=1)]
+        lost = wrong[~same.any(1)]
+        for piece in np.unique(vpiece[lost]):  # rare: a voxel far from its own piece's skeleton
+            own = np.nonzero(spiece == piece)[0]
+            sel = lost[vpiece[lost] == piece]
+            if len(own):
+                nearest[sel] = own[cKDTree(pts[own]).query(voxel_index[sel] * spacing)[1]]
     return nearest
 
 

@@ -260,28 +260,33 @@ def _crop_box(mask, pad=1):
     return tuple(slice(a, b) for a, b in zip(lo, hi)), idx
 
 
+_OFFSETS26 = np.array([o for o in np.ndindex(3, 3, 3) if o != (1, 1, 1)]) - 1
+
+
 def clean_small_islands(labels, vessels, min_size):
-    """Voxel version (no skeleton): per class, components below min_size join the other
-    class if they touch it, else are cleared."""
+    """Per class, 26-connected pieces below min_size voxels join the other class where they
+    touch it, else are cleared. Labelling runs on the vessels' box; the neighbourhood test
+    only on the few voxels of small pieces."""
     if min_size <= 1 or not labels.any():
         return labels
     box, _ = _crop_box(vessels)
     sub = labels[box]
+    shape = np.array(sub.shape)
     for cls, other in ((PORTAL, HEPATIC), (HEPATIC, PORTAL)):
         comp, n = ndimage.label(sub == cls, structure=np.ones((3, 3, 3)))
         if not n:
             continue
         sizes = np.bincount(comp.ravel())
-        small = sizes < min_size
-        small[0] = False
-        if not small.any():
+        small = np.nonzero(sizes < min_size)[0]
+        small = small[small > 0]
+        if not len(small):
             continue
-        speck = small[comp]
-        touches = ndimage.binary_dilation(sub == other, structure=np.ones((3, 3, 3)))
-        touching_ids = np.unique(comp[speck & touches])
-        join = np.isin(comp, touching_ids) & speck
-        sub[join] = other
-        sub[speck & ~join] = 0
+        objects = ndimage.find_objects(comp)
+        for c in small:  # few and tiny: look around each piece only
+            sl = tuple(slice(max(x.start - 1, 0), min(x.stop + 1, n_)) for x, n_ in zip(objects[c - 1], shape))
+            piece = comp[sl] == c
+            ring = ndimage.binary_dilation(piece, structure=np.ones((3, 3, 3))) & ~piece
+            sub[sl][piece] = other if (sub[sl][ring] == other).any() else 0
     labels[box] = sub
     return labels
 
@@ -379,10 +384,11 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
         node_label, node_conf = label_graph(graph, seeds)
         node_label = clean_small_node_islands(graph, node_label, min_component_size)
         node_conf = np.where(node_label > 0, node_conf, 0.0)
-        final = node_label[vnode]
         labels = np.zeros(vessels.shape, np.uint8)
-        labels[tuple(idx.T)] = final
-        vconf = node_conf[vnode]
+        labels[tuple(idx.T)] = node_label[vnode]
+        labels = clean_small_islands(labels, vessels, min_component_size)  # what nodes cannot see
+        final = labels[tuple(idx.T)]
+        vconf = np.where(final > 0, node_conf[vnode], 0.0)
     else:
         step("postprocess", 0.5, "Splitting the vessel mask (voxel watershed)")
         seed_vox = {PORTAL: idx[np.isin(vnode, seeds.portal)], HEPATIC: idx[np.isin(vnode, seeds.hepatic)]}
