@@ -244,10 +244,17 @@ def find_seeds(graph, spacing, portal_trunk=None, ivc=None, portal_points=None, 
         seeds.warnings.append(f"{len(both)} portal and hepatic seed points fall on the same branch; "
                               "those points were ignored.")
         user_p, user_h = np.setdiff1d(user_p, both), np.setdiff1d(user_h, both)
+    # guessed seeds give way to the user's points; seeds from a support mask stay
     if len(user_p):
-        seeds.source["portal"] += "+user"
+        if seeds.source["portal"] == "fallback":
+            portal, seeds.source["portal"] = np.zeros(0, int), "user"
+        else:
+            seeds.source["portal"] += "+user"
     if len(user_h):
-        seeds.source["hepatic"] += "+user"
+        if seeds.source["hepatic"] == "fallback":
+            hepatic, seeds.source["hepatic"] = np.zeros(0, int), "user"
+        else:
+            seeds.source["hepatic"] += "+user"
     # a user's point wins over an automatic seed of the other class on the same branch
     seeds.user_portal, seeds.user_hepatic = user_p.astype(int), user_h.astype(int)
     seeds.portal = np.union1d(np.setdiff1d(portal, user_h), user_p).astype(int)

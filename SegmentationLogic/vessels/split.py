@@ -247,7 +247,29 @@ def label_graph(graph, seeds, use_gaps=True):
         conf = np.where(np.isinf(win) & np.isinf(lose), 0.5,
                         np.where(np.isinf(win), 1.0, win / (win + lose)))
     conf = np.where(labels == 0, 0.0, np.nan_to_num(conf, nan=0.5))
+    tie = (sp == sh) & (sp > 0) & np.isfinite(sp)
+    if tie.any():
+        conf[tie] = _tie_confidence(labels, sp, sh, edges, weights)[tie]
     return labels, conf
+
+
+def _tie_confidence(labels, sp, sh, edges, weights):
+    """For nodes whose own joint is the bottleneck for both classes: how strongly their
+    neighbours of the chosen class hold them, against neighbours of the other class."""
+    held = np.where(labels == PORTAL, sp, np.where(labels == HEPATIC, sh, 0.0))
+    a = np.concatenate([edges[:, 0], edges[:, 1]])
+    b = np.concatenate([edges[:, 1], edges[:, 0]])
+    via = np.minimum(np.concatenate([weights, weights]), held[b])
+    same = labels[a] == labels[b]
+    best_same = np.zeros(len(labels))
+    best_other = np.zeros(len(labels))
+    np.maximum.at(best_same, a[same], via[same])
+    other = ~same & (labels[b] > 0)
+    np.maximum.at(best_other, a[other], via[other])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = best_same / (best_same + best_other)
+    ratio = np.where(best_other == 0, np.where(best_same > 0, 1.0, 0.5), ratio)
+    return np.nan_to_num(ratio, nan=0.5)
 
 
 # ---------------------------------------------------------------------------------------
