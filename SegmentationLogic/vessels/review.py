@@ -120,6 +120,7 @@ def current_labels(node):
     ref = _reference(node)
     ids = _segment_ids(node)
     scene = node.GetScene()
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     scene.AddNode(labelmap)
     try:
@@ -137,6 +138,14 @@ def current_labels(node):
         ref.GetIJKToRASMatrix(m)
         affine = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
     finally:
+        # the export adds a display node and a colour table for the temporary labelmap
+        for i in range(labelmap.GetNumberOfDisplayNodes()):
+            display = labelmap.GetNthDisplayNode(i)
+            color = display.GetColorNode() if display is not None else None
+            if color is not None and color.GetID() not in before:
+                scene.RemoveNode(color)
+            if display is not None:
+                scene.RemoveNode(display)
         scene.RemoveNode(labelmap)
     return labels, affine
 
@@ -322,20 +331,20 @@ def reassign_branch(segmentation_node, point_ras, scope="branch", to=None):
 
 def _mask_input(value, what, shape, affine):
     """A support input for a re-run: None, an array on the reference grid, or a NIfTI path."""
+    from .io import SUPPORT_NAMES, load_image
+
     if value is None:
         return None
+    name = SUPPORT_NAMES.get(what, what)
     if isinstance(value, (str, Path)):
-        from .io import load_image
-
         img = load_image(value, what)
         if tuple(img.shape) != tuple(shape) or not np.allclose(img.affine, affine, atol=1e-3):
-            raise ReviewError(f"The {what.replace('_', ' ')} {value} is not on the CT's grid "
-                              f"(shape {tuple(img.shape)} vs {tuple(shape)}).",
+            raise ReviewError(f"The {name} {value} is not on the CT's grid (shape {tuple(img.shape)} vs {tuple(shape)}).",
                               "Use the masks written for this CT.")
         return np.asanyarray(img.dataobj) > 0
     arr = np.asarray(value) > 0
     if arr.shape != tuple(shape):
-        raise ReviewError(f"The {what.replace('_', ' ')} array has shape {arr.shape}, the CT {tuple(shape)}.",
+        raise ReviewError(f"The {name} array is not on the CT's grid (shape {arr.shape} vs {tuple(shape)}).",
                           "Pass masks on the CT's voxel grid.")
     return arr
 
