@@ -30,16 +30,20 @@ def remove_small_components(mask, min_size):
     return out, int((~keep[1:]).sum())
 
 
+def no_liver_error():
+    return VesselInputError(
+        "No liver mask is available and the full-volume fallback is disabled (--no_fallback_full_liver).",
+        "Pass a liver mask with --liver_mask, let the pipeline segment the liver (drop "
+        "--skip_main_body_veins), or allow the fallback.")
+
+
 def enhance(vessels, liver, spacing, min_component_size=40, allow_full_volume=True, liver_source="provided"):
     """(enhanced mask, metadata) from a vessel mask and an optional liver mask (same grid)."""
     vessels = np.asarray(vessels) > 0
     fallbacks = []
     if liver is None or not np.any(liver):
         if not allow_full_volume:
-            raise VesselInputError(
-                "No liver mask is available and the full-volume fallback is disabled (--no_fallback_full_liver).",
-                "Pass a liver mask with --liver_mask, let the pipeline segment the liver (drop "
-                "--skip_main_body_veins), or allow the fallback.")
+            raise no_liver_error()
         restricted = vessels
         liver_source = "fallback_full_volume"
         fallbacks.append("Liver mask missing or empty: vessels were not restricted to the liver.")

@@ -82,29 +82,52 @@ def _direction_factor(graph):
     return factor
 
 
-def _capacity(graph, sources=()):
+def _width(graph):
+    return np.where(graph.is_junction, graph.node_max_radius, graph.node_radius).astype(float)
+
+
+def _seed_class(graph, seeds):
+    cls = np.zeros(graph.n_nodes, np.uint8)
+    if seeds is not None:
+        cls[np.asarray(seeds.portal, int)] = PORTAL
+        cls[np.asarray(seeds.hepatic, int)] = HEPATIC
+    return cls
+
+
+def _capacity(graph, seed_class):
     """Node capacities: branches r^4; junctions (hubs) and seed nodes (known) unlimited."""
     cap = np.where(graph.is_junction, np.inf, graph.node_radius.astype(float) ** 4)
-    cap[np.asarray(sources, int)] = np.inf
+    cap[seed_class > 0] = np.inf
     return cap
 
 
-def _pair_weight(graph, cap, a, b, sources):
-    """min capacity of the two ends; two adjacent junctions are as wide as the narrower one."""
+def _pair_weight(graph, a, b, seed_class):
+    """Joint strength: the narrower end's capacity. Unlimited only around one class's seeds:
+    two adjacent hubs are as wide as the narrower, and where seeds of both classes meet
+    (directly or through one junction) each seed counts with its real width."""
+    cap = _capacity(graph, seed_class)
     w = np.minimum(cap[a], cap[b])
-    hub = ~np.isfinite(w) & ~(np.isin(a, sources) | np.isin(b, sources))
-    w[hub] = np.minimum(graph.node_max_radius[a[hub]], graph.node_max_radius[b[hub]]) ** 4
+    width4 = _width(graph) ** 4
+    sa, sb = seed_class[a], seed_class[b]
+    hub = ~np.isfinite(w) & (sa == 0) & (sb == 0)
+    w[hub] = np.minimum(width4[a[hub]], width4[b[hub]])
+    # junctions touching seeds of each class
+    touches = np.zeros((graph.n_nodes, 3), bool)
+    touches[a, sb] = True
+    touches[b, sa] = True
+    mixed = touches[:, PORTAL] & touches[:, HEPATIC]
+    clash = ~np.isfinite(w) & (((sa > 0) & (sb > 0) & (sa != sb)) | ((sa > 0) & mixed[b]) | ((sb > 0) & mixed[a]))
+    w[clash] = np.minimum(np.where(sa[clash] > 0, width4[a[clash]], np.inf), np.where(sb[clash] > 0, width4[b[clash]],
+                                                                                          np.inf))
     return w
 
 
-def _joint_weights(graph, sources=()):
-    sources = np.asarray(sources, int)
-    cap = _capacity(graph, sources)
+def _joint_weights(graph, seed_class):
     e = graph.edges
-    return _pair_weight(graph, cap, e[:, 0], e[:, 1], sources) * _direction_factor(graph)
+    return _pair_weight(graph, e[:, 0], e[:, 1], seed_class) * _direction_factor(graph)
 
 
-def _gap_bridges(graph, sources=()):
+def _gap_bridges(graph, seed_class):
     """Joints across gaps: each free end to the best-facing skeleton voxel of another piece."""
     if not len(graph.tips) or graph.component.max() == 0:
         return np.zeros((0, 2), int), np.zeros(0)
@@ -116,7 +139,7 @@ def _gap_bridges(graph, sources=()):
     tip_dir = np.zeros((len(pts), 3))
     tip_dir[graph.tips] = graph.tip_dir
     close = 1.5 * float(graph.spacing.min())
-    cap = _capacity(graph, sources)
+    cap = _capacity(graph, seed_class)
     out_e, out_w = [], []
     for t, near in zip(graph.tips, tree.query_ball_point(pts[graph.tips], GAP_SEARCH_MM)):
         near = np.asarray(near, int)
@@ -204,10 +227,10 @@ def _break_ties(labels, sp, sh, edges, weights, rounds=8):
         held[a[win]] = best[a[win]]
 
 
-def _graph_edges(graph, sources, use_gaps=True):
-    edges, weights = graph.edges, _joint_weights(graph, sources)
+def _graph_edges(graph, seed_class, use_gaps=True):
+    edges, weights = graph.edges, _joint_weights(graph, seed_class)
     if use_gaps:
-        ge, gw = _gap_bridges(graph, sources)
+        ge, gw = _gap_bridges(graph, seed_class)
         if len(ge):
             edges, weights = np.concatenate([edges, ge]), np.concatenate([weights, gw])
     return edges, weights
@@ -222,9 +245,11 @@ def drop_portal_candidates(graph, seeds):
     auto = np.setdiff1d(seeds.hepatic, seeds.user_hepatic)
     if len(auto) < 2 or not len(seeds.portal):
         return seeds
-    edges, weights = _graph_edges(graph, np.asarray(seeds.portal, int))
+    only_portal = np.zeros(graph.n_nodes, np.uint8)
+    only_portal[np.asarray(seeds.portal, int)] = PORTAL
+    edges, weights = _graph_edges(graph, only_portal)
     sp = _path_strength(graph.n_nodes, edges, weights, seeds.portal)
-    width = np.where(graph.is_junction, graph.node_max_radius, graph.node_radius)[auto]
+    width = _width(graph)[auto]
     has_tip = np.isin(auto, graph.node[graph.tips])
     twig = has_tip & (width < 0.6 * width.max()) & (sp[auto] >= 0.9 * width ** 4)
     if twig.any():
@@ -235,8 +260,7 @@ def drop_portal_candidates(graph, seeds):
 
 def label_graph(graph, seeds, use_gaps=True):
     """(node labels 0/1/2, node confidence 0.5..1) from the seeds by strongest paths."""
-    sources = np.concatenate([seeds.portal, seeds.hepatic]).astype(int)
-    edges, weights = _graph_edges(graph, sources, use_gaps)
+    edges, weights = _graph_edges(graph, _seed_class(graph, seeds), use_gaps)
     sp = _path_strength(graph.n_nodes, edges, weights, seeds.portal)
     sh = _path_strength(graph.n_nodes, edges, weights, seeds.hepatic)
     labels = np.where(sp >= sh, PORTAL, HEPATIC).astype(np.uint8)
@@ -285,7 +309,7 @@ def _crop_box(mask, pad=1):
 _OFFSETS26 = np.array([o for o in np.ndindex(3, 3, 3) if o != (1, 1, 1)]) - 1
 
 
-def clean_small_islands(labels, vessels, min_size):
+def clean_small_islands(labels, vessels, min_size, protect=None):
     """Per class, 26-connected pieces below min_size voxels join the other class where they
     touch it, else are cleared. Labelling runs on the vessels' box; the neighbourhood test
     only on the few voxels of small pieces."""
@@ -304,7 +328,10 @@ def clean_small_islands(labels, vessels, min_size):
         if not len(small):
             continue
         objects = ndimage.find_objects(comp)
-        for c in small:  # few and tiny: look around each piece only
+        keep = np.zeros(n + 1, bool)
+        if protect is not None:  # pieces holding a seed stay what they are
+            keep[np.unique(comp[protect[box]])] = True
+        for c in small[~keep[small]]:  # few and tiny: look around each piece only
             sl = tuple(slice(max(x.start - 1, 0), min(x.stop + 1, n_)) for x, n_ in zip(objects[c - 1], shape))
             piece = comp[sl] == c
             ring = ndimage.binary_dilation(piece, structure=np.ones((3, 3, 3))) & ~piece
@@ -313,7 +340,7 @@ def clean_small_islands(labels, vessels, min_size):
     return labels
 
 
-def clean_small_node_islands(graph, node_label, min_size):
+def clean_small_node_islands(graph, node_label, min_size, protect=()):
     """Graph version: per class, groups of same-label nodes carrying fewer than min_size
     voxels join the other class if they touch it, else are cleared."""
     from .skeleton import _components
@@ -328,6 +355,9 @@ def clean_small_node_islands(graph, node_label, min_size):
         _, group = _components(graph.n_nodes, e[same])
         size = np.bincount(group, weights=voxels * (label == cls), minlength=group.max() + 1)
         small = (label == cls) & (size[group] < min_size)
+        seeded = np.zeros(group.max() + 1, bool)
+        seeded[group[np.asarray(protect, int)]] = True
+        small &= ~seeded[group]  # a group holding a seed stays
         if not small.any():
             continue
         touch = np.zeros(group.max() + 1, bool)
@@ -404,18 +434,24 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
     if use_skeleton:
         step("postprocess", 0.5, "Splitting the vessel tree")
         node_label, node_conf = label_graph(graph, seeds)
-        node_label = clean_small_node_islands(graph, node_label, min_component_size)
+        seed_nodes = np.concatenate([seeds.portal, seeds.hepatic]).astype(int)
+        node_label = clean_small_node_islands(graph, node_label, min_component_size, seed_nodes)
         node_conf = np.where(node_label > 0, node_conf, 0.0)
         labels = np.zeros(vessels.shape, np.uint8)
         labels[tuple(idx.T)] = node_label[vnode]
-        labels = clean_small_islands(labels, vessels, min_component_size)  # what nodes cannot see
+        protect = np.zeros(vessels.shape, bool)
+        protect[tuple(idx[np.isin(vnode, seed_nodes)].T)] = True
+        labels = clean_small_islands(labels, vessels, min_component_size, protect)  # what nodes cannot see
         final = labels[tuple(idx.T)]
         vconf = np.where(final > 0, node_conf[vnode], 0.0)
     else:
         step("postprocess", 0.5, "Splitting the vessel mask (voxel watershed)")
         seed_vox = {PORTAL: idx[np.isin(vnode, seeds.portal)], HEPATIC: idx[np.isin(vnode, seeds.hepatic)]}
         labels = _voxel_watershed(vessels, spacing, seed_vox)
-        labels = clean_small_islands(labels, vessels, min_component_size)
+        protect = np.zeros(vessels.shape, bool)
+        for pts in seed_vox.values():
+            protect[tuple(pts.T)] = True
+        labels = clean_small_islands(labels, vessels, min_component_size, protect)
         final = labels[tuple(idx.T)]
         node_label = node_conf = vconf = None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SegmentationError
-from .enhancement import enhance
+from .enhancement import enhance, no_liver_error
 from .io import (OUTPUT_FILES, SUPPORT_FILES, VesselInputError, check_same_grid, from_canonical, load_image,
                  load_masks, mask_metadata, ras_to_ijk, read_metadata, write_json, write_nifti, write_split_files)
 from .split import split_vessels
@@ -179,16 +179,18 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
         if "liver" in paths:
             liver_path = paths["liver"]
 
-    vessels_res = segment(input, None, task="liver_vessels", **common)
-    value = {v: k for k, v in vessels_res.class_map.items()}.get("liver_vessels", 1)
-    raw = np.asanyarray(vessels_res.labelmap.dataobj) == value
     liver = None
     liver_source = None
-    if liver_path is not None:
+    if liver_path is not None:  # checked before the long vessel run
         liver_img = load_image(liver_path, "liver")
         check_same_grid(ct, liver_img, input, liver_path, "liver")
         liver = np.asanyarray(liver_img.dataobj) > 0
         liver_source = "generated" if str(liver_path) in generated else "provided"
+    if (liver is None or not liver.any()) and no_fallback_full_liver:
+        raise no_liver_error()
+    vessels_res = segment(input, None, task="liver_vessels", **common)
+    value = {v: k for k, v in vessels_res.class_map.items()}.get("liver_vessels", 1)
+    raw = np.asanyarray(vessels_res.labelmap.dataobj) == value
     spacing = np.linalg.norm(ct.affine[:3, :3], axis=0)
     enhanced, meta = enhance(raw, liver, spacing, min_component_size, allow_full_volume=not no_fallback_full_liver,
                              liver_source=liver_source or "provided")
