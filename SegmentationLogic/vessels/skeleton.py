@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - scikit-image is a declared dependency
     skeletonize = None
 
 # the 13 "forward" offsets of the 26-neighbourhood: each neighbour pair is found once
+LONG_NODE_WIDTH = 0.85
 _FORWARD = np.array([o for o in np.ndindex(3, 3, 3) if o > (1, 1, 1)]) - 1
 
 
@@ -172,6 +173,10 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
     # where junctions took much of its volume (thick, noisy vessels); both ignore a single
     # thin or thick spot, and a true neck is narrow all along
     node_radius = np.maximum(np.sqrt(volume / (np.pi * length)), _percentile_per_group(radius, node, k, 0.5))
+    # a narrow neck is short; a long node is a stretch of vessel whose estimate suffers from
+    # noise and from junctions taking its volume: let its widest point count (mostly)
+    long_node = length > 2.0 * node_max_radius
+    node_radius = np.where(long_node, np.maximum(node_radius, LONG_NODE_WIDTH * node_max_radius), node_radius)
     _, comp = _components(k, edges)
 
     edge_dir = _edge_directions(edges, node, pairs, pts, node_radius, spacing)
