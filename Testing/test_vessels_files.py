@@ -188,3 +188,15 @@ def test_enhancement_restricts_to_the_liver_and_prunes():
     assert out.sum() == 128 and meta["liver_mask_source"] == "fallback_full_volume" and meta["fallbacks"]
     with pytest.raises(VesselInputError, match="full-volume fallback is disabled"):
         enhance(vessels, None, (1, 1, 1), allow_full_volume=False)
+
+
+def test_cancel_stops_before_anything_is_written(files, tmp_path):
+    from SegmentationLogic.errors import Cancelled
+    from SegmentationLogic.progress import CancelToken, Progress
+
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        split_vessel_files(files["liver_vessels"], tmp_path / "out", ivc=files["inferior_vena_cava"],
+                           progress=Progress(None, cancel=token))
+    assert not (tmp_path / "out").exists()

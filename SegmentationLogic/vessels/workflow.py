@@ -143,6 +143,10 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
     if split and mode != "enhanced_liver":
         raise SegmentationError(f"The portal/hepatic split needs --mode enhanced_liver, not {mode}.",
                                 "Drop --mode (enhanced_liver is the default), or run split-vessels on your masks.")
+    if cancel is not None and progress is None:  # our own steps check the token too
+        from ..progress import Progress
+
+        progress = Progress(None, cancel=cancel)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     segment = _engine()
