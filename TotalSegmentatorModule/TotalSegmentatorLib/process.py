@@ -109,6 +109,7 @@ class BackgroundProcess:
         self._queue = queue.Queue()
         self._readers = []
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._text_tail = collections.deque(maxlen=STDERR_TAIL_LINES)  # every non-protocol line, both streams
         self._stdin_lock = threading.Lock()
         self.killed = False
 
@@ -141,7 +142,10 @@ class BackgroundProcess:
                     continue
                 if source == "stderr":
                     self._stderr_tail.append(line)
-                self._queue.put(parse_line(line, source))
+                event = parse_line(line, source)
+                if event.get("source"):
+                    self._text_tail.append(line)
+                self._queue.put(event)
         except (OSError, ValueError):
             pass  # pipe closed under us by kill_tree()
         finally:
@@ -182,6 +186,10 @@ class BackgroundProcess:
 
     def stderr_tail(self, lines=30):
         return list(self._stderr_tail)[-lines:]
+
+    def text_tail(self, lines=60):
+        """Last plain-text lines of stdout and stderr together (what pip says about a failure)."""
+        return list(self._text_tail)[-lines:]
 
     def send(self, obj):
         """Write one JSON line to the process's stdin (persistent worker). False if it is gone."""

@@ -135,10 +135,11 @@ class Run:
 class ProcessRun(Run):
     """A one-shot engine (or any JSON-lines) process."""
 
-    def __init__(self, argv, env=None, cwd=None, description=""):
+    def __init__(self, argv, env=None, cwd=None, description="", diagnoser=None):
         super().__init__(description or " ".join(str(a) for a in argv[2:4]))
         self.process = BackgroundProcess(argv, env=env, cwd=cwd).start()
         self._result_at = None
+        self._diagnose = diagnoser or (lambda rc, process: diagnose(rc, process.stderr_tail()))
 
     def poll(self):
         if self.done:
@@ -171,7 +172,7 @@ class ProcessRun(Run):
         elif self.process.returncode == 0:
             self._finish("succeeded", result={"event": "result"})
         else:
-            self._finish("failed", error=diagnose(self.process.returncode, self.process.stderr_tail()))
+            self._finish("failed", error=self._diagnose(self.process.returncode, self.process))
 
     def cancel(self):
         if self.done:
@@ -179,6 +180,48 @@ class ProcessRun(Run):
         self.process.kill_tree()
         self.process.events()  # drop what it said before it died
         self._finish("cancelled", error=dict(CANCELLED))
+
+
+class SequenceRun(Run):
+    """Processes run one after another (pip passes); stops at the first failure or on cancel."""
+
+    def __init__(self, commands, env=None, cwd=None, description="", stage="install", diagnoser=None):
+        super().__init__(description)
+        self.commands, self.env, self.cwd, self.stage_name = list(commands), env, cwd, stage
+        self.diagnoser = diagnoser
+        self.step = -1
+        self.current = None
+        self._next()
+
+    def _next(self):
+        self.step += 1
+        if self.step >= len(self.commands):
+            self._finish("succeeded", result={"event": "result", "steps": len(self.commands)})
+            return None
+        argv = self.commands[self.step]
+        self.current = ProcessRun(argv, env=self.env, cwd=self.cwd, diagnoser=self.diagnoser)
+        event = {"event": "progress", "stage": self.stage_name, "fraction": self.step / len(self.commands),
+                 "overall": self.step / len(self.commands), "message": " ".join(str(a) for a in argv[1:6]) + " ..."}
+        self._track(event)
+        return event
+
+    def poll(self):
+        if self.done:
+            return []
+        events = self.current.poll()
+        if self.current.done:
+            if self.current.outcome != "succeeded":
+                self._finish(self.current.outcome, error=self.current.error)
+            else:
+                started = self._next()
+                if started:
+                    events.append(started)
+        return events
+
+    def cancel(self):
+        if not self.done:
+            self.current.cancel()
+            self._finish("cancelled", error=dict(CANCELLED))
 
 
 class WorkerRun(Run):
