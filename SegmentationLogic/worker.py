@@ -11,7 +11,8 @@ Protocol: one JSON request per stdin line, answered with the CLI's JSON-lines ev
      "tmpdir": DIR}                                        -> progress/log events, then result or error
     {"id": "2", "command": "devices"}                      -> result {"devices": [...]}
     {"id": "3", "command": "ping"}                         -> result {"pid": ...}
-    {"command": "cancel", "id": "1"}   stops request 1 at its next progress report (error kind "cancelled")
+    {"command": "cancel", "id": "1"}   stops request 1 at its next progress report, or drops it if it is
+                                       still queued (error kind "cancelled")
     {"command": "shutdown"}            (or closing stdin) ends the worker
 On start it sends {"event": "ready", "pid": ...}. Requests run one at a time, in order.
 Anything a library prints goes to stderr, so stdout carries only protocol lines.
@@ -35,6 +36,8 @@ class Worker:
         self._lock = threading.Lock()
         self._requests = queue.Queue()
         self._current = None  # (id, CancelToken) of the request being run
+        self._cancelled = set()  # ids cancelled while still queued
+        self._state_lock = threading.Lock()
         self._segmenters = {}
 
     # -- wire --------------------------------------------------------------------------
@@ -60,9 +63,13 @@ class Worker:
                            "cause": f"Unreadable worker request ({e}): {line[:200]}", "fix": ""})
                 continue
             if request.get("command") == "cancel":
-                current = self._current
-                if current and request.get("id") in (None, current[0]):
-                    current[1].cancel()
+                with self._state_lock:
+                    current = self._current
+                    if current and request.get("id") in (None, current[0]):
+                        current[1].cancel()
+                    elif request.get("id") is not None:  # still queued: answer now, skip it later
+                        self._cancelled.add(request["id"])
+                        self.send({"event": "error", **Cancelled().to_dict()}, request["id"])
                 continue
             self._requests.put(request)
             if request.get("command") == "shutdown":
@@ -86,7 +93,11 @@ class Worker:
                            "cause": f"Unknown worker command {command!r}.", "fix": ""}, request_id)
                 continue
             token = CancelToken()
-            self._current = (request_id, token)
+            with self._state_lock:
+                if request_id in self._cancelled:
+                    self._cancelled.discard(request_id)
+                    continue
+                self._current = (request_id, token)
             try:
                 payload = handler(request, token)
                 self.send({"event": "result", **payload}, request_id)

@@ -297,3 +297,9 @@ def install(plan, workdir, python=None, pip_args=(), env=None):
     commands = pip_commands(plan, python or python_executable(), constraints, pip_args)
     return SequenceRun(commands, env=env, description="Installing Python packages",
                        diagnoser=lambda rc, process: diagnose_pip(rc, process.text_tail()))
+
+
+def versions_report(requirements=REQUIREMENTS, version_of=installed_version):
+    """[(package, installed version or None)] for the panel: torch and the engine's packages."""
+    names = ["torch"] + [Requirement(r).name for r in requirements]
+    return [(name, version_of(name)) for name in names]

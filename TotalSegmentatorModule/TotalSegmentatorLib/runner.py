@@ -261,7 +261,11 @@ class WorkerRun(Run):
 
 
 class WorkerEngine:
-    """A persistent `python -m SegmentationLogic worker` process, started on first use."""
+    """A persistent `python -m SegmentationLogic worker` process, started on first use.
+
+    Requests queue in the worker and run one at a time; each gets its own Run, and
+    events are routed to it by request id.
+    """
 
     def __init__(self, python=None, env=None, cancel_grace=3.0):
         self.python = python
@@ -271,17 +275,22 @@ class WorkerEngine:
         self.ready = False
         self.runs_served = 0
         self._ids = itertools.count(1)
-        self._current = None
+        self._runs = {}  # request id -> WorkerRun not yet done
         self._tmpdir = None
 
     @property
     def alive(self):
         return self.process is not None and self.process.running
 
+    @property
+    def busy(self):
+        return bool(self._runs)
+
     def start(self):
         if not self.alive:
             import tempfile
 
+            self._fail_all("The segmentation engine stopped; run again.")
             self._cleanup_tmpdir()
             self._tmpdir = tempfile.mkdtemp(prefix="TotalSegmentator-worker-")
             self.process = BackgroundProcess(engine_command("worker", python=self.python),
@@ -295,39 +304,56 @@ class WorkerEngine:
         return self.process is not None and self.process.send(obj)
 
     def submit(self, command, description="", **fields):
-        """Start a request (`segment` with argv=[...], tmpdir=...; `devices`; `ping`) and return its Run."""
-        if self._current is not None and not self._current.done:
-            raise RuntimeError("The worker is busy with another run.")
+        """Queue a request (`segment` with argv=[...], tmpdir=...; `devices`; `ping`) and return its Run."""
         self.start()
         run = WorkerRun(self, str(next(self._ids)), description or command)
-        self._current = run
+        self._runs[run.request_id] = run
         if not self.send({"id": run.request_id, "command": command, **fields}):
             self.pump()
         return run
 
     def pump(self):
-        """Move the worker's output to the current run; notice a dead worker."""
+        """Move the worker's output to the runs it belongs to; notice a dead worker."""
         if self.process is None:
             return
-        run = self._current
         for event in self.process.events():
             kind = event.get("event")
             if kind == "ready":
                 self.ready = True
-            elif run is not None and not run.done and (event.get("id") in (None, run.request_id)):
+                continue
+            request_id = event.get("id")
+            if request_id is None:  # a library's output line: belongs to whatever is running
+                targets = list(self._runs.values())[:1]
+            else:
+                targets = [self._runs[request_id]] if request_id in self._runs else []
+            for run in targets:
                 run._deliver(event)
                 if run.done:
+                    self._runs.pop(run.request_id, None)
                     self.runs_served += 1
-        if run is not None and not run.done and self.process.finished:
-            if run._cancel_deadline:
-                run._finish("cancelled", error=dict(CANCELLED))
-            else:
-                run._finish("failed", error=diagnose(self.process.returncode, self.process.stderr_tail()))
+        if self._runs and self.process.finished:
+            error = diagnose(self.process.returncode, self.process.stderr_tail())
+            for run in list(self._runs.values()):
+                if run._cancel_deadline:
+                    run._finish("cancelled", error=dict(CANCELLED))
+                else:
+                    run._finish("failed", error=error)
+            self._runs.clear()
+
+    def _fail_all(self, cause):
+        for run in list(self._runs.values()):
+            run._finish("failed", error={"event": "error", "kind": "crash", "type": "EngineStopped", "cause": cause,
+                                         "fix": ""})
+        self._runs.clear()
 
     def kill(self):
+        """Kill the worker's whole process tree; runs still in flight end as cancelled."""
         if self.process is not None:
             self.process.kill_tree()
             self.process = None
+        for run in list(self._runs.values()):
+            run._finish("cancelled", error=dict(CANCELLED))
+        self._runs.clear()
         self.ready = False
         self._cleanup_tmpdir()
 
