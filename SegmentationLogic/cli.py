@@ -99,7 +99,8 @@ def cmd_download_weights(args):
     cat = load_catalogue()
     quality = "fastest" if args.fastest else ("fast" if args.fast else "normal")
     models = cat.models_for(args.task, quality, roi_subset=args.roi_subset, body_seg=args.body_seg)
-    paths = ensure_models(models, weights_dir=args.weights_dir, download=True, progress=_progress_from_args(args))
+    paths = ensure_models(models, weights_dir=args.weights_dir, download=True, progress=_progress_from_args(args),
+                          mirror=args.mirror)
     _emit_result(args, {"installed": [str(p) for p in paths]})
     if args.progress != "json":
         for p in paths:
@@ -119,10 +120,18 @@ def cmd_import_weights(args):
 
 
 def cmd_set_license(args):
-    from .weights import set_license
+    from .license import mask_license, set_license, validate_license
 
-    path = set_license(args.license_key)
-    print(f"Licence key stored in {path} (readable by you only).")
+    key = args.license_key
+    if key in (None, "-"):  # keeps the key out of the shell history and the process list
+        if sys.stdin.isatty():
+            import getpass
+
+            key = getpass.getpass("Licence key: ")
+        else:
+            key = sys.stdin.readline()
+    path = set_license(key)
+    print(f"Licence key {mask_license(validate_license(key))} stored in {path} (readable by you only).")
     return 0
 
 
@@ -183,6 +192,9 @@ def build_parser():
     p.add_argument("-ff", "--fastest", action="store_true")
     p.add_argument("-rs", "--roi_subset", nargs="+", default=None)
     p.add_argument("-bs", "--body_seg", action="store_true")
+    p.add_argument("--mirror", default=None,
+                   help="download from this URL (serving <Dataset>.zip files) or folder of zips instead of the "
+                        "official source (default: $TOTALSEG_WEIGHTS_MIRROR)")
     _common(p)
     p.set_defaults(func=cmd_download_weights)
 
@@ -192,7 +204,8 @@ def build_parser():
     p.set_defaults(func=cmd_import_weights)
 
     p = sub.add_parser("set-license", help="store a licence key for licensed tasks")
-    p.add_argument("license_key")
+    p.add_argument("license_key", nargs="?", default=None,
+                   help="the key; omit it (or give '-') to type it or pipe it in, out of the shell history")
     _common(p)
     p.set_defaults(func=cmd_set_license)
 

@@ -51,6 +51,12 @@ class InvalidWeightsError(SegmentationError):
     kind = "weights"
 
 
+class WeightsFolderError(SegmentationError):
+    """The weights folder cannot be created or written (permissions, read-only disk, a file in the way, disk full)."""
+
+    kind = "weights"
+
+
 class LicenseError(SegmentationError):
     kind = "license"
 

@@ -72,10 +72,11 @@ class Progress:
         idx = self._order.index(stage)
         return sum(self._weights[s] for s in self._order[:idx])
 
-    def __call__(self, stage, fraction=None, message=""):
+    def __call__(self, stage, fraction=None, message="", **extra):
+        """Report progress; `extra` adds stage-specific fields (e.g. bytes, speed of a download)."""
         if self.cancel is not None:
             self.cancel.check()
-        event = {"event": "progress", "stage": stage, "message": message, "time": round(time.time(), 3)}
+        event = {"event": "progress", "stage": stage, "message": message, "time": round(time.time(), 3), **extra}
         if fraction is not None:
             fraction = min(max(float(fraction), 0.0), 1.0)
             event["fraction"] = round(fraction, 4)

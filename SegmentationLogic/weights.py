@@ -6,6 +6,10 @@ already downloaded with TotalSegmentator are reused:
     $TOTALSEG_HOME_DIR/nnunet/results, else
     ~/.totalsegmentator/nnunet/results
     <weights>/<DatasetXXX_name>/<trainer>__<plans>__<configuration>/{dataset.json, plans.json, fold_N/...}
+
+Getting weights there: download.py (official release URLs, a mirror, the licence server),
+install.py (import from a zip or folder; verified, atomic), license.py (the licence key),
+model_check.py (what "a usable model" means, and loading checkpoints safely).
 """
 import os
 from pathlib import Path
@@ -55,13 +59,13 @@ def is_installed(model, weights_dir=None):
     return bool(folds) and all((d / f"fold_{f}" / "checkpoint_final.pth").is_file() for f in folds)
 
 
-def ensure_models(models, weights_dir=None, download=True, license_key=None, progress=None):
-    """Return the model folders, downloading what is missing when allowed."""
+def ensure_models(models, weights_dir=None, download=True, license_key=None, progress=None, mirror=None):
+    """Return the model folders, downloading what is missing when allowed (see download.py)."""
     missing = [m for m in models if not is_installed(m, weights_dir)]
     if missing and download:
         from .download import download_models  # network code only when needed
 
-        download_models(missing, weights_dir=weights_dir, license_key=license_key, progress=progress)
+        download_models(missing, weights_dir=weights_dir, license_key=license_key, progress=progress, mirror=mirror)
         missing = [m for m in models if not is_installed(m, weights_dir)]
     if missing:
         names = ", ".join(m.folder for m in missing)
@@ -70,3 +74,26 @@ def ensure_models(models, weights_dir=None, download=True, license_key=None, pro
             "Download them (python -m SegmentationLogic download-weights --task ...), or import a zip or folder "
             "you downloaded elsewhere (python -m SegmentationLogic import-weights PATH).")
     return [model_dir(m, weights_dir) for m in models]
+
+
+# -- facade for the GUI and scripts (implementations in install.py and license.py) -----------
+
+def import_weights(path, weights_dir=None, progress=None):
+    """Install weights from a zip or folder (verified, atomic); return the installed dataset folders."""
+    from .install import import_weights as _import
+
+    return _import(path, weights_dir=weights_dir, progress=progress)
+
+
+def set_license(key):
+    """Store a licence key (user-only readable config.json); return the file's path."""
+    from .license import set_license as _set
+
+    return _set(key)
+
+
+def get_license():
+    """The stored licence key masked for display ("aca_****...1234"), or None."""
+    from .license import get_license as _get
+
+    return _get()
