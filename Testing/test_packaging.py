@@ -44,12 +44,12 @@ def test_module_cmake_lists_every_module_script(module_lists):
 
 
 def test_module_cmake_lists_every_engine_script_and_resource(module_lists):
-    engine = sorted(module_lists["ENGINE_PYTHON_SCRIPTS"])
-    assert engine == files_under(REPO / "SegmentationLogic", "*.py"), \
-        "ENGINE_PYTHON_SCRIPTS must list every file of SegmentationLogic/ (add new engine files there)"
-    resources = sorted(module_lists["ENGINE_RESOURCES"])
-    assert resources == files_under(REPO / "Resources"), \
-        "ENGINE_RESOURCES must list every file of Resources/ (add new resources there)"
+    for var, found in (("ENGINE_PYTHON_SCRIPTS", files_under(REPO / "SegmentationLogic", "*.py")),
+                       ("ENGINE_RESOURCES", files_under(REPO / "Resources"))):
+        listed = set(module_lists[var])
+        assert not set(found) - listed, f"add to {var} in TotalSegmentatorModule/CMakeLists.txt: {sorted(set(found) - listed)}"
+        assert not listed - set(found), f"{var} lists files that do not exist: {sorted(listed - set(found))}"
+    resources = module_lists["ENGINE_RESOURCES"]
     assert "Resources/UI/TotalSegmentator.ui" in resources and "Resources/Icons/TotalSegmentator.png" in resources
 
 
