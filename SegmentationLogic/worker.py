@@ -145,7 +145,6 @@ class Worker:
 
                 result = segment(args.input, args.output, progress=progress, **options)
             else:
-                options.pop("device"), options.pop("weights_dir")
                 result = segmenter.segment(args.input, args.output, progress=progress, **options)
         token.check()
         return {**result_payload(result), "seconds": round(time.perf_counter() - started, 3), "warm": warm}
@@ -161,7 +160,8 @@ class Worker:
         if key in self._segmenters:
             return self._segmenters[key], True
         self._segmenters.clear()  # another device or weights folder: free the old models first
-        self._segmenters[key] = factory(device=options["device"], weights_dir=options["weights_dir"])
+        self._segmenters[key] = factory(device=options["device"], weights_dir=options["weights_dir"],
+                                        download=options["download"])
         return self._segmenters[key], False
 
 

@@ -174,3 +174,16 @@ def test_engine_environment_makes_the_engine_importable_and_uses_the_temp_dir(tm
     event = proc.wait_event(30)
     assert event["tmp"] == str(tmp_path) and event["w"] == "/w"
     assert event["pkg"].startswith(str(runner.engine_package_root()))
+
+
+def test_internal_engine_error_with_a_known_cause_gets_its_fix():
+    run = ProcessRun(script("""
+        import json, sys
+        sys.stderr.write("ModuleNotFoundError: No module named 'acvl_utils'\\n")
+        print(json.dumps({"event": "error", "kind": "internal", "type": "ModuleNotFoundError",
+                          "cause": "Internal error: No module named 'acvl_utils'", "fix": "Run again with --debug"}))
+        sys.exit(1)
+    """))
+    run.wait(timeout=30)
+    assert run.error["kind"] == "dependency" and "acvl_utils" in run.error["cause"]
+    assert "Reinstall dependencies" in run.error["fix"] and run.error["type"] == "ModuleNotFoundError"

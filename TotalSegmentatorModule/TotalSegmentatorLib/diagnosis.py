@@ -83,3 +83,13 @@ def diagnose(returncode, stderr_lines):
 def _error(kind, cause, fix, returncode, stderr_lines):
     return {"event": "error", "kind": kind, "type": "EngineCrash", "cause": cause, "fix": fix,
             "returncode": returncode, "details": list(stderr_lines or ())[-20:]}
+
+
+def refine(error, stderr_lines):
+    """An engine's "internal" error event (an unexpected exception) with a known cause gets its advice."""
+    if not error or error.get("kind") != "internal":
+        return error
+    found = diagnose(None, list(stderr_lines or ()) + [error.get("cause", "")])
+    if found["kind"] == "crash":
+        return error
+    return {**found, "type": error.get("type", found["type"]), "details": found["details"]}

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .diagnosis import diagnose
+from .diagnosis import diagnose, refine
 from .process import BackgroundProcess
 
 # After the result event a process gets this long to exit before it is killed: nnU-Net
@@ -168,7 +168,8 @@ class ProcessRun(Run):
         if self.result is not None and self.error is None:
             self._finish("succeeded", result=self.result)
         elif self.error is not None:
-            self._finish("cancelled" if self.error.get("kind") == "cancelled" else "failed", error=self.error)
+            self._finish("cancelled" if self.error.get("kind") == "cancelled" else "failed",
+                         error=refine(self.error, self.process.stderr_tail()))
         elif self.process.returncode == 0:
             self._finish("succeeded", result={"event": "result"})
         else:
@@ -239,7 +240,8 @@ class WorkerRun(Run):
         if kind == "result":
             self._finish("succeeded", result=event)
         elif kind == "error":
-            self._finish("cancelled" if event.get("kind") == "cancelled" else "failed", error=event)
+            self._finish("cancelled" if event.get("kind") == "cancelled" else "failed",
+                         error=refine(event, self.engine.process.stderr_tail() if self.engine.process else []))
 
     def poll(self):
         if not self.done:
