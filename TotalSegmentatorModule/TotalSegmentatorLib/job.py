@@ -69,7 +69,7 @@ def volume_modality(volume_node):
 class SegmentationJob:
     def __init__(self, volume_node, segmentation_node=None, task="total", quality="fast", roi_subset=None,
                  device="auto", use_standard_names=True, create_surfaces=True, weights_dir=None,
-                 split_liver_vessels=False, worker=None, python=None, env=None, on_event=None):
+                 split_liver_vessels=False, download=True, worker=None, python=None, env=None, on_event=None):
         self.volume_node = volume_node
         self.target_node = segmentation_node
         self.task = task
@@ -80,6 +80,7 @@ class SegmentationJob:
         self.create_surfaces = create_surfaces
         self.weights_dir = weights_dir
         self.split_liver_vessels = split_liver_vessels
+        self.download = download
         self.worker = worker
         self.python = python
         self.env = env
@@ -181,6 +182,8 @@ class SegmentationJob:
             argv += ["--roi_subset", *self.roi_subset]
         if self.weights_dir:
             argv += ["--weights_dir", self.weights_dir]
+        if not self.download:
+            argv.append("--no_download")
         return [str(a) for a in argv]
 
     def vessels_argv(self, source, output_dir):
@@ -229,11 +232,12 @@ class SegmentationJob:
             else:
                 from SegmentationLogic.slicer_import import import_labelmap
 
+                # Names a new node "<volume> segmentation", replaces the segments of an existing
+                # one, follows the volume's transform and study; all or nothing.
                 node = import_labelmap(scene, str(self.output), self.class_map(result),
                                        reference_volume_node=self.volume_node, segmentation_node=self.target_node,
                                        use_standard_names=self.use_standard_names,
-                                       create_surfaces=self.create_surfaces)
-            self._place(node)
+                                       create_surfaces=self.create_surfaces, task=self.task)
         except SegmentationError as e:
             self._fail({"event": "error", **e.to_dict()}, "failed")
             return
@@ -261,20 +265,6 @@ class SegmentationJob:
                           segmentation_node=self.target_node, qc=qc)
         self.vessel_qc = qc
         return node
-
-    def _place(self, node):
-        """Name a new node after the volume; same transform and study as the volume (DICOM SEG export)."""
-        if self.target_node is None:
-            node.SetName(f"{self.volume_node.GetName()} segmentation")
-        node.SetAndObserveTransformNodeID(self.volume_node.GetTransformNodeID())
-        import slicer
-
-        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
-        if sh is not None:
-            volume_item = sh.GetItemByDataNode(self.volume_node)
-            node_item = sh.GetItemByDataNode(node)
-            if volume_item and node_item:
-                sh.SetItemParent(node_item, sh.GetItemParent(volume_item))
 
     # -- end ---------------------------------------------------------------------------
     def _fail(self, error, state):
