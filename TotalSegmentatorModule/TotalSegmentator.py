@@ -223,6 +223,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceProbe = None
         self._pollTimer = None
         self._reviewNode = None
+        self._modalityGuesses = {}
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -399,7 +400,12 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         text = None
         if p is not None and p.inputVolume is not None:
-            text = choices.modality_warning(p.task, volume_modality(p.inputVolume))
+            volume = p.inputVolume
+            image = volume.GetImageData()
+            key = (volume.GetID(), image.GetMTime() if image is not None else 0)
+            if key not in self._modalityGuesses:  # the guess reads voxels: once per volume content
+                self._modalityGuesses[key] = volume_modality(volume)
+            text = choices.modality_warning(p.task, self._modalityGuesses[key])
         self.ui.modalityWarningLabel.text = text or ""
         self.ui.modalityWarningLabel.setVisible(bool(text))
 
@@ -586,7 +592,8 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegmentationDone(self, job):
         if job.state == "succeeded":
             node = job.segmentation_node
-            self._parameterNode.outputSegmentation = node
+            # The output choice stays as the user left it: "Create new" keeps creating new
+            # nodes, so a second task never overwrites the first one's result by surprise.
             self.ui.segmentationShow3DButton.setSegmentationNode(node)
             self.ui.statusLabel.text = _("Done: {n} segments in {seconds:.1f} s").format(
                 n=node.GetSegmentation().GetNumberOfSegments(), seconds=job.timings.get("total", 0.0))
@@ -723,7 +730,9 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                     (self.ui.hepaticSeedsPlaceWidget, "Hepatic seeds", (0.6, 0.0, 1.0))):
             widget.setCurrentNode(self.logic.reviewPointsNode(name, color, single=widget is
                                                                self.ui.reassignPointPlaceWidget))
-        self.ui.reassignPointPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+        single = getattr(slicer.qSlicerMarkupsPlaceWidget, "ForcePlaceSingleMarkup", None)
+        if single is not None:
+            self.ui.reassignPointPlaceWidget.placeMultipleMarkups = single
         self._updateVesselQC(qc, review)
 
     def _updateVesselQC(self, qc, review=None):
@@ -777,8 +786,9 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addLog(text)
         for line in error.get("details") or []:
             self.addLog(f"  {line}")
-        slicer.util.errorDisplay(text, windowTitle=_("TotalSegmentator"),
-                                 detailedText="\n".join(error.get("details") or []) or None)
+        details = "\n".join(error.get("details") or [])
+        kwargs = {"detailedText": details} if details else {}
+        slicer.util.errorDisplay(text, windowTitle=_("TotalSegmentator"), **kwargs)
 
 
 #
