@@ -202,3 +202,26 @@ def test_worker_reruns_warm_replaces_segments_and_cancels_cooperatively(scene_an
     finally:
         worker.shutdown()
     assert list(clean_tmp.iterdir()) == [], "the worker's folder goes with it"
+
+
+@pytest.mark.skipif(not POSIX, reason="SIGKILL")
+def test_worker_that_dies_mid_run_is_explained_and_replaced(scene_and_ct, weights_env, clean_tmp):
+    scene, ct = scene_and_ct
+    before = segmentation_nodes(scene)
+    worker = WorkerEngine()
+    try:
+        job = SegmentationJob(ct, task="total", quality="normal", device="cpu", worker=worker).start()
+        run_until_stage(job, ("predict",))
+        dead = worker.process.pid
+        os.kill(dead, signal.SIGKILL)
+        job.wait(timeout=60)
+        assert job.state == "failed" and job.error["kind"] == "memory" and job.error["fix"]
+        assert segmentation_nodes(scene) == before
+        again = SegmentationJob(ct, task="total", quality="fast", roi_subset=["liver"], device="cpu",
+                                worker=worker).start().wait(timeout=600)
+        assert again.state == "succeeded", again.error
+        assert worker.process.pid != dead, "a new worker took over"
+        scene.RemoveNode(again.segmentation_node)
+    finally:
+        worker.shutdown()
+    assert list(clean_tmp.iterdir()) == []
