@@ -4,9 +4,7 @@ These tests drive real processes. Where the behaviour under test is the runner's
 (process-tree kill, crash diagnosis, undecodable output), the process is a small Python
 program built for it; where it is the engine's protocol, it is the real engine CLI.
 """
-import json
 import os
-import signal
 import sys
 import textwrap
 import time

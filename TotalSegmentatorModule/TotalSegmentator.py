@@ -583,6 +583,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.value = int(round(100 * float(overall)))
             stage = event.get("stage") or ""
             message = event.get("message") or ""
+            self.ui.progressBar.format = f"{stage.capitalize()} %p%"
             self.ui.statusLabel.text = f"{stage.capitalize()}: {message}" if message else stage.capitalize()
             if message:
                 self.addLog(f"[{stage}] {message}")

@@ -18,7 +18,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 
 IS_WINDOWS = os.name == "nt"
