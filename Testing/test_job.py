@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scene_fixtures import scene_and_ct  # noqa: F401 (fixture)
 
 from SegmentationLogic.errors import SegmentationError
 from TotalSegmentatorLib.job import SegmentationJob, export_volume
@@ -29,12 +30,6 @@ def temp_leftovers():
     return {p.name for p in Path(tempfile.gettempdir()).glob("TotalSegmentator-*")}
 
 
-@pytest.fixture(scope="module")
-def scene_and_ct(example):
-    scene = slicer_import.new_scene()
-    volume = slicer_import.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
-    yield scene, volume
-    slicer_import.release_scene(scene)
 
 
 def segmentation_nodes(scene):

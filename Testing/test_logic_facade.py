@@ -12,6 +12,7 @@ import unittest
 from pathlib import Path
 
 import pytest
+from scene_fixtures import scene_and_ct  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 slicer_import = pytest.importorskip("SegmentationLogic.slicer_import", reason="MRML import (mrml helper) not merged")
@@ -57,12 +58,6 @@ def module(example):
         assert not hasattr(slicer, "app")
 
 
-@pytest.fixture(scope="module")
-def scene_and_ct(example):
-    scene = slicer_import.new_scene()
-    volume = slicer_import.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
-    yield scene, volume
-    slicer_import.release_scene(scene)
 
 
 def test_process_blocks_returns_named_segments_and_replaces_on_rerun(module, scene_and_ct, weights_env):
