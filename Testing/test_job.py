@@ -220,3 +220,17 @@ def test_worker_that_dies_mid_run_is_explained_and_replaced(scene_and_ct, weight
     finally:
         worker.shutdown()
     assert list(clean_tmp.iterdir()) == []
+
+
+def test_wrong_modality_is_noticed_from_the_volume_node(scene_and_ct, example):
+    from TotalSegmentatorLib.choices import modality_warning
+    from TotalSegmentatorLib.job import volume_modality
+
+    scene, ct = scene_and_ct
+    assert volume_modality(ct)[0] == "CT" and modality_warning("total", volume_modality(ct)) is None
+    mr = slicer_import.load_volume(scene, example("example_mr_sm.nii.gz"), name="MR")
+    guess = volume_modality(mr)
+    assert guess[0] == "MR"
+    assert "looks like MR" in modality_warning("total", guess)
+    assert modality_warning("total_mr", guess) is None
+    scene.RemoveNode(mr)
