@@ -50,3 +50,15 @@ def test_shutdown_removes_the_worker_and_its_temp_folder(worker):
     import os
 
     assert not os.path.exists(tmp)
+
+
+def test_worker_lists_devices_for_the_panel(worker):
+    pytest.importorskip("SegmentationLogic.devices", reason="engine devices not merged")
+    from TotalSegmentatorLib.choices import device_items
+
+    run = worker.submit("devices").wait(timeout=300)
+    assert run.outcome == "succeeded", run.error
+    devices = run.result["devices"]
+    assert any(d["id"] == "cpu" for d in devices)
+    items = device_items(devices)
+    assert items[0].id == "auto" and items[1].id == "cpu" and "CPU" in items[1].text
