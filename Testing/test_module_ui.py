@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from slicer_widgets import SLICER_WIDGETS
+from slicer_widgets import SLICER_WIDGETS, stub_classes
 
 REPO = Path(__file__).resolve().parents[1]
 UI_FILE = REPO / "Resources" / "UI" / "TotalSegmentator.ui"
@@ -81,19 +81,6 @@ def test_ui_is_a_designer_file_with_known_classes(ui_tree, ui_widgets):
         assert inherits(cls, extends), f"{cls} does not derive from {extends}"
 
 
-def _stub_class(name, spec, base):
-    namespace = {"__module__": name, "_signatures": spec}
-    for prop in spec["properties"]:
-        def setter(self, value, _p=prop):
-            self.setProperty(_p, value)
-        namespace["set" + prop[0].upper() + prop[1:]] = setter
-    for signal in spec["signals"]:
-        namespace.setdefault(signal.split("(")[0], QtCore.Signal(object))
-    for slot in spec["slots"] + spec["methods"]:
-        namespace.setdefault(slot.split("(")[0], lambda self, *a, **k: None)
-    return type(name, (base,), namespace)
-
-
 @pytest.fixture(scope="module")
 def qt_app():
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -106,13 +93,10 @@ def test_qt_compiles_and_builds_the_panel(qt_app, tmp_path, ui_widgets, monkeypa
     out = subprocess.run([str(uic) if uic.exists() else "pyside6-uic", str(UI_FILE), "-o", str(generated)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    stubs = {}
-    for name in sorted(SLICER_WIDGETS, key=lambda n: len(class_chain(n))):
-        base_name = SLICER_WIDGETS[name]["base"]
-        base = stubs.get(base_name) or qt_class(base_name)
-        stubs[name] = _stub_class(name, SLICER_WIDGETS[name], base)
+    stubs = stub_classes()
+    for name, cls in stubs.items():
         module = types.ModuleType(name)
-        setattr(module, name, stubs[name])
+        setattr(module, name, cls)
         monkeypatch.setitem(sys.modules, name, module)
     messages = []
     QtCore.qInstallMessageHandler(lambda mode, context, message: messages.append(message))

@@ -304,8 +304,8 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._operation.cancel()
         if self._deviceProbe is not None and not self._deviceProbe.done:
             self._deviceProbe.cancel()
-        self.removeObservers()
         self.setParameterNode(None)
+        self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()

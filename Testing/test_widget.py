@@ -1,0 +1,146 @@
+"""The module panel, driven like a user would, outside Slicer (PySide6 + slicer-core; see pythonqt.py).
+
+Real: the .ui, the widget code, the logic, the engine in a background process, the MRML
+scene. Stand-ins: Slicer's own widgets (node selectors, collapsible buttons...) and dialogs.
+"""
+import importlib
+import os
+import time
+
+import pytest
+
+pytest.importorskip("PySide6.QtWidgets", reason="PySide6 (test dependency) runs the panel")
+slicer_import = pytest.importorskip("SegmentationLogic.slicer_import", reason="MRML import (mrml helper) not merged")
+pytest.importorskip("SegmentationLogic.pipeline", reason="engine pipeline not merged")
+
+from PySide6 import QtWidgets  # noqa: E402
+
+import pythonqt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def qt_app():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+
+@pytest.fixture
+def panel(qt_app, monkeypatch, tmp_path, example, weights_env):
+    scene = slicer_import.new_scene()
+    ct = slicer_import.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
+    host = pythonqt.install(monkeypatch, scene, tmp_path)
+    module = importlib.import_module("TotalSegmentator")
+    widget = module.TotalSegmentatorWidget()
+    widget.setup()
+    yield widget, host, scene, ct
+    widget.cleanup()
+    module._shutdownSharedLogic()
+    module._sharedLogic = None
+    slicer_import.release_scene(scene)
+
+
+def pump(until, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "timed out"
+        QtWidgets.QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def visible(wrapped):
+    return not wrapped._obj.isHidden()
+
+
+def list_items(ui):
+    lw = ui.structureListWidget._obj
+    return [lw.item(i) for i in range(lw.count())]
+
+
+def segmentation_nodes(scene):
+    return scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+
+
+def test_panel_offers_what_the_task_allows(panel):
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    assert p.inputVolume is ct, "the first volume is selected"
+    combo = ui.taskComboBox._obj
+    assert combo.count() == 51 and combo.itemText(0) == "total (CT, 117 structures)"
+    assert "117 anatomical structures" in combo.itemData(0, pythonqt.QtCore.Qt.ToolTipRole)
+    assert any("[licence required]" in combo.itemText(i) for i in range(combo.count()))
+    assert ui.applyButton.enabled and ui.applyButton.text == "Apply"
+
+    assert all(visible(getattr(ui, n)) for n in ("normalQualityRadioButton", "fastQualityRadioButton",
+                                                 "fastestQualityRadioButton"))
+    assert len(list_items(ui)) == 117 and not visible(ui.structuresUnavailableLabel)
+    assert "all 117 structures" in ui.structureSelectionLabel.text
+
+    ui.structureSearchBox.text = "kidney left"
+    shown = [i.text() for i in list_items(ui) if not i.isHidden()]
+    assert shown == ["kidney left", "kidney cyst left"]
+    list_items(ui)[[i.text() for i in list_items(ui)].index("kidney left")].setCheckState(
+        pythonqt.QtCore.Qt.Checked)
+    assert p.roiSubset == ["kidney_left"] and "1 of 117 selected" in ui.structureSelectionLabel.text
+    ui.clearStructuresButton.click()
+    assert p.roiSubset == [] and not any(i.checkState() == pythonqt.QtCore.Qt.Checked for i in list_items(ui))
+
+    ui.taskComboBox.currentIndex = combo.findData("body")
+    assert p.task == "body" and visible(ui.qualityWidget)
+    assert visible(ui.fastQualityRadioButton) and not visible(ui.fastestQualityRadioButton)
+    ui.taskComboBox.currentIndex = combo.findData("liver_vessels")
+    assert not visible(ui.qualityWidget) and not visible(ui.qualityLabel)
+    assert visible(ui.splitLiverVesselsCheckBox)
+    assert visible(ui.structuresUnavailableLabel) and not visible(ui.structureListWidget)
+    ui.taskComboBox.currentIndex = combo.findData("total_mr")
+    assert len(list_items(ui)) == 50 and not visible(ui.splitLiverVesselsCheckBox)
+    assert visible(ui.modalityWarningLabel) and "looks like CT" in ui.modalityWarningLabel.text
+
+    pump(lambda: widget._deviceProbe is None, timeout=300)
+    assert ui.deviceComboBox._obj.itemText(0).startswith("Auto: ")
+    assert ui.deviceComboBox._obj.findData("cpu") == 1
+    ui.deviceComboBox.currentIndex = 1
+    assert p.device == "cpu"
+
+
+def test_apply_runs_in_the_background_cancel_and_errors(panel, tmp_path):
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    p.device, p.quality = "cpu", "fast"
+    names = [i.data(pythonqt.QtCore.Qt.UserRole) for i in list_items(ui)]
+    list_items(ui)[names.index("liver")].setCheckState(pythonqt.QtCore.Qt.Checked)
+
+    started = time.perf_counter()
+    ui.applyButton.click()
+    assert time.perf_counter() - started < 2.0, "Apply must return at once"
+    assert ui.applyButton.text == "Cancel" and visible(ui.progressBar)
+    assert not ui.inputsCollapsibleButton.enabled, "inputs are locked while running"
+    pump(lambda: widget._operation is None)
+    assert ui.applyButton.text == "Apply" and not visible(ui.progressBar)
+    assert segmentation_nodes(scene) == 1, host.dialogs
+    node = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    assert node.GetName() == "CT segmentation" and node.GetSegmentation().GetNthSegment(0).GetName() == "Liver"
+    assert ui.segmentationShow3DButton._obj.segmentationNode() is node
+    assert ui.statusLabel.text.startswith("Done: 1 segments")
+    log = ui.logTextEdit._obj.toPlainText()
+    assert "[predict]" in log and "[import]" in log
+    assert p.outputSegmentation is None, "Create new stays selected: the next run does not overwrite this one"
+
+    ui.clearStructuresButton.click()
+    p.quality = "normal"
+    ui.applyButton.click()
+    pump(lambda: ui.statusLabel.text.startswith("Predict"))
+    ui.applyButton.click()  # now "Cancel"
+    pump(lambda: widget._operation is None, timeout=60)
+    assert ui.statusLabel.text.startswith("Cancelled") and segmentation_nodes(scene) == 1
+
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    ui.weightsFolderPathLineEdit.currentPath = str(empty)
+    ui.keepModelsLoadedCheckBox.checked = False
+    p.quality = "fastest"
+    ui.applyButton.click()
+    pump(lambda: widget._operation is None)
+    kind, text = host.dialogs[-1]
+    assert kind == "error" and "Segmentation failed." in text and "What to do" in text
+    assert "not installed" in text or "download" in text.lower()
+    assert ui.statusLabel.text.startswith("Failed:") and segmentation_nodes(scene) == 1
