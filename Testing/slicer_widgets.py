@@ -88,6 +88,15 @@ SLICER_WIDGETS = {
 }
 
 
+def class_chain(name):
+    """[name, base, base's base, ...] down to a Qt class."""
+    chain = [name]
+    while name in SLICER_WIDGETS:
+        name = SLICER_WIDGETS[name]["base"]
+        chain.append(name)
+    return chain
+
+
 def stub_classes():
     """PySide6 stand-ins for the widgets above: their properties, signals and slots, and the
     little behaviour the module relies on (node selection, collapsing, paths)."""
@@ -155,15 +164,8 @@ def stub_classes():
     behaviour["qMRMLWidget"] = mrml_scene_widget
     behaviour["qSlicerWidget"] = mrml_scene_widget
 
-    def chain(name):
-        out = [name]
-        while name in SLICER_WIDGETS:
-            name = SLICER_WIDGETS[name]["base"]
-            out.append(name)
-        return out
-
     classes = {}
-    for name in sorted(SLICER_WIDGETS, key=lambda n: len(chain(n))):
+    for name in sorted(SLICER_WIDGETS, key=lambda n: len(class_chain(n))):
         base_name = SLICER_WIDGETS[name]["base"]
         base = classes.get(base_name) or getattr(QtWidgets, base_name)
         namespace = generic(name, SLICER_WIDGETS[name], base)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from slicer_widgets import SLICER_WIDGETS, stub_classes
+from slicer_widgets import SLICER_WIDGETS, class_chain, stub_classes
 
 REPO = Path(__file__).resolve().parents[1]
 UI_FILE = REPO / "Resources" / "UI" / "TotalSegmentator.ui"
@@ -48,15 +48,6 @@ def ui_widgets(ui_tree):
 
 def qt_class(name):
     return getattr(QtWidgets, name, None)
-
-
-def class_chain(name):
-    """[name, base, base's base, ...] down to a Qt class."""
-    chain = [name]
-    while name in SLICER_WIDGETS:
-        name = SLICER_WIDGETS[name]["base"]
-        chain.append(name)
-    return chain
 
 
 def inherits(cls, wanted):
