@@ -124,11 +124,14 @@ class Wrapped:
 
 # -- qt, ctk ------------------------------------------------------------------------------
 
-def _qt_module(settings_file):
+def _qt_module(settings_file, host):
     qt = types.ModuleType("qt")
-    for name in ("QListWidgetItem", "QTableWidgetItem", "QFileDialog", "QInputDialog", "QLineEdit", "QWidget",
-                 "QMessageBox"):
+    for name in ("QListWidgetItem", "QTableWidgetItem", "QLineEdit", "QWidget", "QMessageBox"):
         setattr(qt, name, getattr(QtWidgets, name))
+    # PythonQt's static dialogs return the text alone; here they return the test's answer.
+    qt.QFileDialog = types.SimpleNamespace(
+        getOpenFileName=lambda *a: host.answer("file", a), getExistingDirectory=lambda *a: host.answer("folder", a))
+    qt.QInputDialog = types.SimpleNamespace(getText=lambda *a: host.answer("text", a))
     qt.Qt = QtCore.Qt
     qt.QIcon = QtGui.QIcon
 
@@ -270,6 +273,10 @@ class Host:
                 setattr(ui, child.objectName(), Wrapped(child))
         return ui
 
+    def answer(self, kind, args):
+        self.dialogs.append((kind, " | ".join(str(a) for a in args[1:3])))
+        return self.answers.get(kind, "")
+
     def error_display(self, text, **kwargs):
         self.dialogs.append(("error", text + ("\n" + kwargs["detailedText"] if kwargs.get("detailedText") else "")))
 
@@ -288,7 +295,7 @@ def install(monkeypatch, scene, tmp_path):
         module = types.ModuleType(name)
         setattr(module, name, cls)
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setitem(sys.modules, "qt", _qt_module(tmp_path / "settings.ini"))
+    monkeypatch.setitem(sys.modules, "qt", _qt_module(tmp_path / "settings.ini", host))
     monkeypatch.setitem(sys.modules, "ctk", _ctk_module())
 
     class ScriptedLoadableModuleWidget:

@@ -144,3 +144,34 @@ def test_apply_runs_in_the_background_cancel_and_errors(panel, tmp_path):
     assert kind == "error" and "Segmentation failed." in text and "What to do" in text
     assert "not installed" in text or "download" in text.lower()
     assert ui.statusLabel.text.startswith("Failed:") and segmentation_nodes(scene) == 1
+
+
+def test_advanced_weights_import_and_licence(panel, tmp_path, test_weights):
+    from model_zips import installed_datasets, zip_dataset
+
+    widget, host, scene, ct = panel
+    ui = widget.ui
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    ui.weightsFolderPathLineEdit.currentPath = str(weights)
+    archive = zip_dataset(test_weights / "Dataset297_TotalSegmentator_total_3mm_1559subj",
+                          tmp_path / "Dataset297.zip")
+    host.answers["file"] = str(archive)
+    ui.importWeightsZipButton.click()
+    assert ui.applyButton.text == "Cancel", "an import runs in the background like a segmentation"
+    pump(lambda: widget._operation is None)
+    assert ui.statusLabel.text == "Weights ready (1 models).", host.dialogs
+    assert installed_datasets(weights) == ["Dataset297_TotalSegmentator_total_3mm_1559subj"]
+
+    host.answers["text"] = "aca_A1B2C3D4E5F6G7"
+    ui.setLicenseButton.click()
+    shown = ui.licenseKeyLabel.text
+    assert shown.startswith("aca_") and "A1B2C3D4E5F6G7" not in shown, "the key is shown masked"
+    host.answers["text"] = "not a key"
+    ui.setLicenseButton.click()
+    kind, text = host.dialogs[-1]
+    assert kind == "error" and "does not look like a TotalSegmentator licence key" in text
+    assert ui.licenseKeyLabel.text == shown
+
+    ui.advancedCollapsibleButton.collapsed = False
+    assert "nnunetv2: 2.8.1" in ui.packageVersionsLabel.text and "torch: 2.13.0" in ui.packageVersionsLabel.text
