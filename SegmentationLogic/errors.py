@@ -76,3 +76,9 @@ class Cancelled(SegmentationError):
 
     def __init__(self, cause="Cancelled by the user.", fix=""):
         super().__init__(cause, fix)
+
+
+class SceneImportError(SegmentationError):
+    """A result cannot be imported into the Slicer scene (bad labelmap, unreadable file)."""
+
+    kind = "import"

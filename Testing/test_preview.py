@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from SegmentationLogic.catalogue import load_catalogue
-from SegmentationLogic.preview import LEGEND_WIDTH, NOTE_BANNER_RGB, class_colors, render_preview
+from SegmentationLogic.preview import LEGEND_WIDTH, NOTE_BANNER_RGB, _name_color, class_colors, render_preview
 
 SIZE = (640, 420)
 NOTE = "TEST MODEL - not the real TotalSegmentator weights"
@@ -113,4 +113,4 @@ def test_palette_is_deterministic_and_uses_terminology(monkeypatch):
     monkeypatch.setattr(SegmentationLogic, "terminology", fake, raising=False)
     b = class_colors(["liver", "spleen"])
     assert b["liver"] == pytest.approx((216 / 255, 101 / 255, 79 / 255))
-    assert b["spleen"] == a["spleen"]  # no recommended colour: name-derived
+    assert b["spleen"] == pytest.approx(_name_color("spleen"))  # no recommended colour: name-derived
