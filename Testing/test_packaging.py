@@ -37,7 +37,7 @@ def module_lists():
 
 
 def test_module_cmake_lists_every_module_script(module_lists):
-    listed = module_lists["MODULE_PYTHON_SCRIPTS"]
+    listed = module_lists["MODULE_PYTHON_SCRIPTS"] + module_lists["SCRIPTS_PYTHON_SCRIPTS"]
     on_disk = sorted(str(p.relative_to(MODULE_DIR)).replace(os.sep, "/") for p in MODULE_DIR.rglob("*.py")
                      if "__pycache__" not in p.parts)
     assert sorted(listed) == on_disk, "TotalSegmentatorModule/CMakeLists.txt MODULE_PYTHON_SCRIPTS is out of date"
@@ -45,7 +45,9 @@ def test_module_cmake_lists_every_module_script(module_lists):
 
 def test_module_cmake_lists_every_engine_script_and_resource(module_lists):
     for var, found in (("ENGINE_PYTHON_SCRIPTS", files_under(REPO / "SegmentationLogic", "*.py")),
-                       ("ENGINE_RESOURCES", files_under(REPO / "Resources"))):
+                       # Screenshots are for the README and the extension catalogue, not installed.
+                       ("ENGINE_RESOURCES", [f for f in files_under(REPO / "Resources")
+                                             if not f.startswith("Resources/Screenshots/")])):
         listed = set(module_lists[var])
         assert not set(found) - listed, f"add to {var} in TotalSegmentatorModule/CMakeLists.txt: {sorted(set(found) - listed)}"
         assert not listed - set(found), f"{var} lists files that do not exist: {sorted(listed - set(found))}"
@@ -81,6 +83,9 @@ def test_extension_metadata_agrees_everywhere():
     assert s4ext["depends"] == "PyTorch" and s4ext["category"] == "Segmentation"
     assert s4ext["homepage"] == HOMEPAGE and s4ext["iconurl"] == top["EXTENSION_ICONURL"][0]
     assert s4ext["iconurl"].endswith("Resources/Icons/TotalSegmentator.png")
+    screenshot = top["EXTENSION_SCREENSHOTURLS"][0]
+    assert s4ext["screenshoturls"] == screenshot and screenshot.endswith("/main/Resources/Screenshots/TotalSegmentator3D.png")
+    assert (REPO / "Resources" / "Screenshots" / "TotalSegmentator3D.png").is_file()
 
 
 def test_extensions_index_entry_follows_the_catalog_schema():
@@ -117,6 +122,12 @@ def test_installed_layout_runs(module_lists, tmp_path):
     for rel in module_lists["ENGINE_PYTHON_SCRIPTS"] + module_lists["ENGINE_RESOURCES"]:
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, target / rel)
+    scripts = target / "TotalSegmentatorScripts"
+    scripts.mkdir()
+    for rel in module_lists["SCRIPTS_PYTHON_SCRIPTS"]:
+        shutil.copy2(MODULE_DIR / rel, scripts / rel)
+    # Slicer loads every .py file at the top of qt-scripted-modules as a module.
+    assert sorted(p.name for p in target.glob("*.py")) == ["TotalSegmentator.py"]
     env = {**os.environ, "PYTHONPATH": str(target)}
     code = ("import SegmentationLogic.resources as r, TotalSegmentatorLib.choices as c, TotalSegmentatorLib.runner as "
             "run; print(r.resources_dir()); print(len(c.task_items())); print(run.engine_package_root())")
@@ -127,6 +138,9 @@ def test_installed_layout_runs(module_lists, tmp_path):
     out = subprocess.run([sys.executable, "-m", "SegmentationLogic", "classes", "liver_vessels"], cwd=tmp_path,
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "liver_vessels" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, str(scripts / "batch.py"), "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--input-dir" in out.stdout, out.stderr
     # The module finds its .ui and icon where TotalSegmentator.py's resourcePath() looks first.
     assert (target / "Resources" / "UI" / "TotalSegmentator.ui").is_file()
     assert (target / "Resources" / "Icons" / "TotalSegmentator.png").is_file()
