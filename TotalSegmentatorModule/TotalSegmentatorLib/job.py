@@ -237,7 +237,8 @@ class SegmentationJob:
                 node = import_labelmap(scene, str(self.output), self.class_map(result),
                                        reference_volume_node=self.volume_node, segmentation_node=self.target_node,
                                        use_standard_names=self.use_standard_names,
-                                       create_surfaces=self.create_surfaces, task=self.task)
+                                       create_surfaces=self.create_surfaces, task=self.task,
+                                       progress=self._import_progress)
         except SegmentationError as e:
             self._fail({"event": "error", **e.to_dict()}, "failed")
             return
@@ -253,6 +254,11 @@ class SegmentationJob:
         self.state = "succeeded"
         self._emit({"event": "progress", "stage": "import", "fraction": 1.0, "overall": 1.0,
                     "message": f"Done in {self.timings['total']:.1f} s"})
+
+    def _import_progress(self, stage, fraction=None, message=""):
+        overall = ENGINE_SHARE + (1.0 - ENGINE_SHARE) * min(max(float(fraction or 0.0), 0.0), 0.99)
+        self._emit({"event": "progress", "stage": "import", "fraction": fraction, "overall": round(overall, 4),
+                    "message": message})
 
     def _import_vessels(self, scene):
         from SegmentationLogic.vessels.review import load_split
