@@ -129,14 +129,22 @@ def test_apply_runs_in_the_background_cancel_and_errors(panel, tmp_path):
     p.quality = "normal"
     ui.applyButton.click()
     pump(lambda: ui.statusLabel.text.startswith("Predict"))
-    ui.applyButton.click()  # now "Cancel"
+    ui.applyButton.click()  # now "Cancel": the worker stops the run and keeps its models
     pump(lambda: widget._operation is None, timeout=60)
+    assert ui.statusLabel.text.startswith("Cancelled") and segmentation_nodes(scene) == 1
+    assert widget.logic.worker.alive
+
+    ui.keepModelsLoadedCheckBox.checked = False  # one process per run; Cancel kills it at once
+    assert widget.logic.worker is None
+    ui.applyButton.click()
+    pump(lambda: ui.statusLabel.text.startswith("Predict"))
+    ui.applyButton.click()
+    assert widget._operation is None and ui.applyButton.text == "Apply"
     assert ui.statusLabel.text.startswith("Cancelled") and segmentation_nodes(scene) == 1
 
     empty = tmp_path / "no-weights"
     empty.mkdir()
     ui.weightsFolderPathLineEdit.currentPath = str(empty)
-    ui.keepModelsLoadedCheckBox.checked = False
     p.quality = "fastest"
     ui.applyButton.click()
     pump(lambda: widget._operation is None)
@@ -175,3 +183,33 @@ def test_advanced_weights_import_and_licence(panel, tmp_path, test_weights):
 
     ui.advancedCollapsibleButton.collapsed = False
     assert "nnunetv2: 2.8.1" in ui.packageVersionsLabel.text and "torch: 2.13.0" in ui.packageVersionsLabel.text
+
+
+def test_download_weights_for_the_task_with_cancel(panel, tmp_path, test_weights, monkeypatch):
+    from http_server import WeightsServer
+    from model_zips import assert_nothing_half_installed, installed_datasets, zip_dataset
+
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    folder = "Dataset298_TotalSegmentator_total_6mm_1559subj"
+    archive = zip_dataset(test_weights / folder, tmp_path / f"{folder}.zip").read_bytes()
+    weights = tmp_path / "weights"
+    ui.weightsFolderPathLineEdit.currentPath = str(weights)
+    p.quality = "fastest"
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    with WeightsServer({f"/{folder}.zip": archive}) as server:
+        monkeypatch.setenv("TOTALSEG_WEIGHTS_MIRROR", server.url())
+        server.fault = "slow"
+        ui.downloadWeightsButton.click()
+        pump(lambda: ui.progressBar.value > 0 and ui.statusLabel.text.startswith("Download"), timeout=120)
+        ui.applyButton.click()  # Cancel
+        pump(lambda: widget._operation is None, timeout=60)
+        assert ui.statusLabel.text == "Cancelled; no partial weights were kept."
+        assert_nothing_half_installed(weights)
+
+        server.fault = None
+        ui.downloadWeightsButton.click()
+        pump(lambda: widget._operation is None, timeout=300)
+        assert ui.statusLabel.text == "Weights ready (1 models).", host.dialogs
+        assert installed_datasets(weights) == [folder]

@@ -560,12 +560,13 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Drain the background runs' events (QTimer, GUI thread; never waits on a process)."""
         self._pollDeviceProbe()
         operation = self._operation
-        if operation is not None and not operation.done:
-            events = operation.poll()
-            if not isinstance(operation, SegmentationJob):  # jobs report through onEngineEvent
-                for event in events:
-                    self.onEngineEvent(event)
-            if operation.done:
+        if operation is not None:
+            if not operation.done:
+                events = operation.poll()
+                if not isinstance(operation, SegmentationJob):  # jobs report through onEngineEvent
+                    for event in events:
+                        self.onEngineEvent(event)
+            if operation.done:  # also when Cancel ended it at once
                 self._operation = None
                 self.ui.progressBar.setVisible(False)
                 self._updateApplyButton()
