@@ -213,3 +213,39 @@ def test_download_weights_for_the_task_with_cancel(panel, tmp_path, test_weights
         pump(lambda: widget._operation is None, timeout=300)
         assert ui.statusLabel.text == "Weights ready (1 models).", host.dialogs
         assert installed_datasets(weights) == [folder]
+
+
+def test_first_run_install_asks_then_installs_in_the_background_then_segments(panel, tmp_path, monkeypatch):
+    from test_dependencies import make_wheel
+    from TotalSegmentatorLib import dependencies
+
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    p.device, p.quality, p.roiSubset = "cpu", "fast", ["liver"]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "tspanelprobe", "1.0")
+    missing = dependencies.plan_install(requirements=("tspanelprobe==1.0",), torch_requirement="torch>=0",
+                                        imported_modules={})
+    plans = [missing, missing]
+    monkeypatch.setattr(widget.logic, "dependencyPlan",
+                        lambda reinstall=False: plans.pop(0) if plans else dependencies.plan_install())
+    real_install = dependencies.install
+    # pip runs for real, but only pretends to install (--dry-run): the test must not change its own venv.
+    monkeypatch.setattr(dependencies, "install", lambda plan, workdir, **kw: real_install(
+        plan, workdir, pip_args=["--dry-run", "--no-index", "--find-links", str(wheels)]))
+
+    host.answers["confirm"] = False
+    ui.applyButton.click()
+    kind, text = host.dialogs[-1]
+    assert kind == "confirm" and "install tspanelprobe==1.0" in text
+    assert widget._operation is None and segmentation_nodes(scene) == 0
+    assert "Installation cancelled" in ui.logTextEdit._obj.toPlainText()
+
+    host.answers["confirm"] = True
+    ui.applyButton.click()
+    assert ui.applyButton.text == "Cancel" and "Installing Python packages" in ui.statusLabel.text
+    pump(lambda: segmentation_nodes(scene) == 1 and widget._operation is None)
+    log = ui.logTextEdit._obj.toPlainText()
+    assert "Would install tspanelprobe-1.0" in log and "Python packages installed." in log
+    assert ui.statusLabel.text.startswith("Done: 1 segments")

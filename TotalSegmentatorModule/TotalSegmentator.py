@@ -533,7 +533,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._ensureDependencies(then=self.onApplyButton):
             return
         p = self._parameterNode
-        self.ui.logTextEdit.clear()
+        self.addLog("-" * 40)  # keep earlier output (e.g. the first-run install) above
         try:
             job = self.logic.processAsync(
                 p.inputVolume, p.outputSegmentation, task=p.task, quality=choices.best_quality(p.task, p.quality),
