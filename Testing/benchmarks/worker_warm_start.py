@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--input", default=None, help="image to segment (default: the example CT)")
     ap.add_argument("--weights", default=None, help="weights folder (default: the test models)")
+    ap.add_argument("--realistic", action="store_true",
+                    help="test model with the network size of a real TotalSegmentator model (total --fast only)")
     args = ap.parse_args()
 
     source = Path(args.input) if args.input else example_path("example_ct_sm.nii.gz")
@@ -57,7 +59,7 @@ def main():
     else:
         from testmodels import build_test_weights
 
-        weights = str(build_test_weights())
+        weights = str(build_test_weights(size="realistic", datasets=(297,)) if args.realistic else build_test_weights())
     env = {"TOTALSEG_WEIGHTS_PATH": weights, "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc", "1")}
     print(f"input {source.name}, task {args.task} --{args.quality}, device {args.device}, weights {weights}")
 
