@@ -12,7 +12,9 @@ Python console:
 """
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import ctk
 import qt
@@ -819,7 +821,7 @@ def _logEvent(event):
 
 def _shutdownSharedLogic():
     if _sharedLogic is not None:
-        _sharedLogic.shutdownWorker()
+        _sharedLogic.cleanup()
 
 
 class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
@@ -844,6 +846,9 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         self.weightsFolder = _setting("WeightsFolder", "") or None
         self.worker = None
         self._reviewPointNodes = {}
+        # Liver-vessel outputs kept while their split is reviewed (re-runs need the support masks);
+        # removed when Slicer quits.
+        self.reviewRoot = os.path.join(tempfile.gettempdir(), f"TotalSegmentator-review-{os.getpid()}")
 
     def getParameterNode(self):
         return TotalSegmentatorParameterNode(super().getParameterNode())
@@ -891,7 +896,7 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         return SegmentationJob(volumeNode, segmentationNode, task=task, quality=quality, roi_subset=roiSubset,
                                device=device, use_standard_names=useStandardNames, create_surfaces=createSurfaces,
                                weights_dir=self.weightsFolder, split_liver_vessels=splitLiverVessels,
-                               worker=self._worker(), on_event=onEvent).start()
+                               review_root=self.reviewRoot, worker=self._worker(), on_event=onEvent).start()
 
     def _worker(self):
         if not self.keepModelsLoaded:
@@ -905,6 +910,11 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         if self.worker is not None:
             self.worker.shutdown()
             self.worker = None
+
+    def cleanup(self):
+        """End the worker and remove the review folders (Slicer is quitting)."""
+        self.shutdownWorker()
+        shutil.rmtree(self.reviewRoot, ignore_errors=True)
 
     def detectDevicesAsync(self, useWorker=True):
         """A run whose result is {"devices": [{"id", "name", "memory_gb"}]}; the worker warms up meanwhile."""
@@ -921,8 +931,6 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         return dependencies.plan_install(reinstall=reinstall)
 
     def installDependenciesAsync(self, plan):
-        import tempfile
-
         workdir = tempfile.mkdtemp(prefix="TotalSegmentator-install-")
         return _CleanupRun(dependencies.install(plan, workdir), workdir)
 
@@ -1024,8 +1032,6 @@ class _CleanupRun:
 
     def _cleanup(self):
         if self._run.done and self._folder:
-            import shutil
-
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
 

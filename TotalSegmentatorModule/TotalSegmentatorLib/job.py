@@ -69,7 +69,8 @@ def volume_modality(volume_node):
 class SegmentationJob:
     def __init__(self, volume_node, segmentation_node=None, task="total", quality="fast", roi_subset=None,
                  device="auto", use_standard_names=True, create_surfaces=True, weights_dir=None,
-                 split_liver_vessels=False, download=True, worker=None, python=None, env=None, on_event=None):
+                 split_liver_vessels=False, review_root=None, download=True, worker=None, python=None, env=None,
+                 on_event=None):
         self.volume_node = volume_node
         self.target_node = segmentation_node
         self.task = task
@@ -80,6 +81,8 @@ class SegmentationJob:
         self.create_surfaces = create_surfaces
         self.weights_dir = weights_dir
         self.split_liver_vessels = split_liver_vessels
+        self.review_root = review_root
+        self.review_dir = None  # liver-vessel outputs kept for the review (re-run split needs the support masks)
         self.download = download
         self.worker = worker
         self.python = python
@@ -196,7 +199,10 @@ class SegmentationJob:
     def _start_engine(self, source):
         env = engine_environment(self.tmpdir / "tmp", self.env)
         if self.split_liver_vessels:
-            self.output = self.tmpdir / "vessels"
+            if self.review_root:
+                Path(self.review_root).mkdir(parents=True, exist_ok=True)
+                self.review_dir = Path(tempfile.mkdtemp(prefix="liver-vessels-", dir=self.review_root))
+            self.output = self.review_dir or self.tmpdir / "vessels"
             return ProcessRun(engine_command(*self.vessels_argv(source, self.output), python=self.python), env=env,
                               description="liver vessels")
         self.output = self.tmpdir / "segmentation.nii.gz"
@@ -228,7 +234,7 @@ class SegmentationJob:
         scene = self.volume_node.GetScene()
         try:
             if self.split_liver_vessels:
-                node = self._import_vessels(scene)
+                node = self._import_vessels(scene, result)
             else:
                 from SegmentationLogic.slicer_import import import_labelmap
 
@@ -260,21 +266,25 @@ class SegmentationJob:
         self._emit({"event": "progress", "stage": "import", "fraction": fraction, "overall": round(overall, 4),
                     "message": message})
 
-    def _import_vessels(self, scene):
-        from SegmentationLogic.vessels.review import load_split
+    def _import_vessels(self, scene, result):
+        from SegmentationLogic.vessels import review
 
-        metadata = self.output / "enhanced_liver_vessels_metadata.json"
-        qc = None
-        if metadata.is_file():
-            qc = json.loads(metadata.read_text(encoding="utf-8")).get("portal_hepatic_split_qc")
-        node = load_split(scene, str(self.output / "liver_vessels_labeled.nii.gz"), self.volume_node,
-                          segmentation_node=self.target_node, qc=qc)
-        self.vessel_qc = qc
+        # The whole metadata: its QC for the panel, its inputs (support masks) for re-runs.
+        path = self.output / "enhanced_liver_vessels_metadata.json"
+        metadata = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if result.get("qc") and not metadata.get("portal_hepatic_split_qc"):
+            metadata["portal_hepatic_split_qc"] = result["qc"]
+        node = review.load_split(scene, str(self.output / "liver_vessels_labeled.nii.gz"), self.volume_node,
+                                 segmentation_node=self.target_node, qc=metadata)
+        self.vessel_qc = review.get_qc(node)
         return node
 
     # -- end ---------------------------------------------------------------------------
     def _fail(self, error, state):
         self.error = error or {"kind": "error", "cause": "The segmentation failed.", "fix": ""}
+        if self.review_dir is not None:
+            shutil.rmtree(self.review_dir, ignore_errors=True)
+            self.review_dir = None
         self.timings["total"] = time.perf_counter() - self._t0 if self._t0 else 0.0
         self._cleanup()
         self.state = state
