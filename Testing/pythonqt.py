@@ -15,6 +15,7 @@ Dialogs are recorded in `Host.dialogs` and answered with `Host.answers`.
 This tests the widget's wiring (which controls appear, what Apply runs, what Cancel and
 errors do) with the real logic, engine and MRML; it cannot test Slicer's own widgets.
 """
+import contextlib
 import inspect
 import json
 import os
@@ -280,6 +281,16 @@ class Host:
     def error_display(self, text, **kwargs):
         self.dialogs.append(("error", text + ("\n" + kwargs["detailedText"] if kwargs.get("detailedText") else "")))
 
+    @contextlib.contextmanager
+    def try_with_error_display(self, message=None, show=True, waitCursor=False):
+        """As slicer.util.tryWithErrorDisplay: show the error, then re-raise (PythonQt prints it)."""
+        try:
+            yield
+        except Exception as e:
+            if show:
+                self.error_display(f"{message}\n\n{e}" if message else str(e))
+            raise
+
     def confirm(self, text, **kwargs):
         self.dialogs.append(("confirm", text))
         return self.answers["confirm"]
@@ -333,5 +344,6 @@ def install(monkeypatch, scene, tmp_path):
     monkeypatch.setattr(slicer.util, "childWidgetVariables", host.child_widget_variables)
     monkeypatch.setattr(slicer.util, "errorDisplay", host.error_display)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", host.confirm)
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", host.try_with_error_display)
     monkeypatch.delitem(sys.modules, "TotalSegmentator", raising=False)
     return host

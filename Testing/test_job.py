@@ -64,7 +64,7 @@ def test_bad_requests_fail_before_anything_is_written(scene_and_ct, clean_tmp):
     for kwargs, words in (({"task": "totl"}, "Unknown task 'totl'"),
                           ({"roi_subset": ["livre"]}, "'livre'"),
                           ({"task": "lung_vessels", "roi_subset": ["liver"]}, "cannot segment a subset"),
-                          ({"task": "liver_lesions", "quality": "fast"}, "no fast mode"),
+                          ({"quality": "ultra"}, "Unknown quality 'ultra'"),
                           ({"split_liver_vessels": True}, "liver_vessels")):
         with pytest.raises(SegmentationError) as e:
             SegmentationJob(ct, **kwargs).start()
@@ -234,3 +234,27 @@ def test_wrong_modality_is_noticed_from_the_volume_node(scene_and_ct, example):
     assert "looks like MR" in modality_warning("total", guess)
     assert modality_warning("total_mr", guess) is None
     scene.RemoveNode(mr)
+
+
+def test_liver_vessel_split_keeps_its_outputs_for_review_and_drops_them_on_cancel(scene_and_ct, weights_env,
+                                                                                 clean_tmp, tmp_path):
+    pytest.importorskip("SegmentationLogic.vessels.review", reason="vessel review not merged")
+    scene, ct = scene_and_ct
+    root = tmp_path / "review"
+    job = SegmentationJob(ct, task="liver_vessels", device="cpu", split_liver_vessels=True,
+                          review_root=str(root)).start().wait(timeout=900)
+    assert job.state == "succeeded", job.error
+    assert names(job.segmentation_node) == ["Hepatic veins", "Portal vein branches"]
+    assert {"portal_fraction", "warnings"} <= set(job.vessel_qc)
+    kept = {p.name for p in job.review_dir.iterdir()}
+    assert {"liver_vessels_labeled.nii.gz", "enhanced_liver_vessels_metadata.json", "liver.nii.gz"} <= kept
+    scene.RemoveNode(job.segmentation_node)
+
+    count = segmentation_nodes(scene)
+    cancelled = SegmentationJob(ct, task="liver_vessels", device="cpu", split_liver_vessels=True,
+                                review_root=str(root)).start()
+    run_until_stage(cancelled, ("predict",))
+    cancelled.cancel()
+    assert cancelled.state == "cancelled" and segmentation_nodes(scene) == count
+    assert [p for p in root.iterdir()] == [job.review_dir], "the cancelled run's folder is gone"
+    assert list(clean_tmp.iterdir()) == []

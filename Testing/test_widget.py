@@ -6,6 +6,7 @@ scene. Stand-ins: Slicer's own widgets (node selectors, collapsible buttons...) 
 import importlib
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -249,3 +250,55 @@ def test_first_run_install_asks_then_installs_in_the_background_then_segments(pa
     log = ui.logTextEdit._obj.toPlainText()
     assert "Would install tspanelprobe-1.0" in log and "Python packages installed." in log
     assert ui.statusLabel.text.startswith("Done: 1 segments")
+
+
+def test_liver_vessel_split_review(panel, tmp_path):
+    review = pytest.importorskip("SegmentationLogic.vessels.review", reason="vessel review not merged")
+    import numpy as np
+
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    assert not visible(ui.vesselReviewCollapsibleButton)
+    ui.taskComboBox.currentIndex = ui.taskComboBox._obj.findData("liver_vessels")
+    ui.splitLiverVesselsCheckBox.checked = True
+    p.device = "cpu"
+    assert p.splitLiverVessels
+    ui.applyButton.click()
+    pump(lambda: widget._operation is None, timeout=600)
+    assert ui.statusLabel.text.startswith("Done: 2 segments"), host.dialogs
+    node = widget._reviewNode
+    seg = node.GetSegmentation()
+    assert sorted(seg.GetNthSegment(i).GetName() for i in range(2)) == ["Hepatic veins", "Portal vein branches"]
+    assert visible(ui.vesselReviewCollapsibleButton) and not ui.vesselReviewCollapsibleButton.collapsed
+    table = ui.vesselQCTableWidget._obj
+    rows = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount())}
+    assert len(rows) == len(review.qc_rows(review.get_qc(node))) > 3
+    assert ui.vesselWarningsLabel.text == ("\n".join(f"\u26a0 {w}" for w in review.warnings(review.get_qc(node)))
+                                           or "No warnings.")
+
+    labels, affine = review.current_labels(node)
+    portal_before = int((labels == 1).sum())
+    ijk = np.argwhere(labels == 1)[0]
+    point = (affine @ np.r_[ijk, 1.0])[:3]
+    reassign = widget.logic.reviewPointsNode("Reassign point", (1, 1, 0), single=True)
+    assert ui.reassignPointPlaceWidget._obj.currentNode() is reassign
+    reassign.AddControlPoint(*point)
+    ui.subtreeScopeRadioButton.checked = True
+    ui.reassignButton.click()
+    labels, _ = review.current_labels(node)
+    assert int((labels == 1).sum()) < portal_before, "the picked portal subtree became hepatic"
+    assert review.get_qc(node)["manual_edits"] == 1
+
+    hepatic_seed = widget.logic.reviewPointsNode("Hepatic seeds", (0.6, 0, 1))
+    hepatic_seed.AddControlPoint(*point)
+    ui.rerunSplitButton.click()
+    assert review.get_qc(node)["user_seed_points"] == {"portal": 0, "hepatic": 1}
+
+    host.answers["folder"] = str(tmp_path / "saved")
+    ui.saveReviewButton.click()
+    assert (tmp_path / "saved" / "liver_vessels_labeled.nii.gz").is_file()
+    assert "Saved:" in ui.logTextEdit._obj.toPlainText()
+    review_root = widget.logic.reviewRoot
+    assert any(Path(review_root).iterdir()), "the run's support masks are kept for re-runs"
+    widget.logic.cleanup()
+    assert not Path(review_root).exists(), "and removed when Slicer quits"

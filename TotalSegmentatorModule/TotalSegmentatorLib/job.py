@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from SegmentationLogic.catalogue import load_catalogue
+from SegmentationLogic.catalogue import QUALITIES, load_catalogue
 from SegmentationLogic.errors import InputImageError, SegmentationError
 
-from .choices import validate_roi_subset
+from .choices import best_quality, validate_roi_subset
 from .runner import ProcessRun, engine_command, engine_environment
 
 ENGINE_SHARE = 0.92  # share of the overall bar for the engine; the rest is import into the scene
@@ -98,6 +98,7 @@ class SegmentationJob:
         self.timings = {}
         self.stage, self.overall, self.message = None, 0.0, ""
         self._t0 = None
+        self._notes = []
 
     # -- public ------------------------------------------------------------------------
     @property
@@ -112,7 +113,12 @@ class SegmentationJob:
             raise InputImageError(f"Volume '{self.volume_node.GetName()}' has no image data.",
                                   "Load the image again or select another volume.")
         task = load_catalogue().task(self.task)
-        task.mode(self.quality)
+        if self.quality in QUALITIES and self.quality not in task.qualities:
+            # As the panel does: a task with one model runs it whatever quality was asked.
+            self._notes.append(f"Task '{self.task}' has no '{self.quality}' quality; running "
+                               f"'{best_quality(self.task, self.quality)}'.")
+            self.quality = best_quality(self.task, self.quality)
+        task.mode(self.quality)  # unknown quality names raise here
         validate_roi_subset(self.task, self.roi_subset)
         if self.split_liver_vessels and self.task != "liver_vessels":
             raise SegmentationError("The portal / hepatic vein split needs task 'liver_vessels'.",
@@ -126,6 +132,8 @@ class SegmentationJob:
             (self.tmpdir / "tmp").mkdir()
             self._emit({"event": "progress", "stage": "export", "fraction": 0.0, "overall": 0.0,
                         "message": f"Writing '{self.volume_node.GetName()}' for the engine"})
+            for note in self._notes:
+                self._emit({"event": "log", "level": "warning", "message": note})
             source = export_volume(self.volume_node, self.tmpdir / "input.nii")
             self.timings["export"] = time.perf_counter() - self._t0
             self.run = self._start_engine(source)
