@@ -169,19 +169,16 @@ def test_worker_reruns_warm_replaces_segments_and_cancels_cooperatively(scene_an
     scene, ct = scene_and_ct
     worker = WorkerEngine()
     try:
-        first = SegmentationJob(ct, task="total", quality="fast", roi_subset=["liver"], device="cpu",
-                                worker=worker).start().wait(timeout=600)
+        first = SegmentationJob(ct, task="total", quality="fast", device="cpu", worker=worker).start().wait(timeout=600)
         assert first.state == "succeeded", first.error
         node = first.segmentation_node
-        assert names(node) == ["Liver"]
+        assert "Liver" in names(node) and len(names(node)) > 1
         assert first.run.result["warm"] is False
-        second = SegmentationJob(ct, node, task="total", quality="fast",
-                                 roi_subset=["spleen", "kidney_left", "kidney_right", "stomach"], device="cpu",
+        second = SegmentationJob(ct, node, task="total", quality="fast", roi_subset=["liver"], device="cpu",
                                  worker=worker).start().wait(timeout=600)
         assert second.state == "succeeded" and second.segmentation_node is node
         assert second.run.result["warm"] is True, "the second run must reuse the loaded models"
-        assert names(node) and "Liver" not in names(node), "a re-run replaces the segments"
-        assert set(names(node)) <= {"Spleen", "Left kidney", "Right kidney", "Stomach"}
+        assert names(node) == ["Liver"], "a re-run replaces the segments"
         pid = worker.process.pid
 
         count = segmentation_nodes(scene)
