@@ -113,19 +113,33 @@ def test_icon_and_licence():
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
 
 
-def test_installed_layout_runs(module_lists, tmp_path):
-    """Copy files as the CMake lists install them; the engine and the module library work from there."""
-    target = tmp_path / "lib" / "Slicer-5.10" / "qt-scripted-modules"
-    for rel in module_lists["MODULE_PYTHON_SCRIPTS"]:
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(MODULE_DIR / rel, target / rel)
-    for rel in module_lists["ENGINE_PYTHON_SCRIPTS"] + module_lists["ENGINE_RESOURCES"]:
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, target / rel)
-    scripts = target / "TotalSegmentatorScripts"
-    scripts.mkdir()
-    for rel in module_lists["SCRIPTS_PYTHON_SCRIPTS"]:
-        shutil.copy2(MODULE_DIR / rel, scripts / rel)
+@pytest.fixture(scope="module")
+def cmake_install(tmp_path_factory):
+    """Configure the extension with CMake against a stand-in of Slicer's build tree
+    (Testing/cmake_slicer_stub) and lay the files out where the install puts them."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    build = tmp_path_factory.mktemp("cmake-build")
+    out = subprocess.run([cmake, "-S", str(REPO), "-B", str(build),
+                          f"-DSlicer_DIR={REPO / 'Testing' / 'cmake_slicer_stub'}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for line in (build / "install-manifest.txt").read_text().splitlines():
+        src, dest = line.split("|")
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+    return build
+
+
+def test_cmake_configures_with_tests_and_metadata(cmake_install):
+    assert (cmake_install / "tests.txt").read_text().split() == ["generic:TotalSegmentator",
+                                                                 "unittest:TotalSegmentator.py"]
+    assert (cmake_install / "extension.txt").read_text().strip() == "TotalSegmentator|PyTorch|Segmentation"
+
+
+def test_installed_layout_runs(cmake_install, tmp_path):
+    """The engine, the module library and the batch script work from where CMake installs them."""
+    target = cmake_install / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     # Slicer loads every .py file at the top of qt-scripted-modules as a module.
     assert sorted(p.name for p in target.glob("*.py")) == ["TotalSegmentator.py"]
     env = {**os.environ, "PYTHONPATH": str(target)}
@@ -138,8 +152,8 @@ def test_installed_layout_runs(module_lists, tmp_path):
     out = subprocess.run([sys.executable, "-m", "SegmentationLogic", "classes", "liver_vessels"], cwd=tmp_path,
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "liver_vessels" in out.stdout, out.stderr
-    out = subprocess.run([sys.executable, str(scripts / "batch.py"), "--help"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(target / "TotalSegmentatorScripts" / "batch.py"), "--help"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "--input-dir" in out.stdout, out.stderr
     # The module finds its .ui and icon where TotalSegmentator.py's resourcePath() looks first.
     assert (target / "Resources" / "UI" / "TotalSegmentator.ui").is_file()
