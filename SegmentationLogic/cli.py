@@ -76,7 +76,8 @@ def segment_options(args):
 
 
 def result_payload(result):
-    return {"files": [str(f) for f in result.files], "note": result.model_note}
+    return {"files": [str(f) for f in result.files], "note": result.model_note,
+            "classes": len(result.class_map), "timings": getattr(result, "timings", None)}
 
 
 def cmd_segment(args):
