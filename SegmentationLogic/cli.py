@@ -229,6 +229,9 @@ def build_parser():
     p.add_argument("-ta", "--task", default=None, help="names the classes in the report")
     p.set_defaults(func=cmd_evaluate)
 
+    from .vessels.cli import add_commands as add_vessel_commands  # liver-vessels, split-vessels
+
+    add_vessel_commands(sub, _common, _progress_from_args, _emit_result)
     return ap
 
 

@@ -1,0 +1,554 @@
+"""Synthetic liver-vessel phantoms with ground truth, for the portal/hepatic split.
+
+A phantom is a liver (a lumpy two-lobed blob), a portal-vein tree entering at the hilum
+(the portal trunk comes from below and medially) and three hepatic veins (right, middle,
+left) draining into the inferior vena cava (IVC) at the top and back of the liver.
+Trees branch by Murray's law (r^3 = r1^3 + r2^3, the bigger child deviates less), so the
+radius shrinks away from the root, and they fill the liver without touching each other.
+
+Levels degrade the masks the way real segmentations are degraded:
+  clean     the vessel mask is exactly the two trees
+  touching  portal and hepatic branches touch or merge where they pass close
+  gaps      short pieces of branches are missing from the vessel mask
+  noisy     spurious blobs, boundary noise; trunk and IVC masks shifted by a few mm,
+            the trunk without its hilum end, the IVC with a missing slab
+  combined  all of the above
+
+World coordinates are RAS millimetres (x to the patient's right, y anterior, z superior);
+array axes follow x, y, z with a diagonal affine, as a canonical NIfTI would.
+
+    ph = make_phantom("combined", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), seed=1)
+    ph.vessels, ph.liver, ph.portal_trunk, ph.ivc      # uint8 masks (the inputs)
+    ph.truth        # 1 portal, 2 hepatic, 0 not a vessel (spurious blob / background)
+    ph.branch_ids   # id of the generating branch per true vessel voxel (0 elsewhere)
+    score_split(labels, ph)                            # Dice, accuracy, branch consistency
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+LEVELS = ("clean", "touching", "gaps", "noisy", "combined")
+PORTAL, HEPATIC = 1, 2
+
+
+@dataclass
+class Segment:
+    id: int
+    cls: int            # PORTAL or HEPATIC
+    tree: str           # "portal", "right", "middle", "left"
+    parent: int         # -1 for a root
+    p0: np.ndarray      # start (mm)
+    p1: np.ndarray      # end (mm)
+    r0: float           # radius at the start (mm)
+    r1: float           # radius at the end (mm)
+    generation: int
+
+
+@dataclass
+class Phantom:
+    level: str
+    affine: np.ndarray
+    spacing: tuple
+    vessels: np.ndarray
+    liver: np.ndarray
+    portal_trunk: np.ndarray
+    ivc: np.ndarray
+    truth: np.ndarray
+    branch_ids: np.ndarray
+    segments: list
+    info: dict = field(default_factory=dict)
+
+    @property
+    def shape(self):
+        return self.vessels.shape
+
+    def save(self, folder):
+        """Write the inputs and the truth as NIfTI files; returns {name: path}."""
+        import nibabel as nib
+        from pathlib import Path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for name, arr in (("liver_vessels", self.vessels), ("liver", self.liver),
+                          ("portal_vein_and_splenic_vein", self.portal_trunk),
+                          ("inferior_vena_cava", self.ivc), ("truth", self.truth)):
+            path = folder / f"{name}.nii.gz"
+            nib.save(nib.Nifti1Image(arr.astype(np.uint8), self.affine), str(path))
+            out[name] = path
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# geometry helpers
+
+def _unit(v):
+    v = np.asarray(v, dtype=float)
+    return v / max(np.linalg.norm(v), 1e-12)
+
+
+def _perpendicular(d, rng):
+    a = rng.normal(size=3)
+    a -= a.dot(d) * d
+    return _unit(a)
+
+
+def _rotate_towards(d, e, angle):
+    """Rotate unit vector d by `angle` (rad) in the plane spanned by d and unit e (e ⟂ d)."""
+    return _unit(np.cos(angle) * d + np.sin(angle) * e)
+
+
+def _segment_distance(points, p0, p1):
+    """Distances (K, M) from K points to M segments (p0, p1: (M, 3)); and the t (K, M)."""
+    d = p1 - p0
+    dd = np.maximum((d * d).sum(1), 1e-12)
+    t = ((points[:, None, :] - p0[None]) * d[None]).sum(2) / dd[None]
+    t = np.clip(t, 0.0, 1.0)
+    closest = p0[None] + t[..., None] * d[None]
+    return np.linalg.norm(points[:, None, :] - closest, axis=2), t
+
+
+class _Liver:
+    """Implicit lumpy liver: main (right) lobe plus a smaller left lobe."""
+
+    def __init__(self, centre, axes, rng):
+        self.c = np.asarray(centre, float)
+        self.a = np.asarray(axes, float)
+        self.left_c = self.c + np.array([-0.75, 0.25, 0.2]) * self.a
+        self.left_a = np.array([0.6, 0.55, 0.45]) * self.a
+        self.freq = rng.normal(size=(4, 3)) * 2.0
+        self.phase = rng.uniform(0, 2 * np.pi, 4)
+
+    def _lump(self, p):
+        return 1.0 + 0.05 * np.sin(p @ self.freq.T / self.a.mean() * 3 + self.phase).sum(-1) / 2
+
+    def level(self, p):
+        """< 1 inside (a normalised radius), > 1 outside. p: (..., 3) mm."""
+        p = np.asarray(p, float)
+        q1 = np.linalg.norm((p - self.c) / self.a, axis=-1)
+        q2 = np.linalg.norm((p - self.left_c) / self.left_a, axis=-1)
+        return np.minimum(q1, q2) / self._lump(p)
+
+    def depth(self, p):
+        """Approximate depth below the surface in mm (negative outside)."""
+        return (1.0 - self.level(p)) * self.a.min()
+
+
+# ---------------------------------------------------------------------------------------
+# tree growth
+
+class _Forest:
+    def __init__(self, liver, clearance, r_min, rng):
+        self.liver = liver
+        self.clearance = clearance
+        self.r_min = r_min
+        self.rng = rng
+        self.segments = []
+        self._p0 = np.zeros((0, 3))
+        self._p1 = np.zeros((0, 3))
+        self._r = np.zeros(0)
+        self._obstacles = []  # (p0, p1, r, classes it blocks)
+
+    def add_obstacle(self, p0, p1, r, classes):
+        self._obstacles.append((np.asarray(p0, float), np.asarray(p1, float), float(r), set(classes)))
+
+    def add(self, seg):
+        self.segments.append(seg)
+        self._p0 = np.vstack([self._p0, seg.p0])
+        self._p1 = np.vstack([self._p1, seg.p1])
+        self._r = np.append(self._r, max(seg.r0, seg.r1))
+
+    def free(self, p0, p1, r, ignore, cls):
+        """True if a tube p0-p1 of radius r keeps its clearance from all other segments."""
+        n = max(3, int(np.linalg.norm(p1 - p0) / max(r, 0.5)) + 2)
+        pts = p0 + np.linspace(0.15, 1.0, n)[:, None] * (p1 - p0)
+        for a, b, ro, classes in self._obstacles:
+            if cls in classes and (_segment_distance(pts, a[None], b[None])[0] < r + ro + self.clearance).any():
+                return False
+        if not len(self.segments):
+            return True
+        dist, _ = _segment_distance(pts, self._p0, self._p1)
+        need = r + self._r + self.clearance
+        ok = dist >= need[None]
+        ok[:, list(ignore)] = True
+        return bool(ok.all())
+
+    def nearest_gap(self, p):
+        if not len(self.segments):
+            return 1e9
+        dist, _ = _segment_distance(p[None], self._p0, self._p1)
+        return float((dist[0] - self._r).min())
+
+    def grow(self, roots, length_factor=6.0, max_segments=4000, forced=None):
+        """Grow all trees breadth first (big radii first) so they share the liver fairly.
+
+        `forced` {(tree, generation): (dir1, dir2)} fixes the branching of a root.
+        """
+        forced = dict(forced or {})
+        queue = list(roots)  # (cls, tree, parent id, start, direction, radius, generation, fixed length)
+        while queue and len(self.segments) < max_segments:
+            queue.sort(key=lambda q: -q[5])
+            cls, tree, parent, p0, d, r, gen, fixed = queue.pop(0)
+            seg = self._place(cls, tree, parent, p0, d, r, gen, length_factor, fixed)
+            if seg is None:
+                continue
+            self.add(seg)
+            queue.extend(self._children(seg, forced.pop((tree, gen), None)))
+
+    def _place(self, cls, tree, parent, p0, d, r, gen, length_factor, fixed):
+        ignore = {parent} | {s.id for s in self.segments if s.parent == parent and parent >= 0}
+        if parent >= 0:
+            ignore |= {self.segments[parent].parent} - {-1}
+        for attempt in range(8):
+            length = fixed if fixed else length_factor * r * self.rng.uniform(0.75, 1.3)
+            dd = d if attempt == 0 else _rotate_towards(d, _perpendicular(d, self.rng), self.rng.uniform(0.2, 0.6))
+            p1 = p0 + length * dd
+            if not fixed and self.liver.depth(p1) < r + 1.0:
+                # steer back into the liver or stop
+                inward = _unit(self.liver.c - p1)
+                dd = _unit(dd + 0.8 * inward)
+                length *= 0.7
+                p1 = p0 + length * dd
+                if self.liver.depth(p1) < r + 1.0:
+                    continue
+            if fixed or self.free(p0, p1, r, ignore, cls):
+                r1 = r * 0.97 if not fixed else r
+                return Segment(len(self.segments), cls, tree, parent, p0, p1, r, r1, gen)
+        return None
+
+    def _children(self, seg, directions=None):
+        r = seg.r1
+        k = self.rng.uniform(0.55, 1.0)                  # radius ratio small/big child
+        a1 = (1.0 / (1.0 + k ** 3)) ** (1.0 / 3.0)       # Murray: a1^3 + a2^3 = 1
+        a2 = k * a1
+        c1 = np.clip((1 + a1 ** 4 - a2 ** 4) / (2 * a1 ** 2), -1, 1)   # minimum-work angles
+        c2 = np.clip((1 + a2 ** 4 - a1 ** 4) / (2 * a2 ** 2), -1, 1)
+        th1 = np.arccos(c1) + np.radians(self.rng.uniform(-5, 8))
+        th2 = np.arccos(c2) + np.radians(self.rng.uniform(-5, 10))
+        th1, th2 = max(th1, np.radians(12)), min(max(th2, np.radians(28)), np.radians(75))
+        d = _unit(seg.p1 - seg.p0)
+        best, best_score = None, -1e9
+        if directions is not None:
+            best, best_score = [_unit(v) for v in directions], 0.0
+        for _ in range(6 if directions is None else 0):  # pick the branching plane that leads deepest into free liver
+            e = _perpendicular(d, self.rng)
+            d1, d2 = _rotate_towards(d, e, th1), _rotate_towards(d, -e, th2)
+            probe1 = seg.p1 + d1 * 5 * r
+            probe2 = seg.p1 + d2 * 5 * r
+            score = (min(self.liver.depth(probe1), self.liver.depth(probe2))
+                     + 0.5 * min(self.nearest_gap(probe1), self.nearest_gap(probe2), 20.0))
+            if score > best_score:
+                best, best_score = (d1, d2), score
+        out = []
+        for a, dd in zip((a1, a2), best):
+            if r * a >= self.r_min:
+                out.append((seg.cls, seg.tree, seg.id, seg.p1.copy(), dd, r * a, seg.generation + 1, None))
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# rasterisation
+
+def _grid_bounds(p0, p1, r, spacing, shape):
+    lo = np.floor((np.minimum(p0, p1) - r - 1) / spacing).astype(int)
+    hi = np.ceil((np.maximum(p0, p1) + r + 1) / spacing).astype(int) + 1
+    lo = np.clip(lo, 0, shape)
+    hi = np.clip(hi, 0, shape)
+    return lo, hi
+
+
+def _tube(p0, p1, r0, r1, spacing, shape):
+    """(slices of the bounding box, normalised distance q (<= 1 inside), t along the axis)."""
+    lo, hi = _grid_bounds(p0, p1, max(r0, r1), spacing, np.array(shape))
+    if np.any(hi <= lo):
+        return None, None, None
+    axes = [np.arange(lo[i], hi[i]) * spacing[i] for i in range(3)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    d = p1 - p0
+    dd = max(d.dot(d), 1e-12)
+    t = np.clip(((pts - p0) @ d) / dd, 0, 1)
+    dist = np.linalg.norm(pts - (p0 + t[..., None] * d), axis=-1)
+    q = dist / (r0 + (r1 - r0) * t)
+    return tuple(slice(lo[i], hi[i]) for i in range(3)), q, t
+
+
+def _paint_tube(best, owner, value, p0, p1, r0, r1, spacing):
+    """Paint a tapered tube into `owner` where it is the nearest tube (normalised distance)."""
+    sl, q, _ = _tube(p0, p1, r0, r1, spacing, best.shape)
+    if sl is None:
+        return
+    sub_best = best[sl]
+    take = (q <= 1.0) & (q < sub_best)
+    sub_best[take] = q[take]
+    owner[sl][take] = value
+
+
+def _paint_ball(mask, centre, radii, spacing):
+    radii = np.broadcast_to(np.asarray(radii, float), (3,))
+    lo, hi = _grid_bounds(centre, centre, radii.max(), spacing, np.array(mask.shape))
+    if np.any(hi <= lo):
+        return
+    axes = [(np.arange(lo[i], hi[i]) * spacing[i] - centre[i]) / radii[i] for i in range(3)]
+    X, Y, Z = np.meshgrid(*axes, indexing="ij")
+    sl = tuple(slice(lo[i], hi[i]) for i in range(3))
+    mask[sl] |= (X ** 2 + Y ** 2 + Z ** 2) <= 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# the phantom
+
+def make_phantom(level="clean", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), seed=0, contacts=None,
+                 gaps=None, blobs=None):
+    """Build a phantom at one of LEVELS. `contacts`, `gaps`, `blobs` override the counts."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    spacing = np.asarray(spacing, float)
+    fov = np.asarray(shape) * spacing
+    vox = float(spacing.min())
+
+    # anatomy in mm
+    liver_c = fov * np.array([0.55, 0.52, 0.5])
+    liver_a = fov * np.array([0.33, 0.36, 0.37])
+    liver = _Liver(liver_c, liver_a, rng)
+    size = float(liver_a.mean())
+    portal_r = max(0.085 * size, 2.6 * vox)
+    hepatic_r = 0.85 * portal_r
+    ivc_r = max(0.11 * size, 3 * vox)
+    ivc_xy = liver_c[:2] + np.array([-0.35, -0.78]) * liver_a[:2]
+    confluence_z = liver_c[2] + 0.55 * liver_a[2]
+    hilum = liver_c + np.array([-0.3, 0.05, -0.45]) * liver_a
+    r_min = max(1.05 * vox, 0.0)
+
+    forest = _Forest(liver, clearance=max(1.6 * vox, 1.5), r_min=r_min, rng=rng)
+    ivc_axis = np.array([ivc_xy[0], ivc_xy[1], confluence_z])
+    roots = []
+    portal_dir = _unit(np.array([0.35, -0.2, 0.9]))
+    outside = hilum - portal_dir * (1.2 * portal_r)
+    roots.append((PORTAL, "portal", -1, outside, portal_dir, portal_r, 0, 2.2 * portal_r + 1.2 * portal_r))
+    # the portal vein divides at the hilum into right and left portal veins, both nearly horizontal
+    forced = {("portal", 0): ([1.0, -0.15, 0.2], [-0.75, 0.65, 0.15])}
+    for tree, direction in (("right", [1.0, 0.25, -0.55]), ("middle", [0.3, 1.0, -0.6]),
+                            ("left", [-0.75, 0.85, -0.3])):
+        d = _unit(direction)
+        horizontal = _unit(np.array([d[0], d[1], 0.0]))
+        start = ivc_axis + horizontal * (ivc_r * 0.8) + np.array([0, 0, rng.uniform(-1, 1) * vox])
+        roots.append((HEPATIC, tree, -1, start, d, hepatic_r, 0, 2.5 * hepatic_r))
+    # the trees keep clear of the IVC, and hepatic veins of the portal trunk
+    forest.add_obstacle(ivc_axis - [0, 0, 2 * size], ivc_axis + [0, 0, 2 * size], ivc_r, (PORTAL, HEPATIC))
+    forest.add_obstacle(outside - portal_dir * 0.4 * size, hilum + portal_dir * 2.5 * portal_r, portal_r * 1.1,
+                        (HEPATIC,))
+    forest.grow(roots, forced=forced)
+    segments = forest.segments
+
+    # masks
+    best = np.full(shape, np.inf, dtype=np.float32)
+    owner = np.zeros(shape, dtype=np.int32)  # segment id + 1
+    for s in segments:
+        _paint_tube(best, owner, s.id + 1, s.p0, s.p1, s.r0, s.r1, spacing)
+    seg_cls = np.array([0] + [s.cls for s in segments], dtype=np.uint8)
+
+    xy = np.stack(np.meshgrid(np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1],
+                              indexing="ij"), -1)
+    liver_mask = np.zeros(shape, bool)
+    for k in range(shape[2]):  # slice by slice: a full coordinate grid would not fit at 300^3
+        pts = np.concatenate([xy, np.full(xy.shape[:2] + (1,), k * spacing[2])], -1)
+        liver_mask[:, :, k] = liver.level(pts) < 1.0
+    ivc_mask = np.broadcast_to((np.linalg.norm(xy - ivc_xy, axis=-1) <= ivc_r)[..., None], shape).copy()
+    liver_mask &= ~ivc_mask
+    liver_mask |= owner > 0
+    liver_mask &= ~ivc_mask
+    owner[ivc_mask] = 0  # the IVC itself is not part of the intrahepatic vessel mask
+
+    # portal trunk: from the hilum down and medially to the confluence, plus the splenic vein
+    trunk_mask = np.zeros(shape, bool)
+    trunk_best = np.full(shape, np.inf, np.float32)
+    trunk_owner = np.zeros(shape, np.int32)
+    inner = hilum + portal_dir * 1.5 * portal_r           # the trunk reaches a little into the liver
+    conf = hilum - portal_dir * 0.35 * size + np.array([-0.15 * size, 0, -0.1 * size])
+    _paint_tube(trunk_best, trunk_owner, 1, conf, inner, portal_r * 1.1, portal_r, spacing)
+    _paint_tube(trunk_best, trunk_owner, 1, conf + np.array([-0.6 * size, -0.1 * size, 0.05 * size]), conf,
+                portal_r * 0.8, portal_r * 0.9, spacing)
+    trunk_mask = trunk_owner > 0
+
+    truth = seg_cls[owner]
+    vessels = truth > 0
+    branch_ids = owner.copy()
+    info = {"segments": len(segments), "portal_segments": int(sum(s.cls == PORTAL for s in segments)),
+            "hepatic_segments": int(sum(s.cls == HEPATIC for s in segments)),
+            "hilum_mm": hilum.tolist(), "ivc_xy_mm": ivc_xy.tolist(), "confluence_z_mm": float(confluence_z)}
+    touching = level in ("touching", "combined")
+    gapped = level in ("gaps", "combined")
+    noisy = level in ("noisy", "combined")
+
+    if touching:
+        n = contacts if contacts is not None else max(3, len(segments) // 25)
+        info["contacts"] = _add_contacts(vessels, truth, branch_ids, segments, n, spacing, rng)
+    if gapped:
+        n = gaps if gaps is not None else max(3, len(segments) // 25)
+        info["gaps"] = _add_gaps(vessels, segments, n, spacing, rng)
+    if noisy:
+        n = blobs if blobs is not None else max(4, int(np.prod(fov) / 150000))
+        info["blobs"] = _add_noise(vessels, truth, branch_ids, liver_mask, n, spacing, rng)
+        trunk_mask, ivc_mask, info["support"] = _degrade_support(trunk_mask, ivc_mask, liver_mask, hilum, portal_dir,
+                                                                 confluence_z, spacing, size, rng)
+    truth = np.where(vessels, truth, 0).astype(np.uint8)
+    branch_ids = np.where(truth > 0, branch_ids, 0).astype(np.int32)
+
+    affine = np.diag([*spacing, 1.0])
+    return Phantom(level, affine, tuple(spacing.tolist()), vessels.astype(np.uint8), liver_mask.astype(np.uint8),
+                   trunk_mask.astype(np.uint8), ivc_mask.astype(np.uint8), truth, branch_ids, segments, info)
+
+
+def _add_contacts(vessels, truth, branch_ids, segments, n, spacing, rng):
+    """Join the closest portal/hepatic segment pairs by a bridge or a merge (as a mask would)."""
+    P = [s for s in segments if s.cls == PORTAL and s.parent >= 0]
+    H = [s for s in segments if s.cls == HEPATIC and s.parent >= 0]
+    if not P or not H:
+        return []
+    # closest approach between every portal and hepatic segment, sampled along portal segments
+    hp0 = np.array([s.p0 for s in H])
+    hp1 = np.array([s.p1 for s in H])
+    hr = np.array([s.r1 for s in H])
+    cand = []
+    for s in P:
+        pts = s.p0 + np.linspace(0.1, 0.9, 7)[:, None] * (s.p1 - s.p0)
+        dist, t = _segment_distance(pts, hp0, hp1)
+        gap = dist - hr[None] - s.r1
+        k, j = np.unravel_index(np.argmin(gap), gap.shape)
+        q = hp0[j] + t[k, j] * (hp1[j] - hp0[j])
+        cand.append((gap[k, j], s, H[j], pts[k], q))
+    cand.sort(key=lambda c: c[0])
+    used, out = set(), []
+    for gap, s, h, p, q in cand:
+        if len(out) >= n:
+            break
+        if s.id in used or h.id in used or gap > 6 * spacing.min():
+            continue
+        used |= {s.id, h.id}
+        kind = "merge" if rng.random() < 0.4 else "bridge"
+        rr = min(s.r1, h.r1) * (rng.uniform(0.9, 1.05) if kind == "merge" else rng.uniform(0.55, 0.8))
+        sl, qn, _ = _tube(p, q, rr, rr, spacing, vessels.shape)
+        if sl is None:
+            continue
+        add = (qn <= 1.0) & ~vessels[sl]
+        # each added voxel belongs to the vessel whose axis is nearer
+        pts = (np.argwhere(add) + [x.start for x in sl]) * spacing
+        dp, _ = _segment_distance(pts, s.p0[None], s.p1[None])
+        dh, _ = _segment_distance(pts, h.p0[None], h.p1[None])
+        near_p = dp[:, 0] / s.r1 <= dh[:, 0] / h.r1
+        truth[sl][add] = np.where(near_p, PORTAL, HEPATIC)
+        branch_ids[sl][add] = np.where(near_p, s.id + 1, h.id + 1)
+        vessels[sl] |= add
+        out.append({"kind": kind, "portal_segment": s.id, "hepatic_segment": h.id,
+                    "radius_mm": float(rr), "at_mm": ((p + q) / 2).tolist()})
+    return out
+
+
+def _add_gaps(vessels, segments, n, spacing, rng):
+    """Cut short pieces out of non-root segments (whole cross-section), orphaning subtrees."""
+    cands = [s for s in segments if s.parent >= 0 and any(c.parent == s.id for c in segments)]
+    rng.shuffle(cands)
+    out = []
+    for s in cands[:n]:
+        L = np.linalg.norm(s.p1 - s.p0)
+        g = rng.uniform(1.5, 3.0) * spacing.min()
+        if L < g + 2 * spacing.min():
+            continue
+        t0 = rng.uniform(0.2, 0.8 - g / L) if L > 2 * g else 0.3
+        a = s.p0 + t0 * (s.p1 - s.p0)
+        b = a + g / L * (s.p1 - s.p0)
+        # a flat cut through the whole cross-section, between the planes at a and b
+        sl, qn, t = _tube(a - (b - a), b + (b - a), s.r0 * 1.6, s.r0 * 1.6, spacing, vessels.shape)
+        if sl is None:
+            continue
+        vessels[sl] &= ~((qn <= 1.0) & (t >= 1 / 3) & (t <= 2 / 3))
+        out.append({"segment": s.id, "length_mm": float(g), "at_mm": a.tolist()})
+    return out
+
+
+def _add_noise(vessels, truth, branch_ids, liver, n, spacing, rng):
+    """Spurious blobs in the liver and a noisy vessel boundary."""
+    out = []
+    liver_idx = np.argwhere(liver & ~vessels)
+    for _ in range(n):
+        c = liver_idx[rng.integers(len(liver_idx))] * spacing
+        radii = rng.uniform(1.0, 2.6, 3) * spacing.min()
+        blob = np.zeros(vessels.shape, bool)
+        _paint_ball(blob, c, radii, spacing)
+        blob &= ~vessels
+        vessels |= blob   # truth stays 0: not a vessel
+        out.append({"at_mm": c.tolist(), "voxels": int(blob.sum())})
+    # boundary noise: add outer-shell voxels and drop inner-shell voxels at random
+    solid = vessels & (truth > 0)
+    outer = ndimage.binary_dilation(solid) & ~vessels & liver
+    inner = solid & ~ndimage.binary_erosion(solid)
+    add = outer & (rng.random(vessels.shape) < 0.12)
+    drop = inner & (rng.random(vessels.shape) < 0.08)
+    # added voxels belong to the nearest true vessel voxel
+    _, ind = ndimage.distance_transform_edt(~solid, sampling=spacing, return_indices=True)
+    near = tuple(i[add] for i in ind)
+    truth[add] = truth[near]
+    branch_ids[add] = branch_ids[near]
+    vessels |= add
+    vessels &= ~drop
+    return out
+
+
+def _degrade_support(trunk, ivc, liver, hilum, portal_dir, confluence_z, spacing, size, rng):
+    """Shift the trunk and IVC masks by a few mm; cut the trunk's hilum end and an IVC slab."""
+    shift_t = rng.normal(size=3)
+    shift_t = _unit(shift_t) * rng.uniform(2.0, 4.0)
+    shift_i = rng.normal(size=3)
+    shift_i[2] = 0
+    shift_i = _unit(shift_i) * rng.uniform(2.0, 4.0)
+    trunk = ndimage.shift(trunk.astype(np.uint8), shift_t / spacing, order=0) > 0
+    ivc = ndimage.shift(ivc.astype(np.uint8), shift_i / spacing, order=0) > 0
+    # the trunk stops short of the hilum
+    idx = np.argwhere(trunk)
+    cut_mm = rng.uniform(0.12, 0.2) * size
+    along = (idx * spacing - hilum) @ portal_dir
+    drop = along > -cut_mm
+    trunk[tuple(idx[drop].T)] = False
+    # a slab of the IVC is missing, around the hepatic confluence
+    zc = confluence_z + rng.uniform(-0.03, 0.03) * size
+    half = rng.uniform(0.08, 0.12) * size
+    k0 = int(max(0, (zc - half) / spacing[2]))
+    k1 = int(min(ivc.shape[2], (zc + half) / spacing[2] + 1))
+    ivc[:, :, k0:k1] = False
+    return trunk, ivc, {"trunk_shift_mm": shift_t.tolist(), "ivc_shift_mm": shift_i.tolist(),
+                        "trunk_cut_mm": float(cut_mm), "ivc_slab_mm": [k0 * spacing[2], k1 * spacing[2]]}
+
+
+# ---------------------------------------------------------------------------------------
+# scoring
+
+def score_split(labels, phantom, min_branch_voxels=5):
+    """Compare a split (0 unlabelled, 1 portal, 2 hepatic) with the phantom's truth.
+
+    Voxels scored: true vessel voxels present in the input mask (spurious blobs have no
+    class, so only count against Dice as false positives).
+    """
+    labels = np.asarray(labels)
+    truth = phantom.truth
+    scored = (phantom.vessels > 0) & (truth > 0)
+    res = {}
+    for cls, name in ((PORTAL, "portal"), (HEPATIC, "hepatic")):
+        p = labels == cls
+        t = scored & (truth == cls)
+        denom = p.sum() + t.sum()
+        res[f"dice_{name}"] = float(2 * (p & t).sum() / denom) if denom else 1.0
+    lab, tru = labels[scored], truth[scored]
+    res["accuracy"] = float((lab == tru).mean()) if lab.size else 1.0
+    res["unlabelled_fraction"] = float((lab == 0).mean()) if lab.size else 0.0
+    ids = phantom.branch_ids[scored]
+    correct = (lab == tru).astype(np.int64)
+    n = np.bincount(ids, minlength=1)
+    c = np.bincount(ids, weights=correct, minlength=len(n))
+    big = n >= min_branch_voxels
+    big[0] = False
+    res["branches"] = int(big.sum())
+    res["branch_consistency"] = float(((c[big] / n[big]) >= 0.9).mean()) if big.any() else 1.0
+    return res
