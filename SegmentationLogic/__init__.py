@@ -3,10 +3,13 @@
 Python API (heavy dependencies are imported on first use, so `import SegmentationLogic`
 is cheap enough for Slicer start-up):
 
-    from SegmentationLogic import segment
+    from SegmentationLogic import segment, Segmenter
     result = segment("ct.nii.gz", task="total", quality="fast")    # arrays in memory
     result.labelmap       # nibabel image, official label values
     result.class_map      # {value: class name}
+
+    segmenter = Segmenter(device="cuda")                     # keeps models loaded between calls
+    segmenter.segment("ct.nii.gz", "out/seg.nii.gz", quality="fast", statistics=True)
 
 See README.md for the CLI (`python -m SegmentationLogic --help`).
 """
@@ -17,7 +20,7 @@ from .errors import SegmentationError  # noqa: F401
 
 def __getattr__(name):
     # Lazy public API: keeps torch/nnU-Net out of `import SegmentationLogic`.
-    if name in ("segment", "SegmentationResult"):
+    if name in ("segment", "Segmenter", "SegmentationResult"):
         from . import pipeline
 
         return getattr(pipeline, name)

@@ -15,20 +15,35 @@ EXIT_ERROR = 1
 EXIT_CANCELLED = 130
 
 
+# In --progress json mode stdout carries only JSON events: the real stream is kept here and
+# sys.stdout points at stderr while a command runs, so a stray print from a library cannot
+# break the protocol.
+_EVENT_STREAM = None
+
+
+def _events_stream():
+    return _EVENT_STREAM or sys.stdout
+
+
 def _progress_from_args(args):
     from .progress import Progress, json_lines_writer, text_writer
 
     if getattr(args, "progress", "text") == "json":
-        return Progress(json_lines_writer())
+        return Progress(json_lines_writer(_events_stream()))
     if getattr(args, "quiet", False):
         return Progress(None)
     return Progress(text_writer())
 
 
+def _emit(event):
+    out = _events_stream()
+    out.write(json.dumps(event, default=str) + "\n")
+    out.flush()
+
+
 def _emit_result(args, payload):
     if getattr(args, "progress", "text") == "json":
-        sys.stdout.write(json.dumps({"event": "result", **payload}, default=str) + "\n")
-        sys.stdout.flush()
+        _emit({"event": "result", **payload})
 
 
 # -- commands ----------------------------------------------------------------------
@@ -235,8 +250,23 @@ def build_parser():
     return ap
 
 
+def _report_error(args, err):
+    if getattr(args, "progress", "text") == "json":
+        _emit({"event": "error", **err})
+    else:
+        print(f"ERROR: {err['cause']}", file=sys.stderr)
+        if err.get("fix"):
+            print(f"  Fix: {err['fix']}", file=sys.stderr)
+
+
 def main(argv=None):
+    global _EVENT_STREAM
     args = build_parser().parse_args(argv)
+    json_mode = getattr(args, "progress", "text") == "json"
+    saved_stdout = sys.stdout
+    if json_mode:
+        _EVENT_STREAM = saved_stdout
+        sys.stdout = sys.stderr
     try:
         return args.func(args)
     except SegmentationError as e:
@@ -244,13 +274,21 @@ def main(argv=None):
             raise
         from .errors import Cancelled
 
-        if getattr(args, "progress", "text") == "json":
-            sys.stdout.write(json.dumps({"event": "error", **e.to_dict()}) + "\n")
-            sys.stdout.flush()
-        else:
-            print(f"ERROR: {e.cause}", file=sys.stderr)
-            if e.fix:
-                print(f"  Fix: {e.fix}", file=sys.stderr)
+        _report_error(args, e.to_dict())
         return EXIT_CANCELLED if isinstance(e, Cancelled) else EXIT_ERROR
     except KeyboardInterrupt:
+        _report_error(args, {"kind": "cancelled", "type": "KeyboardInterrupt", "cause": "Interrupted.", "fix": ""})
         return EXIT_CANCELLED
+    except Exception as e:  # noqa: BLE001 - a bug: still one error event, never a bare traceback
+        if getattr(args, "debug", False):
+            raise
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        _report_error(args, {"kind": "internal", "type": type(e).__name__, "cause": f"Internal error: {e}",
+                             "fix": "Run again with --debug and report the traceback."})
+        return EXIT_ERROR
+    finally:
+        if json_mode:
+            sys.stdout = saved_stdout
+            _EVENT_STREAM = None

@@ -251,7 +251,8 @@ def render_preview(labelmap, class_map, png_path, colors=None, note=None, size=(
 
     mesh, face_label = _surfaces(data, spacing, origin, labels, smoothing) if labels else (None, None)
     if mesh is not None:
-        lut = np.zeros((int(face_label.max()) + 1, 3), np.uint8)
+        # sized by the labels too: a label that only touches other labels has no face of its own
+        lut = np.zeros((max(int(face_label.max()), max(labels)) + 1, 3), np.uint8)
         for v in labels:
             lut[v] = np.round(np.array(palette[names[v]]) * 255)
         rgb = numpy_support.numpy_to_vtk(lut[face_label], deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
