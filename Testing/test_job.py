@@ -20,8 +20,7 @@ from TotalSegmentatorLib.job import SegmentationJob, export_volume
 from TotalSegmentatorLib.process import descendants, pid_alive
 from TotalSegmentatorLib.runner import WorkerEngine
 
-slicer_import = pytest.importorskip("SegmentationLogic.slicer_import", reason="MRML import (mrml helper) not merged")
-pytest.importorskip("SegmentationLogic.pipeline", reason="engine pipeline not merged")
+from SegmentationLogic import slicer_import  # noqa: E402
 
 POSIX = os.name != "nt"
 
@@ -235,7 +234,6 @@ def test_wrong_modality_is_noticed_from_the_volume_node(scene_and_ct, example):
 
 def test_liver_vessel_split_keeps_its_outputs_for_review_and_drops_them_on_cancel(scene_and_ct, weights_env,
                                                                                  clean_tmp, tmp_path):
-    pytest.importorskip("SegmentationLogic.vessels.review", reason="vessel review not merged")
     scene, ct = scene_and_ct
     root = tmp_path / "review"
     job = SegmentationJob(ct, task="liver_vessels", device="cpu", split_liver_vessels=True,

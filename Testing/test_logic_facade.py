@@ -15,8 +15,6 @@ import pytest
 from scene_fixtures import scene_and_ct  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-slicer_import = pytest.importorskip("SegmentationLogic.slicer_import", reason="MRML import (mrml helper) not merged")
-pytest.importorskip("SegmentationLogic.pipeline", reason="engine pipeline not merged")
 
 
 class _Settings:

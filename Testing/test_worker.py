@@ -53,7 +53,6 @@ def test_shutdown_removes_the_worker_and_its_temp_folder(worker):
 
 
 def test_worker_lists_devices_for_the_panel(worker):
-    pytest.importorskip("SegmentationLogic.devices", reason="engine devices not merged")
     from TotalSegmentatorLib.choices import device_items
 
     run = worker.submit("devices").wait(timeout=300)
