@@ -27,8 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 UI_FILE = REPO / "Resources" / "UI" / "TotalSegmentator.ui"
 MODULE_FILE = REPO / "TotalSegmentatorModule" / "TotalSegmentator.py"
 
-QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 (test dependency) checks the .ui with Qt")
-from PySide6 import QtCore  # noqa: E402
+from PySide6 import QtCore, QtWidgets  # noqa: E402 (test dependency: Qt itself checks the .ui)
 
 
 # -- the .ui ---------------------------------------------------------------------------

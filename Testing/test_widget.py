@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("PySide6.QtWidgets", reason="PySide6 (test dependency) runs the panel")
 from SegmentationLogic import slicer_import  # noqa: E402
 
 from PySide6 import QtWidgets  # noqa: E402
