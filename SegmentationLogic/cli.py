@@ -81,18 +81,25 @@ def cmd_classes(args):
     return 0
 
 
+def segment_options(args):
+    """Keyword arguments of `pipeline.segment` from parsed `segment` flags (CLI and worker share them)."""
+    quality = "fastest" if args.fastest else ("fast" if args.fast else "normal")
+    return dict(task=args.task, quality=quality, roi_subset=args.roi_subset, device=args.device, ml=args.ml,
+                statistics=args.statistics, preview=args.preview, body_seg=args.body_seg,
+                force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
+                robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download)
+
+
+def result_payload(result):
+    return {"files": [str(f) for f in result.files], "note": result.model_note,
+            "classes": len(result.class_map), "timings": getattr(result, "timings", None)}
+
+
 def cmd_segment(args):
     from .pipeline import segment
 
-    quality = "fastest" if args.fastest else ("fast" if args.fast else "normal")
-    result = segment(
-        args.input, args.output, task=args.task, quality=quality, roi_subset=args.roi_subset,
-        device=args.device, ml=args.ml, statistics=args.statistics, preview=args.preview,
-        body_seg=args.body_seg, force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
-        robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download,
-        progress=_progress_from_args(args))
-    _emit_result(args, {"files": [str(f) for f in result.files], "note": result.model_note,
-                        "classes": len(result.class_map), "timings": result.timings})
+    result = segment(args.input, args.output, progress=_progress_from_args(args), **segment_options(args))
+    _emit_result(args, result_payload(result))
     if args.progress != "json" and not args.quiet:
         for f in result.files:
             print(f)
@@ -142,6 +149,12 @@ def cmd_set_license(args):
     path = set_license(key)
     print(f"Licence key {mask_license(validate_license(key))} stored in {path} (readable by you only).")
     return 0
+
+
+def cmd_worker(args):
+    from .worker import serve
+
+    return serve()
 
 
 def cmd_evaluate(args):
@@ -211,6 +224,10 @@ def build_parser():
                    help="the key; omit it (or give '-') to type it or pipe it in, out of the shell history")
     _common(p)
     p.set_defaults(func=cmd_set_license)
+
+    p = sub.add_parser("worker", help="persistent worker for the Slicer module: one JSON request per stdin line, "
+                                      "JSON events on stdout; keeps models loaded between requests")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("list-tasks", help="list every task")
     p.add_argument("--json", action="store_true")

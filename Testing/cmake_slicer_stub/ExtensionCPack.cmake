@@ -1,0 +1,1 @@
+# nothing to package in the stand-in

@@ -1,0 +1,72 @@
+set(Slicer_USE_PYTHONQT ON)
+set(BUILD_TESTING ON)
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR ${Slicer_QTSCRIPTEDMODULES_LIB_DIR})
+file(WRITE ${CMAKE_BINARY_DIR}/install-manifest.txt "")
+file(WRITE ${CMAKE_BINARY_DIR}/tests.txt "")
+
+# CTK's ctkMacroCompilePythonScript: SCRIPTS (".py" added if missing) and RESOURCES, relative
+# to SOURCE_DIR (default: the current source dir), go to DESTINATION_DIR/<relative path>.
+macro(ctkMacroCompilePythonScript)
+  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR;GLOBAL_TARGET" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR"
+    "SCRIPTS;RESOURCES" ${ARGN})
+  foreach(varname TARGET_NAME SCRIPTS DESTINATION_DIR INSTALL_DIR)
+    if(NOT DEFINED MY_${varname})
+      message(FATAL_ERROR "${varname} is mandatory")
+    endif()
+  endforeach()
+  if(NOT DEFINED MY_SOURCE_DIR)
+    set(MY_SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR})
+  endif()
+  foreach(file ${MY_SCRIPTS})
+    get_filename_component(file_ext ${file} EXT)
+    if(NOT "${file_ext}" MATCHES "py")
+      set(file "${file}.py")
+    endif()
+    if(IS_ABSOLUTE ${file})
+      message(FATAL_ERROR "absolute script paths end up outside DESTINATION_DIR: ${file}")
+    endif()
+    if(NOT EXISTS ${MY_SOURCE_DIR}/${file})
+      message(FATAL_ERROR "${MY_TARGET_NAME}: script ${MY_SOURCE_DIR}/${file} does not exist")
+    endif()
+    file(APPEND ${CMAKE_BINARY_DIR}/install-manifest.txt "${MY_SOURCE_DIR}/${file}|${MY_DESTINATION_DIR}/${file}\n")
+  endforeach()
+  foreach(file ${MY_RESOURCES})
+    if(IS_ABSOLUTE ${file})
+      message(FATAL_ERROR "absolute resource paths end up outside DESTINATION_DIR: ${file}")
+    endif()
+    if(NOT EXISTS ${MY_SOURCE_DIR}/${file})
+      message(FATAL_ERROR "${MY_TARGET_NAME}: resource ${MY_SOURCE_DIR}/${file} does not exist")
+    endif()
+    file(APPEND ${CMAKE_BINARY_DIR}/install-manifest.txt "${MY_SOURCE_DIR}/${file}|${MY_DESTINATION_DIR}/${file}\n")
+  endforeach()
+endmacro()
+
+# Slicer's slicerMacroBuildScriptedModule: files relative to the module folder, into qt-scripted-modules.
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY_SLICER "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_SLICER_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "Unknown keywords given to slicerMacroBuildScriptedModule(): \"${MY_SLICER_UNPARSED_ARGUMENTS}\"")
+  endif()
+  if(NOT DEFINED MY_SLICER_NAME)
+    message(FATAL_ERROR "NAME is mandatory")
+  endif()
+  ctkMacroCompilePythonScript(
+    TARGET_NAME ${MY_SLICER_NAME}
+    SCRIPTS "${MY_SLICER_SCRIPTS}"
+    RESOURCES "${MY_SLICER_RESOURCES}"
+    DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}
+    INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}
+    NO_INSTALL_SUBDIR)
+  if(MY_SLICER_WITH_GENERIC_TESTS)
+    file(APPEND ${CMAKE_BINARY_DIR}/tests.txt "generic:${MY_SLICER_NAME}\n")
+  endif()
+endmacro()
+
+macro(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "SLICER_ARGS;TESTNAME_PREFIX" ${ARGN})
+  if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${MY_SCRIPT})
+    message(FATAL_ERROR "unittest script ${MY_SCRIPT} does not exist")
+  endif()
+  file(APPEND ${CMAKE_BINARY_DIR}/tests.txt "unittest:${MY_SCRIPT}\n")
+endmacro()

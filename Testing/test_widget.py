@@ -1,0 +1,302 @@
+"""The module panel, driven like a user would, outside Slicer (PySide6 + slicer-core; see pythonqt.py).
+
+Real: the .ui, the widget code, the logic, the engine in a background process, the MRML
+scene. Stand-ins: Slicer's own widgets (node selectors, collapsible buttons...) and dialogs.
+"""
+import importlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from SegmentationLogic import slicer_import  # noqa: E402
+
+from PySide6 import QtWidgets  # noqa: E402
+
+import pythonqt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def qt_app():
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+
+@pytest.fixture
+def panel(qt_app, monkeypatch, tmp_path, example, weights_env):
+    scene = slicer_import.new_scene()
+    ct = slicer_import.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
+    host = pythonqt.install(monkeypatch, scene, tmp_path)
+    module = importlib.import_module("TotalSegmentator")
+    widget = module.TotalSegmentatorWidget()
+    widget.setup()
+    yield widget, host, scene, ct
+    widget.cleanup()
+    module._shutdownSharedLogic()
+    module._sharedLogic = None
+    slicer_import.release_scene(scene)
+
+
+def pump(until, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "timed out"
+        QtWidgets.QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def visible(wrapped):
+    return not wrapped._obj.isHidden()
+
+
+def list_items(ui):
+    lw = ui.structureListWidget._obj
+    return [lw.item(i) for i in range(lw.count())]
+
+
+def segmentation_nodes(scene):
+    return scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+
+
+def test_panel_offers_what_the_task_allows(panel):
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    assert p.inputVolume is ct, "the first volume is selected"
+    combo = ui.taskComboBox._obj
+    assert combo.count() == 51 and combo.itemText(0) == "total (CT, 117 structures)"
+    assert "117 anatomical structures" in combo.itemData(0, pythonqt.QtCore.Qt.ToolTipRole)
+    assert any("[licence required]" in combo.itemText(i) for i in range(combo.count()))
+    assert ui.applyButton.enabled and ui.applyButton.text == "Apply"
+
+    assert all(visible(getattr(ui, n)) for n in ("normalQualityRadioButton", "fastQualityRadioButton",
+                                                 "fastestQualityRadioButton"))
+    assert len(list_items(ui)) == 117 and not visible(ui.structuresUnavailableLabel)
+    assert "all 117 structures" in ui.structureSelectionLabel.text
+
+    ui.structureSearchBox.text = "kidney left"
+    shown = [i.text() for i in list_items(ui) if not i.isHidden()]
+    assert shown == ["kidney left", "kidney cyst left"]
+    list_items(ui)[[i.text() for i in list_items(ui)].index("kidney left")].setCheckState(
+        pythonqt.QtCore.Qt.Checked)
+    assert p.roiSubset == ["kidney_left"] and "1 of 117 selected" in ui.structureSelectionLabel.text
+    ui.clearStructuresButton.click()
+    assert p.roiSubset == [] and not any(i.checkState() == pythonqt.QtCore.Qt.Checked for i in list_items(ui))
+
+    ui.taskComboBox.currentIndex = combo.findData("body")
+    assert p.task == "body" and visible(ui.qualityWidget)
+    assert visible(ui.fastQualityRadioButton) and not visible(ui.fastestQualityRadioButton)
+    ui.taskComboBox.currentIndex = combo.findData("liver_vessels")
+    assert not visible(ui.qualityWidget) and not visible(ui.qualityLabel)
+    assert visible(ui.splitLiverVesselsCheckBox)
+    assert visible(ui.structuresUnavailableLabel) and not visible(ui.structureListWidget)
+    ui.taskComboBox.currentIndex = combo.findData("total_mr")
+    assert len(list_items(ui)) == 50 and not visible(ui.splitLiverVesselsCheckBox)
+    assert visible(ui.modalityWarningLabel) and "looks like CT" in ui.modalityWarningLabel.text
+
+    pump(lambda: widget._deviceProbe is None, timeout=300)
+    assert ui.deviceComboBox._obj.itemText(0).startswith("Auto: ")
+    assert ui.deviceComboBox._obj.findData("cpu") == 1
+    ui.deviceComboBox.currentIndex = 1
+    assert p.device == "cpu"
+
+
+def test_apply_runs_in_the_background_cancel_and_errors(panel, tmp_path):
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    p.device, p.quality = "cpu", "fast"
+    names = [i.data(pythonqt.QtCore.Qt.UserRole) for i in list_items(ui)]
+    list_items(ui)[names.index("liver")].setCheckState(pythonqt.QtCore.Qt.Checked)
+
+    started = time.perf_counter()
+    ui.applyButton.click()
+    assert time.perf_counter() - started < 2.0, "Apply must return at once"
+    assert ui.applyButton.text == "Cancel" and visible(ui.progressBar)
+    assert not ui.inputsCollapsibleButton.enabled, "inputs are locked while running"
+    pump(lambda: widget._operation is None)
+    assert ui.applyButton.text == "Apply" and not visible(ui.progressBar)
+    assert segmentation_nodes(scene) == 1, host.dialogs
+    node = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    assert node.GetName() == "CT segmentation" and node.GetSegmentation().GetNthSegment(0).GetName() == "Liver"
+    assert ui.segmentationShow3DButton._obj.segmentationNode() is node
+    assert ui.statusLabel.text.startswith("Done: 1 segments")
+    log = ui.logTextEdit._obj.toPlainText()
+    assert "[predict]" in log and "[import]" in log
+    assert p.outputSegmentation is None, "Create new stays selected: the next run does not overwrite this one"
+
+    ui.clearStructuresButton.click()
+    p.quality = "normal"
+    ui.applyButton.click()
+    pump(lambda: ui.statusLabel.text.startswith("Predict"))
+    ui.applyButton.click()  # now "Cancel": the worker stops the run and keeps its models
+    pump(lambda: widget._operation is None, timeout=60)
+    assert ui.statusLabel.text.startswith("Cancelled") and segmentation_nodes(scene) == 1
+    assert widget.logic.worker.alive
+
+    ui.keepModelsLoadedCheckBox.checked = False  # one process per run; Cancel kills it at once
+    assert widget.logic.worker is None
+    ui.applyButton.click()
+    pump(lambda: ui.statusLabel.text.startswith("Predict"))
+    ui.applyButton.click()
+    assert widget._operation is None and ui.applyButton.text == "Apply"
+    assert ui.statusLabel.text.startswith("Cancelled") and segmentation_nodes(scene) == 1
+
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    ui.weightsFolderPathLineEdit.currentPath = str(empty)
+    p.quality = "fastest"
+    ui.applyButton.click()
+    pump(lambda: widget._operation is None)
+    kind, text = host.dialogs[-1]
+    assert kind == "error" and "Segmentation failed." in text and "What to do" in text
+    assert "not installed" in text or "download" in text.lower()
+    assert ui.statusLabel.text.startswith("Failed:") and segmentation_nodes(scene) == 1
+
+
+def test_advanced_weights_import_and_licence(panel, tmp_path, test_weights):
+    from model_zips import installed_datasets, zip_dataset
+
+    widget, host, scene, ct = panel
+    ui = widget.ui
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    ui.weightsFolderPathLineEdit.currentPath = str(weights)
+    archive = zip_dataset(test_weights / "Dataset297_TotalSegmentator_total_3mm_1559subj",
+                          tmp_path / "Dataset297.zip")
+    host.answers["file"] = str(archive)
+    ui.importWeightsZipButton.click()
+    assert ui.applyButton.text == "Cancel", "an import runs in the background like a segmentation"
+    pump(lambda: widget._operation is None)
+    assert ui.statusLabel.text == "Weights ready (1 models).", host.dialogs
+    assert installed_datasets(weights) == ["Dataset297_TotalSegmentator_total_3mm_1559subj"]
+
+    host.answers["text"] = "aca_A1B2C3D4E5F6G7"
+    ui.setLicenseButton.click()
+    shown = ui.licenseKeyLabel.text
+    assert shown.startswith("aca_") and "A1B2C3D4E5F6G7" not in shown, "the key is shown masked"
+    host.answers["text"] = "not a key"
+    ui.setLicenseButton.click()
+    kind, text = host.dialogs[-1]
+    assert kind == "error" and "does not look like a TotalSegmentator licence key" in text
+    assert ui.licenseKeyLabel.text == shown
+
+    ui.advancedCollapsibleButton.collapsed = False
+    assert "nnunetv2: 2.8.1" in ui.packageVersionsLabel.text and "torch: 2.13.0" in ui.packageVersionsLabel.text
+
+
+def test_download_weights_for_the_task_with_cancel(panel, tmp_path, test_weights, monkeypatch):
+    from http_server import WeightsServer
+    from model_zips import assert_nothing_half_installed, installed_datasets, zip_dataset
+
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    folder = "Dataset298_TotalSegmentator_total_6mm_1559subj"
+    archive = zip_dataset(test_weights / folder, tmp_path / f"{folder}.zip").read_bytes()
+    weights = tmp_path / "weights"
+    ui.weightsFolderPathLineEdit.currentPath = str(weights)
+    p.quality = "fastest"
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    with WeightsServer({f"/{folder}.zip": archive}) as server:
+        monkeypatch.setenv("TOTALSEG_WEIGHTS_MIRROR", server.url())
+        server.fault = "slow"
+        ui.downloadWeightsButton.click()
+        pump(lambda: ui.progressBar.value > 0 and ui.statusLabel.text.startswith("Download"), timeout=120)
+        ui.applyButton.click()  # Cancel
+        pump(lambda: widget._operation is None, timeout=60)
+        assert ui.statusLabel.text == "Cancelled; no partial weights were kept."
+        assert_nothing_half_installed(weights)
+
+        server.fault = None
+        ui.downloadWeightsButton.click()
+        pump(lambda: widget._operation is None, timeout=300)
+        assert ui.statusLabel.text == "Weights ready (1 models).", host.dialogs
+        assert installed_datasets(weights) == [folder]
+
+
+def test_first_run_install_asks_then_installs_in_the_background_then_segments(panel, tmp_path, monkeypatch):
+    from test_dependencies import make_wheel
+    from TotalSegmentatorLib import dependencies
+
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    p.device, p.quality, p.roiSubset = "cpu", "fast", ["liver"]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "tspanelprobe", "1.0")
+    missing = dependencies.plan_install(requirements=("tspanelprobe==1.0",), torch_requirement="torch>=0",
+                                        imported_modules={})
+    plans = [missing, missing]
+    monkeypatch.setattr(widget.logic, "dependencyPlan",
+                        lambda reinstall=False: plans.pop(0) if plans else dependencies.plan_install())
+    real_install = dependencies.install
+    # pip runs for real, but only pretends to install (--dry-run): the test must not change its own venv.
+    monkeypatch.setattr(dependencies, "install", lambda plan, workdir, **kw: real_install(
+        plan, workdir, pip_args=["--dry-run", "--no-index", "--find-links", str(wheels)]))
+
+    host.answers["confirm"] = False
+    ui.applyButton.click()
+    kind, text = host.dialogs[-1]
+    assert kind == "confirm" and "install tspanelprobe==1.0" in text
+    assert widget._operation is None and segmentation_nodes(scene) == 0
+    assert "Installation cancelled" in ui.logTextEdit._obj.toPlainText()
+
+    host.answers["confirm"] = True
+    ui.applyButton.click()
+    assert ui.applyButton.text == "Cancel" and "Installing Python packages" in ui.statusLabel.text
+    pump(lambda: segmentation_nodes(scene) == 1 and widget._operation is None)
+    log = ui.logTextEdit._obj.toPlainText()
+    assert "Would install tspanelprobe-1.0" in log and "Python packages installed." in log
+    assert ui.statusLabel.text.startswith("Done: 1 segments")
+
+
+def test_liver_vessel_split_review(panel, tmp_path):
+    from SegmentationLogic.vessels import review
+    import numpy as np
+
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    assert not visible(ui.vesselReviewCollapsibleButton)
+    ui.taskComboBox.currentIndex = ui.taskComboBox._obj.findData("liver_vessels")
+    ui.splitLiverVesselsCheckBox.checked = True
+    p.device = "cpu"
+    assert p.splitLiverVessels
+    ui.applyButton.click()
+    pump(lambda: widget._operation is None, timeout=600)
+    assert ui.statusLabel.text.startswith("Done: 2 segments"), host.dialogs
+    node = widget._reviewNode
+    seg = node.GetSegmentation()
+    assert sorted(seg.GetNthSegment(i).GetName() for i in range(2)) == ["Hepatic veins", "Portal vein branches"]
+    assert visible(ui.vesselReviewCollapsibleButton) and not ui.vesselReviewCollapsibleButton.collapsed
+    table = ui.vesselQCTableWidget._obj
+    rows = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount())}
+    assert len(rows) == len(review.qc_rows(review.get_qc(node))) > 3
+    assert ui.vesselWarningsLabel.text == ("\n".join(f"\u26a0 {w}" for w in review.warnings(review.get_qc(node)))
+                                           or "No warnings.")
+
+    labels, affine = review.current_labels(node)
+    portal_before = int((labels == 1).sum())
+    ijk = np.argwhere(labels == 1)[0]
+    point = (affine @ np.r_[ijk, 1.0])[:3]
+    reassign = widget.logic.reviewPointsNode("Reassign point", (1, 1, 0), single=True)
+    assert ui.reassignPointPlaceWidget._obj.currentNode() is reassign
+    reassign.AddControlPoint(*point)
+    ui.subtreeScopeRadioButton.checked = True
+    ui.reassignButton.click()
+    labels, _ = review.current_labels(node)
+    assert int((labels == 1).sum()) < portal_before, "the picked portal subtree became hepatic"
+    assert review.get_qc(node)["manual_edits"] == 1
+
+    hepatic_seed = widget.logic.reviewPointsNode("Hepatic seeds", (0.6, 0, 1))
+    hepatic_seed.AddControlPoint(*point)
+    ui.rerunSplitButton.click()
+    assert review.get_qc(node)["user_seed_points"] == {"portal": 0, "hepatic": 1}
+
+    host.answers["folder"] = str(tmp_path / "saved")
+    ui.saveReviewButton.click()
+    assert (tmp_path / "saved" / "liver_vessels_labeled.nii.gz").is_file()
+    assert "Saved:" in ui.logTextEdit._obj.toPlainText()
+    review_root = widget.logic.reviewRoot
+    assert any(Path(review_root).iterdir()), "the run's support masks are kept for re-runs"
+    widget.logic.cleanup()
+    assert not Path(review_root).exists(), "and removed when Slicer quits"

@@ -1,0 +1,154 @@
+"""What the panel offers: tasks, qualities, structures (ROI subset), devices.
+
+Plain data built from the engine's task catalogue and the detected devices, so the
+widget only copies it into Qt widgets and tests can check it without Qt.
+"""
+from dataclasses import dataclass
+
+from SegmentationLogic.catalogue import QUALITIES, load_catalogue
+
+PRIMARY_TASKS = ("total", "total_mr")  # listed first: what most users run
+QUALITY_LABELS = {"normal": "Normal (1.5 mm)", "fast": "Fast (3 mm)", "fastest": "Fastest (6 mm)"}
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    name: str
+    text: str
+    tooltip: str
+    modality: str
+    licensed: bool
+    qualities: tuple
+    roi_subset: bool
+
+
+def task_items(catalogue=None):
+    """Every task, CT and MR: the main tasks first, then by modality and name; licensed ones marked."""
+    cat = catalogue or load_catalogue()
+    tasks = sorted(cat.tasks(), key=lambda t: (t.name not in PRIMARY_TASKS, PRIMARY_TASKS.index(t.name)
+                                               if t.name in PRIMARY_TASKS else 0, t.modality, t.name))
+    items = []
+    for t in tasks:
+        text = f"{t.name} ({t.modality}, {len(t.classes)} structure{'s' if len(t.classes) != 1 else ''})"
+        tooltip = t.description
+        if t.licensed:
+            text += " [licence required]"
+            tooltip += ("\nThis task needs a licence key (free for non-commercial use): enter it under Advanced. "
+                        f"{cat.license_info_url}")
+        if t.note:
+            tooltip += f"\n{t.note}"
+        items.append(TaskItem(t.name, text, tooltip, t.modality, t.licensed, t.qualities, t.roi_subset))
+    return items
+
+
+def qualities_for(task_name, catalogue=None):
+    """The qualities a task really has (a task with one model offers no choice)."""
+    return tuple((catalogue or load_catalogue()).task(task_name).qualities) or ("normal",)
+
+
+def best_quality(task_name, wanted, catalogue=None):
+    """`wanted` if the task has it, else the nearest one it has (fastest -> fast -> normal)."""
+    available = qualities_for(task_name, catalogue)
+    if wanted in available:
+        return wanted
+    order = QUALITIES[: QUALITIES.index(wanted) + 1][::-1] if wanted in QUALITIES else ()
+    return next((q for q in order if q in available), available[0])
+
+
+@dataclass(frozen=True)
+class StructureItem:
+    label: int
+    name: str  # the official class name (what --roi_subset takes)
+    text: str  # shown in the list
+
+
+def structure_items(task_name, catalogue=None):
+    """Classes a user can pick for an ROI subset (empty list if the task cannot run a subset)."""
+    task = (catalogue or load_catalogue()).task(task_name)
+    if not task.roi_subset:
+        return []
+    return [StructureItem(v, task.classes[v], task.classes[v].replace("_", " ")) for v in sorted(task.classes)]
+
+
+def filter_structures(items, text):
+    """Items whose name contains every word of `text` (case-insensitive; '_' and ' ' alike)."""
+    words = text.lower().replace("_", " ").split()
+    return [i for i in items if all(w in i.text.lower() for w in words)]
+
+
+def validate_roi_subset(task_name, roi_subset, catalogue=None):
+    """Raise a clear error for names the task does not have, or a task without ROI subsets."""
+    from SegmentationLogic.errors import UnknownTaskError
+
+    if not roi_subset:
+        return []
+    task = (catalogue or load_catalogue()).task(task_name)
+    if not task.roi_subset:
+        raise UnknownTaskError(f"Task '{task_name}' cannot segment a subset of structures.",
+                               "Clear the structure selection, or use task 'total' (CT) or 'total_mr' (MR).")
+    known = set(task.classes.values())
+    unknown = [n for n in roi_subset if n not in known]
+    if unknown:
+        import difflib
+
+        hints = [m for n in unknown for m in difflib.get_close_matches(n, known, n=1)]
+        raise UnknownTaskError(f"Task '{task_name}' has no structure named {', '.join(map(repr, unknown))}.",
+                               (f"Did you mean {', '.join(hints)}? " if hints else "")
+                               + f"See the structure list of '{task_name}'.")
+    return list(roi_subset)
+
+
+@dataclass(frozen=True)
+class DeviceItem:
+    id: str  # what --device takes
+    text: str
+
+
+def _device_text(d):
+    memory = f", {d['memory_gb']:.0f} GB" if d.get("memory_gb") else ""
+    if d["id"].startswith("cuda"):
+        index = d["id"].split(":")[1] if ":" in d["id"] else "0"
+        return f"GPU {index}: {d.get('name') or 'CUDA GPU'}{memory}"
+    if d["id"] == "mps":
+        return "Apple GPU (MPS)"
+    return f"{d.get('name') or 'CPU'}{memory}"
+
+
+def device_items(detected=None):
+    """Auto, CPU, each CUDA GPU by name, the Apple GPU where present. `detected`: devices.available_devices().
+
+    'Auto' says what it will use, as the engine picks it: the first CUDA GPU, else the
+    Apple GPU, else the CPU.
+    """
+    detected = list(detected or [])
+    gpus = [d for d in detected if d["id"].startswith("cuda")]
+    mps = [d for d in detected if d["id"] == "mps"]
+    cpu = next((d for d in detected if d["id"] == "cpu"), {"id": "cpu", "name": "CPU"})
+    if not detected:
+        auto = "Auto (detecting devices...)"
+    elif gpus or mps:
+        auto = f"Auto: {_device_text((gpus or mps)[0])}"
+    else:
+        auto = "Auto: CPU (no GPU found)"
+    items = [DeviceItem("auto", auto), DeviceItem("cpu", _device_text(cpu))]
+    items += [DeviceItem(d["id"] if ":" in d["id"] else f"{d['id']}:0", _device_text(d)) for d in gpus]
+    items += [DeviceItem("mps", _device_text(d)) for d in mps]
+    return items
+
+
+def modality_warning(task_name, guess, catalogue=None, min_confidence=0.7):
+    """Panel text when the volume looks like another modality than the task expects, else None.
+
+    `guess`: ("CT" | "MR", confidence, reason) from the engine's `image_io.guess_modality`.
+    """
+    if not guess:
+        return None
+    modality, confidence, reason = (tuple(guess) + (1.0, ""))[:3] if isinstance(guess, (tuple, list)) \
+        else (guess, 1.0, "")
+    task = (catalogue or load_catalogue()).task(task_name)
+    if not modality or modality.upper() == task.modality.upper() or confidence < min_confidence:
+        return None
+    other = "total_mr" if task.modality == "CT" else "total"
+    return (f"This volume looks like {modality.upper()}, but task '{task_name}' is for {task.modality}: the result "
+            f"will probably be wrong. Choose a task made for {modality.upper()} (e.g. '{other}') or check the volume."
+            + (f"\n({reason})" if reason else ""))
