@@ -12,7 +12,7 @@ import pytest
 import batch
 
 REPO = Path(__file__).resolve().parents[1]
-BATCH = REPO / "TotalSegmentatorModule" / "batch.py"
+BATCH = REPO / "TotalSegmentatorModule" / "TotalSegmentatorScripts" / "batch.py"
 
 
 def test_cases_are_images_and_dicom_folders(tmp_path):

@@ -37,7 +37,9 @@ def module_lists():
 
 
 def test_module_cmake_lists_every_module_script(module_lists):
-    listed = module_lists["MODULE_PYTHON_SCRIPTS"] + module_lists["SCRIPTS_PYTHON_SCRIPTS"]
+    # command-line scripts are listed relative to their own folder (SOURCE_DIR)
+    listed = module_lists["MODULE_PYTHON_SCRIPTS"] + [
+        f"TotalSegmentatorScripts/{f}" for f in module_lists["SCRIPTS_PYTHON_SCRIPTS"]]
     on_disk = sorted(str(p.relative_to(MODULE_DIR)).replace(os.sep, "/") for p in MODULE_DIR.rglob("*.py")
                      if "__pycache__" not in p.parts)
     assert sorted(listed) == on_disk, "TotalSegmentatorModule/CMakeLists.txt MODULE_PYTHON_SCRIPTS is out of date"

@@ -28,10 +28,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _add_package_path():
-    """Make `SegmentationLogic` importable: it sits next to this folder (source tree) or in it
-    (installed extension)."""
+    """Make `SegmentationLogic` importable: in an installed extension it sits next to this
+    folder (qt-scripted-modules/), in the source tree at the repository root."""
     here = Path(__file__).resolve().parent
-    for folder in (here, here.parent):
+    for folder in (here, here.parent, here.parent.parent):
         if (folder / "SegmentationLogic" / "__init__.py").is_file() and str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
             return
