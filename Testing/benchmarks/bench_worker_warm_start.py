@@ -12,7 +12,7 @@ and prints wall times and the ratios against the one-shot run measured in the sa
 Test models are used here (real weights cannot be downloaded on this machine); with the
 real, larger models the saving in model loading is larger still.
 
-    python Testing/benchmarks/worker_warm_start.py [--task total] [--quality fast] [--input PATH]
+    python Testing/benchmarks/bench_worker_warm_start.py [--task total] [--quality fast] [--input PATH]
 """
 import argparse
 import os
