@@ -90,6 +90,26 @@ class TaskSpec:
             raise UnknownTaskError(f"Task '{self.name}' has no fast mode.", "Run it with quality 'normal'.")
         return self.modes["normal"]
 
+    def check_roi_subset(self, roi_subset):
+        """The requested structures as a list (None: all), or a clear error for names this
+        task does not have or a task that cannot segment a subset."""
+        if not roi_subset:
+            return None
+        if isinstance(roi_subset, str):
+            roi_subset = [roi_subset]
+        if not self.roi_subset:
+            raise UnknownTaskError(f"Task '{self.name}' cannot segment a subset of structures (roi_subset).",
+                                   "Use roi_subset with task 'total' (CT) or 'total_mr' (MR), "
+                                   "or clear the structure selection.")
+        known = set(self.classes.values())
+        unknown = [n for n in roi_subset if n not in known]
+        if unknown:
+            hints = [m for n in unknown for m in difflib.get_close_matches(n, known, n=1)]
+            raise UnknownTaskError(f"Task '{self.name}' has no structure named {', '.join(map(repr, unknown))}.",
+                                   (f"Did you mean {', '.join(hints)}? " if hints else "")
+                                   + f"List them with 'python -m SegmentationLogic classes {self.name}'.")
+        return list(roi_subset)
+
     def class_names(self):
         return [self.classes[k] for k in sorted(self.classes)]
 

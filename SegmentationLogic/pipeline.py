@@ -142,24 +142,7 @@ def load_input(input, progress=None, target_spacing=None, n_classes=None):
 
 def _check_request(spec, mode, quality, roi_subset, output, ml):
     check_supported(spec.postprocessing, spec.name)
-    if roi_subset is not None:
-        if isinstance(roi_subset, str):
-            roi_subset = [roi_subset]
-        if not spec.roi_subset:
-            raise UnknownTaskError(f"roi_subset is not available for task '{spec.name}'.",
-                                   "Use roi_subset with task 'total' or 'total_mr', or run the whole task.")
-        names = set(spec.classes.values())
-        unknown = [r for r in roi_subset if r not in names]
-        if unknown:
-            import difflib
-
-            hints = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
-            hint = "; ".join(f"'{u}' -> '{h[0]}'?" for u, h in hints.items() if h)
-            raise UnknownTaskError(
-                f"Unknown structure(s) for task '{spec.name}': {', '.join(unknown)}.",
-                (f"Did you mean: {hint} " if hint else "")
-                + f"List them with 'python -m SegmentationLogic classes {spec.name}'.")
-        roi_subset = list(roi_subset)
+    roi_subset = spec.check_roi_subset(roi_subset)
     if output is None and not ml:
         raise SegmentationError("One file per class needs an output folder.", "Give an output folder, or use --ml.")
     return roi_subset

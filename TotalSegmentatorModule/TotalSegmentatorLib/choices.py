@@ -77,25 +77,8 @@ def filter_structures(items, text):
 
 
 def validate_roi_subset(task_name, roi_subset, catalogue=None):
-    """Raise a clear error for names the task does not have, or a task without ROI subsets."""
-    from SegmentationLogic.errors import UnknownTaskError
-
-    if not roi_subset:
-        return []
-    task = (catalogue or load_catalogue()).task(task_name)
-    if not task.roi_subset:
-        raise UnknownTaskError(f"Task '{task_name}' cannot segment a subset of structures.",
-                               "Clear the structure selection, or use task 'total' (CT) or 'total_mr' (MR).")
-    known = set(task.classes.values())
-    unknown = [n for n in roi_subset if n not in known]
-    if unknown:
-        import difflib
-
-        hints = [m for n in unknown for m in difflib.get_close_matches(n, known, n=1)]
-        raise UnknownTaskError(f"Task '{task_name}' has no structure named {', '.join(map(repr, unknown))}.",
-                               (f"Did you mean {', '.join(hints)}? " if hints else "")
-                               + f"See the structure list of '{task_name}'.")
-    return list(roi_subset)
+    """The structure selection as a list ([] = all), or a clear error (see TaskSpec.check_roi_subset)."""
+    return (catalogue or load_catalogue()).task(task_name).check_roi_subset(roi_subset) or []
 
 
 @dataclass(frozen=True)
