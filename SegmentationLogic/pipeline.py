@@ -10,8 +10,9 @@ One run (`Segmenter.segment`):
    -> main stage    crop (original voxel order) -> RAS+ -> resample to the model spacing
                     -> nnU-Net per model part (in memory), parts merged (later wins),
                     optional three-way split along z -> auxiliary labels removed,
-                    body / small-blob cleanup at model resolution -> back to the input
-                    spacing (order 0), orientation and box
+                    body / vertebrae / small-blob cleanup at model resolution -> back
+                    to the input spacing (order 0), orientation and box
+   -> vertebrae_pp_refined: the vertebrae_body model's mask trims the vertebrae
    -> roi_subset filter, remove-outside (heartchambers), outputs and statistics.
 
 Every numeric detail follows the official code (see geometry.py, inference.py): the
@@ -29,14 +30,16 @@ import nibabel as nib
 from . import geometry, outputs
 from .catalogue import load_catalogue
 from .errors import Cancelled, InputImageError, OutOfMemoryError, SegmentationError, UnknownTaskError
-from .postprocessing import (blob_threshold, body_postprocessing, check_supported, remove_labels,
-                             remove_outside_of_mask, remove_small_blobs as remove_blobs)
+from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebrae, remove_labels,
+                             remove_outside_of_mask, remove_small_blobs as remove_blobs, vertebrae_pp)
 from .progress import CancelToken, Progress
 
 log = logging.getLogger(__name__)
 
 TEST_MODEL_MARK = "TEST MODEL"
 BODY_SEG_ADDON_MM = (3, 3, 3)  # the official default crop_addon, used by body_seg
+REFINE_TASK = {"vertebrae_pp_refined": "vertebrae_body"}  # postprocessing -> task giving its mask
+VERTEBRAE_PP = ("vertebrae_pp", "vertebrae_pp_refined")  # both run the vertebrae_pp step at model resolution
 SMALL_BLOB_MM3 = 200  # official --remove_small_blobs default
 AUTO_SPLIT_VOXELS = 512 * 512 * 900  # official: split multi-part runs of larger images ...
 AUTO_SPLIT_MIN_Z = 200  # ... that have more than 200 slices
@@ -141,7 +144,6 @@ def load_input(input, progress=None, target_spacing=None, n_classes=None):
 # -- request checks ----------------------------------------------------------------------------
 
 def _check_request(spec, mode, quality, roi_subset, output, ml):
-    check_supported(spec.postprocessing, spec.name)
     roi_subset = spec.check_roi_subset(roi_subset)
     if output is None and not ml:
         raise SegmentationError("One file per class needs an output folder.", "Give an output folder, or use --ml.")
@@ -291,6 +293,9 @@ class Segmenter:
                 body = cat.task("body")
                 plan["body"] = {"plan": self._plan(cat, body, body.mode("fast"), None, False, False),
                                 "addon": BODY_SEG_ADDON_MM}
+        if spec.postprocessing in REFINE_TASK:  # official: on the whole input, whatever the crop
+            helper = cat.task(REFINE_TASK[spec.postprocessing])
+            plan["refine"] = {"plan": self._plan(cat, helper, helper.mode("normal"), None, False, False)}
         models = list(mode.models)
         if roi_subset and mode.multi_part:
             wanted = set(roi_subset)
@@ -301,7 +306,7 @@ class Segmenter:
     @staticmethod
     def _all_models(plan):
         out = []
-        for sub in ("crop", "body"):
+        for sub in ("crop", "body", "refine"):
             if plan.get(sub):
                 out += Segmenter._all_models(plan[sub]["plan"])
         out += plan["models"]
@@ -339,8 +344,14 @@ class Segmenter:
             crop_mask = body > 0
             addon = b["addon"]
             del body
+        vertebral_bodies = None
+        if plan.get("refine"):
+            vertebral_bodies, _ = self._run_task(run, plan["refine"]["plan"], img, values, stage="crop")
         labels, stats = self._predict_image(run, spec, mode, plan["models"], values, affine, shape, crop_mask, addon,
                                             force_split, small_blobs, fast_stats, roi_subset, stage)
+        if vertebral_bodies is not None:  # official: input resolution, the input header's zooms
+            labels = refine_vertebrae(labels, vertebral_bodies, spec.classes, img.header.get_zooms()[:3])
+            del vertebral_bodies
         if roi_subset is not None:
             keys = [k for k, v in spec.classes.items() if v in roi_subset]
             labels *= np.isin(labels, keys)
@@ -433,13 +444,21 @@ class Segmenter:
         else:
             pred = combined[0]
         del combined, part_data
-        # zooms of the official in-between image (float32 sform after a file round trip, or not)
-        rewrapped = (not multi and not split) or spec.auxiliary_labels or spec.postprocessing == "body"
-        pred_zooms = geometry.header_zooms(geometry.stored_affine(rsp_affine)) if rewrapped else zooms
+        # Zooms of the official in-between image at each step: nnU-Net's output file has a
+        # float32 sform (a merged or split prediction is written with the float64 affine),
+        # and every re-wrap of the array takes the zooms of that float32 affine.
+        stored_zooms = geometry.header_zooms(geometry.stored_affine(rsp_affine))
+        pred_zooms = stored_zooms if not (multi or split) else zooms
         pred = np.array(pred, dtype=np.uint8, copy=True, order="C")
-        remove_labels(pred, spec.auxiliary_labels)
+        if spec.auxiliary_labels:
+            remove_labels(pred, spec.auxiliary_labels)
+            pred_zooms = stored_zooms
         if spec.postprocessing == "body":
-            body_postprocessing(pred, spec.classes, pred_zooms)
+            body_postprocessing(pred, spec.classes, stored_zooms)
+            pred_zooms = stored_zooms
+        if spec.postprocessing in VERTEBRAE_PP:
+            pred = vertebrae_pp(pred, spec.classes, pred_zooms)
+            pred_zooms = stored_zooms
         if small_blobs:
             remove_blobs(pred, sorted(spec.classes), blob_threshold(SMALL_BLOB_MM3, pred_zooms))
         stats = None

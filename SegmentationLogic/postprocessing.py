@@ -8,7 +8,11 @@ back to the input geometry), as the official tool runs them:
 - `keep_largest_blob`: per class, only the largest 6-connected component stays (ties:
   the first component in scan order, as the official arg-max);
 - `remove_small_blobs`: per class, 6-connected components with at most `min_voxels`
-  voxels go (the official interval test `count <= lo or count > 1e10`).
+  voxels go (the official interval test `count <= lo or count > 1e10`);
+- `vertebrae_pp`: the vertebral-body model's labels are renumbered by position when
+  neighbouring labels touch, then grown back by the 3 mm its training labels were eroded;
+- `refine_vertebrae`: those labels grown 2 mm more and clipped to the vertebral bodies of
+  the vertebrae_body model (task vertebrae_pp_refined, at input resolution).
 
 Each class is labelled inside its own bounding box (`ndimage.find_objects`), which finds
 the same components as labelling the whole volume, in the same scan order, so the
@@ -16,8 +20,6 @@ result is identical while 117 classes cost one pass instead of 117 full-volume p
 """
 import numpy as np
 from scipy import ndimage
-
-from .errors import SegmentationError
 
 MAX_BLOB_VOXELS = 1e10  # the official upper bound of the "keep" interval
 
@@ -89,9 +91,103 @@ def remove_outside_of_mask(seg, mask, dilation_voxels):
     return seg
 
 
-def check_supported(postprocessing, task):
-    if postprocessing in ("vertebrae_pp", "vertebrae_pp_refined"):
-        raise SegmentationError(
-            f"Task '{task}' needs the official vertebra-body postprocessing, which this engine does not "
-            "support yet.", "Use task 'total' (vertebrae classes) or 'vertebrae_body' instead, or run the "
-                            "official TotalSegmentator for this task.")
+# -- vertebrae_pp ------------------------------------------------------------------------------
+
+VERTEBRAE_MIN_MM3 = 100  # smaller connected bodies are dropped when labels are renumbered
+VERTEBRAE_GROW_MM = 3  # the model's training labels were eroded by 3 mm
+REFINE_GROW_MM = 2
+
+
+def ellipsoid(spacing, radius_mm):
+    """The official structuring element for growing vertebrae by `radius_mm`.
+
+    Offsets on a grid from -r to r+1 (r = radius / spacing per axis, in the zooms' float32)
+    whose scaled squared length is <= 1. Where r is fractional the grid is not centred on
+    0 (e.g. -3.75 .. 4.25): kept as it is, because the official result depends on it."""
+    if radius_mm <= 0:
+        return np.ones((1, 1, 1), dtype=bool)
+    radii = [radius_mm / s for s in spacing]
+    axes = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    return sum(a * a / (r * r) for a, r in zip(axes, radii)) <= 1
+
+
+def grow_labels(seg, labels, spacing, radius_mm):
+    """Each label in turn (ascending) grows by the ellipsoid into background only, so a
+    lower label claims a contested voxel first. Returns a new array.
+
+    Each label is grown inside its bounding box widened by the element's reach, which
+    gives the same voxels as growing it over the whole volume."""
+    if radius_mm <= 0:
+        return seg
+    element = ellipsoid(spacing, radius_mm)
+    reach = [n // 2 + 1 for n in element.shape]
+    out = seg.copy()
+    boxes = ndimage.find_objects(seg)
+    for label in sorted(labels):
+        box = boxes[label - 1] if 0 < label <= len(boxes) else None
+        if box is None:
+            continue
+        box = tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, seg.shape))
+        grown = ndimage.binary_dilation(seg[box] == label, structure=element)
+        view = out[box]
+        view[grown & (view == 0)] = label
+    return out
+
+
+def labels_touch(seg):
+    """Whether two different labels are face neighbours anywhere."""
+    for axis in range(seg.ndim):
+        a = seg[(slice(None),) * axis + (slice(1, None),)]
+        b = seg[(slice(None),) * axis + (slice(None, -1),)]
+        if np.any((a > 0) & (b > 0) & (a != b)):
+            return True
+    return False
+
+
+def vertebrae_pp(seg, class_map, zooms, min_mm3=VERTEBRAE_MIN_MM3, grow_mm=VERTEBRAE_GROW_MM):
+    """The official vertebrae_pp postprocessing at model resolution; returns a new array.
+
+    The model segments vertebral bodies only, so different labels should never touch.
+    Where they do, the labels are not trusted: every connected body of at least `min_mm3`
+    is renumbered in z order, from the lowest label present upwards, or, for a head scan
+    (C1 present, L5 not), from C1 downwards; bodies beyond the last label are dropped.
+    Then every label grows by `grow_mm` (see grow_labels). `zooms` are the float32 zooms
+    of the model-resolution image (canonical x, y, z: z is the body axis)."""
+    seg = np.asarray(seg, dtype=np.uint8)
+    labels = sorted(class_map)
+    if not labels_touch(seg):
+        return grow_labels(seg, labels, zooms, grow_mm)
+    components, _ = ndimage.label(seg > 0)
+    sizes = np.bincount(components.ravel())
+    voxel_volume = np.prod(zooms)  # float32, as the official
+    keep = np.flatnonzero(sizes * voxel_volume >= min_mm3)
+    keep = keep[keep != 0]
+    kept = np.zeros(len(sizes), dtype=bool)
+    kept[keep] = True
+    kept_mask = kept[components]
+    present = sorted(set(int(v) for v in np.unique(seg[kept_mask])) & set(labels))
+    if not present:
+        return np.zeros_like(seg)
+    inv = {v: k for k, v in class_map.items()}
+    c1, l5 = inv["vertebrae_C1"], inv["vertebrae_L5"]
+    from_top = l5 not in present and c1 in present
+    centres = ndimage.center_of_mass(kept_mask, components, keep)
+    # (the official tool fails with an IndexError when exactly one body is kept here;
+    # this labels it as the rule says)
+    order = sorted(zip(keep, (c[2] for c in centres)), key=lambda kz: kz[1], reverse=from_top)
+    new_labels = range(c1, max(labels) + 1) if from_top else range(max(present), min(labels) - 1, -1)
+    lut = np.zeros(len(sizes), dtype=np.uint8)
+    for (component, _), label in zip(order, new_labels):
+        lut[component] = label
+    return grow_labels(lut[components], labels, zooms, grow_mm)
+
+
+def refine_vertebrae(seg, body, class_map, zooms, grow_mm=REFINE_GROW_MM):
+    """vertebrae_pp_refined: the vertebra labels grown by `grow_mm` and kept only on
+    vertebral-body voxels (label 1) of the vertebrae_body model; returns a new array.
+    Runs at input resolution with the input's zooms (in its own voxel order)."""
+    if seg.shape != body.shape:
+        raise ValueError(f"vertebrae and vertebrae_body labelmaps differ in shape: {seg.shape} vs {body.shape}")
+    refined = grow_labels(seg, sorted(class_map), zooms, grow_mm)
+    refined[body != 1] = 0
+    return refined.astype(np.uint8, copy=False)

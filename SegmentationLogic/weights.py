@@ -44,11 +44,15 @@ def model_dir(model, weights_dir=None):
 
 
 def folds_of(model, weights_dir=None):
-    """Folds to run: the catalogue's, or every fold_* present where the task ensembles all."""
+    """Folds to run: the catalogue's, or, where the task ensembles all, every fold_N folder
+    holding a final checkpoint, in nnU-Net's order (folder names sorted as text: the
+    ensemble sums the folds' logits in this order)."""
     if model.folds is not None:
         return list(model.folds)
-    found = sorted(int(p.name[5:]) for p in model_dir(model, weights_dir).glob("fold_*") if p.name[5:].isdigit())
-    return found
+    folder = model_dir(model, weights_dir)
+    names = sorted(p.name for p in folder.glob("fold_*")
+                   if p.name[5:].isdigit() and (p / "checkpoint_final.pth").is_file())
+    return [int(n[5:]) for n in names]
 
 
 def is_installed(model, weights_dir=None):

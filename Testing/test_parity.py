@@ -17,7 +17,9 @@ Cases (kept cheap: every option is exercised once, on the lightest model it work
 - remove_small_blobs on the 3 mm model;
 - task body, one file per class (the body model's cleanup, per-class files and the
   derived body/skin masks);
-- DICOM input (total --fast on the DICOM series), once image_io is installed.
+- DICOM input (total --fast on the DICOM series), once image_io is installed;
+- vertebrae_pp_refined (the vertebral-body model's relabelling and 3 mm growth at model
+  resolution, then the vertebrae_body model's mask at input resolution).
 """
 import json
 import sys
@@ -47,9 +49,10 @@ CASES = {
     "dicom_fast": (DICOM, dict(quality="fast")),
     "total": (CT, dict(statistics=True)),
     "force_split": (CT, dict(force_split=True)),
+    "vertebrae_pp_refined": (CT, dict(task="vertebrae_pp_refined")),
 }
 STATISTICS_CASES = ("total", "fast")
-OFFICIAL_SECONDS = {"total": 60, "force_split": 90, "roi_subset": 25, "total_mr": 25}
+OFFICIAL_SECONDS = {"vertebrae_pp_refined": 20, "total": 60, "force_split": 90, "roi_subset": 25, "total_mr": 25}
 OFFICIAL_RUNNERS = 2
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from SegmentationLogic import geometry, postprocessing
-from SegmentationLogic.errors import (Cancelled, DeviceError, InputImageError, OutOfMemoryError, SegmentationError,
+from SegmentationLogic.errors import (Cancelled, DeviceError, InputImageError, OutOfMemoryError,
                                       UnknownTaskError, WeightsMissingError)
 from SegmentationLogic.outputs import read_label_table
 from SegmentationLogic.pipeline import Segmenter
@@ -107,7 +107,6 @@ def test_second_run_reuses_loaded_models(segmenter, fastest, example):
     (dict(task="liver_vessels", quality="fast"), UnknownTaskError, ["no fast mode", "normal"]),
     (dict(quality="turbo"), UnknownTaskError, ["turbo", "fastest"]),
     (dict(device="quantum"), DeviceError, ["quantum", "cpu"]),
-    (dict(task="vertebrae_pp"), SegmentationError, ["vertebrae_pp", "not support"]),
 ])
 def test_bad_request_gives_cause_and_fix(segmenter, example, tmp_path, kwargs, error, words):
     with pytest.raises(error) as info:

@@ -39,7 +39,8 @@ CT_INTENSITIES = {"max": 3071.0, "mean": 60.0, "median": 50.0, "min": -1024.0,
 
 # dataset id -> how to make its training target
 #   ref: reference segmentation file; mr: whether the input is the MR example
-DEFAULT_DATASETS = (291, 292, 293, 294, 295, 297, 298, 300, 8, 850, 851, 852, 853)
+# vertebrae_pp (803) and vertebrae_body (305) learn from the total reference (see _training_pair)
+DEFAULT_DATASETS = (291, 292, 293, 294, 295, 297, 298, 300, 8, 850, 851, 852, 853, 803, 305)
 
 
 def default_cache_root():
@@ -194,6 +195,21 @@ def _training_pair(model, task_name, spacing_xyz):
         liver = np.asarray(_canonical(example_path("example_seg.nii.gz")).dataobj) == liver_value
         thr = np.percentile(ct[liver], 85) if liver.any() else 200
         target = (liver & (ct >= thr)).astype(np.uint8)
+        return image, _to_spacing(nib.Nifti1Image(target, img.affine), spacing_xyz, 0).astype(np.int64)
+    if task_name in ("vertebrae_pp", "vertebrae_body"):
+        # the reference's vertebrae, as the real models see them: vertebrae_pp knows the
+        # vertebral bodies by level (trained on labels eroded by 3 mm: here one voxel),
+        # vertebrae_body the bone as one class (1)
+        from scipy.ndimage import binary_erosion
+
+        total = cat.task("total")
+        ref = np.asarray(_canonical(example_path("example_seg.nii.gz")).dataobj).astype(np.int64)
+        target = np.zeros(ref.shape, np.uint8)
+        for value, name in cat.task(task_name).classes.items() if task_name == "vertebrae_pp" else ():
+            if name in total.classes.values():
+                target[binary_erosion(ref == total.label_of(name))] = value
+        if task_name == "vertebrae_body":
+            target[np.isin(ref, [v for v, n in total.classes.items() if n.startswith("vertebrae_")])] = 1
         return image, _to_spacing(nib.Nifti1Image(target, img.affine), spacing_xyz, 0).astype(np.int64)
     raise ValueError(f"no training recipe for {task_name}")
 
