@@ -87,7 +87,8 @@ def segment_options(args):
     return dict(task=args.task, quality=quality, roi_subset=args.roi_subset, device=args.device, ml=args.ml,
                 statistics=args.statistics, preview=args.preview, body_seg=args.body_seg,
                 force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
-                robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download)
+                robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download,
+                check_modality=not args.ignore_modality)
 
 
 def result_payload(result):
@@ -199,6 +200,8 @@ def build_parser():
     p.add_argument("-rmb", "--remove_small_blobs", action="store_true", help="remove blobs < 200 mm3")
     p.add_argument("--robust_crop", action="store_true", help="use the 3 mm model for cropping")
     p.add_argument("--no_download", action="store_true", help="fail instead of downloading missing weights")
+    p.add_argument("--ignore_modality", action="store_true",
+                   help="run a CT task even when the volume does not look like CT")
     _common(p)
     p.set_defaults(func=cmd_segment)
 

@@ -27,7 +27,8 @@ could silently segment the wrong reconstruction.
 
 `check_image(img)` raises `InputImageError` (cause + fix) for images that cannot be
 segmented and returns a list of warnings for those that can. `guess_modality(img)` says
-whether intensities look like CT (Hounsfield units) or MR.
+whether intensities look like CT (Hounsfield units) or MR; `check_modality` refuses a
+volume that clearly is not what a task's models were trained on.
 """
 import os
 import shutil
@@ -790,6 +791,32 @@ def guess_modality(img):
                             "non-negative units, as in MR. (A CT would show air at about -1000 Hounsfield units; "
                             "if this is a CT, its rescale intercept may be missing.)")
     return "CT", 0.5, f"negative values down to {vmin:g} but little air: probably CT"
+
+
+REFUSE_CONFIDENCE = 0.85  # a guess this sure stops a CT task (see check_modality)
+WARN_CONFIDENCE = 0.7
+
+
+def check_modality(img, task_name, task_modality):
+    """Refuse a CT task on a volume that clearly is not in Hounsfield units; returns a
+    warning (or None) otherwise.
+
+    CT models clip intensities to a fixed Hounsfield window, so an MR volume (or a CT
+    whose rescale slope/intercept were lost) gives a confident-looking but meaningless
+    result: that is an error. MR models normalise each image by its own mean and
+    deviation and still run on CT, so an MR task on a CT volume only warns."""
+    modality, confidence, reason = guess_modality(img)
+    if not task_modality or modality == task_modality or confidence < WARN_CONFIDENCE:
+        return None
+    if task_modality == "CT" and confidence >= REFUSE_CONFIDENCE:
+        raise InputImageError(
+            f"The volume does not look like a CT in Hounsfield units ({reason}); task '{task_name}' is made for CT, "
+            f"so its result would be meaningless.",
+            "For an MR volume choose an MR task (e.g. 'total_mr'). For a CT, check that its intensities are "
+            "Hounsfield units (air about -1000). To run anyway: --ignore_modality on the command line, "
+            "check_modality=False in Python, or confirm the warning in the Slicer panel.")
+    return (f"The volume looks like {modality} ({reason}) but task '{task_name}' is made for {task_modality}; "
+            f"check the result, or choose a {modality} task if one fits.")
 
 
 def modality_warning(img, task_modality):

@@ -23,8 +23,9 @@ uses), so nnU-Net's recursive trainer-class search is never run. Models stay loa
 `ModelCache`, so a persistent worker segments a second image without reloading.
 """
 import contextlib
+import io
 import json
-import sys
+import logging
 import tempfile
 import threading
 from pathlib import Path
@@ -32,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import Cancelled, InvalidWeightsError
+
+log = logging.getLogger(__name__)
 
 IN_MEMORY_READERS = ("NibabelIOWithReorient", "NibabelIO")
 
@@ -148,10 +151,16 @@ class LoadedModel:
                 f"Model {self.name}: the checkpoint does not fit the network described in plans.json "
                 f"(trainer {self.trainer_name}).", "Re-download or re-import the weights of this model.") from e
         cls = predictor_class()
-        with contextlib.redirect_stdout(sys.stderr):  # nnU-Net prints a device note; keep stdout for events
+        # nnU-Net prints "perform_everything_on_device=True is only supported for cuda devices"
+        # on every non-CUDA device, even when False was asked: noise to a user, and stdout
+        # carries the JSON events. Anything it prints goes to the debug log instead.
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
             self.predictor = cls(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                  perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                                  verbose_preprocessing=False, allow_tqdm=False)
+        if printed.getvalue().strip():
+            log.debug("nnU-Net: %s", printed.getvalue().strip())
         self.predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, parameters,
                                              self.dataset_json, self.trainer_name, self.mirror_axes)
         self.reader_name = self.plans_manager.plans.get("image_reader_writer", "SimpleITKIO")

@@ -141,6 +141,15 @@ def load_input(input, progress=None, target_spacing=None, n_classes=None):
     return img
 
 
+def _check_modality(img, spec, progress):
+    io = _image_io()
+    if io is None:
+        return
+    warning = io.check_modality(img, spec.name, spec.modality)  # raises for a CT task on an MR-like volume
+    if warning:
+        progress.log(warning, "warning")
+
+
 # -- request checks ----------------------------------------------------------------------------
 
 def _check_request(spec, mode, quality, roi_subset, output, ml):
@@ -195,7 +204,8 @@ class Segmenter:
     # -- public ---------------------------------------------------------------------------
     def segment(self, input, output=None, task="total", quality="normal", roi_subset=None, device=None, ml=True,
                 statistics=False, preview=False, body_seg=False, force_split=False, remove_small_blobs=False,
-                robust_crop=False, weights_dir=None, download=None, progress=None, cancel=None):
+                robust_crop=False, weights_dir=None, download=None, progress=None, cancel=None,
+                check_modality=True):
         """Segment `input` (path or nibabel image); see README for the options.
 
         Writes nothing when `output` is None; otherwise a multilabel NIfTI (`ml`) or a
@@ -229,6 +239,8 @@ class Segmenter:
             progress("load", 0.0, "reading the image")
             img = load_input(input, progress=progress, target_spacing=mode.resample,
                              n_classes=max(len(m.classes or spec.classes) for m in plan["models"]) + 1)
+            if check_modality:
+                _check_modality(img, spec, progress)
             values = geometry.exact_values(img)
             run.timed("read", time.time() - t)
             want_fast_stats = bool(statistics) and quality == "fast"
@@ -559,19 +571,20 @@ def default_segmenter():
 
 def segment(input, output=None, task="total", quality="normal", roi_subset=None, device="auto", ml=True,
             statistics=False, preview=False, body_seg=False, force_split=False, remove_small_blobs=False,
-            robust_crop=False, weights_dir=None, download=True, progress=None, cancel=None):
+            robust_crop=False, weights_dir=None, download=True, progress=None, cancel=None, check_modality=True):
     """Segment an image; the models stay loaded for the next call in this process.
 
     input: NIfTI path (NRRD/DICOM folder/zip with image_io) or a nibabel image.
     output: None (nothing written), a .nii.gz path (ml=True) or a folder (ml=False).
     quality: normal | fast (3 mm) | fastest (6 mm). device: auto | cpu | cuda[:N] | gpu[:N] | mps.
     progress: a Progress, or a callable receiving event dicts. cancel: a CancelToken.
+    check_modality: refuse a CT task on a volume that does not look like CT (False: run anyway).
     """
     return default_segmenter().segment(
         input, output, task=task, quality=quality, roi_subset=roi_subset, device=device, ml=ml,
         statistics=statistics, preview=preview, body_seg=body_seg, force_split=force_split,
         remove_small_blobs=remove_small_blobs, robust_crop=robust_crop, weights_dir=weights_dir, download=download,
-        progress=progress, cancel=cancel)
+        progress=progress, cancel=cancel, check_modality=check_modality)
 
 
 __all__ = ["segment", "Segmenter", "SegmentationResult", "available_memory", "load_input", "Cancelled"]

@@ -35,23 +35,26 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 @pytest.mark.skipif(importlib.util.find_spec("SegmentationLogic.pipeline") is None,
                     reason="SegmentationLogic.pipeline (engine issue) has not landed yet")
 def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_path):
-    """CT file + DICOM series folder + a broken file: two .seg.nrrd, the failure reported, exit 1."""
+    """CT file + DICOM series folder + a broken file + an MR for a CT task: two .seg.nrrd, the
+    failures reported, exit 1."""
     pytest.importorskip("slicer")
     cases = tmp_path / "in"
     cases.mkdir()
     shutil.copy(example("example_ct_sm.nii.gz"), cases / "ct.nii.gz")
     shutil.copytree(example("example_ct_dicom"), cases / "series")
     (cases / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
+    shutil.copy(example("example_mr_sm.nii.gz"), cases / "mr.nii.gz")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(BATCH), "--input-dir", str(cases), "--output-dir", str(out),
                            "--task", "total", "--quality", "fast", "--device", "cpu"],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}, timeout=900)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
-    assert [rows[c]["status"] for c in ("broken", "ct", "series")] == ["failed", "ok", "ok"]
+    assert [rows[c]["status"] for c in ("broken", "ct", "mr", "series")] == ["failed", "ok", "failed", "ok"]
+    assert "does not look like a CT" in rows["mr"]["error"] and "total_mr" in rows["mr"]["error"]
     assert "broken.nii.gz" in rows["broken"]["error"] and "Fix:" in rows["broken"]["error"]
     assert rows["broken"]["output"] == "" and rows["ct"]["note"]  # test models ran: the summary says so
-    assert "[3/3] series" in proc.stdout and "[predict" in proc.stdout  # progress lines on stdout
+    assert "[4/4] series" in proc.stdout and "[predict" in proc.stdout  # progress lines on stdout
     assert sorted(p.name for p in out.iterdir()) == ["ct.seg.nrrd", "series.seg.nrrd", "summary.csv"]
 
     from SegmentationLogic import slicer_import as si

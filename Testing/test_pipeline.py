@@ -150,6 +150,32 @@ def test_missing_input_and_4d_input(segmenter, example, tmp_path):
     assert _files(tmp_path) == []
 
 
+def test_ct_task_on_an_mr_volume_is_refused_unless_the_user_insists(segmenter, example, tmp_path):
+    out = tmp_path / "out" / "seg.nii.gz"
+    with pytest.raises(InputImageError) as info:
+        segmenter.segment(example("example_mr_sm.nii.gz"), out, quality="fastest")
+    error = info.value
+    assert "does not look like a CT" in error.cause and "'total' is made for CT" in error.cause
+    assert "total_mr" in error.fix and "--ignore_modality" in error.fix and "check_modality=False" in error.fix
+    assert _files(tmp_path) == []
+
+    events = []
+    result = segmenter.segment(example("example_mr_sm.nii.gz"), out, quality="fastest", check_modality=False,
+                               progress=events.append)
+    assert out.is_file() and result.class_map[5] == "liver"
+    assert not any("look" in e.get("message", "") for e in events if e.get("event") == "log")
+
+
+def test_mr_task_on_a_ct_volume_runs_with_a_warning(example):
+    from SegmentationLogic.image_io import check_modality, load_image
+
+    ct = load_image(example(CT))
+    warning = check_modality(ct, "total_mr", "MR")
+    assert "looks like CT" in warning and "'total_mr' is made for MR" in warning
+    assert check_modality(ct, "total", "CT") is None
+    assert check_modality(load_image(example("example_mr_sm.nii.gz")), "total_mr", "MR") is None
+
+
 def test_force_split_on_a_short_image_explains(segmenter, example, tmp_path):
     # 30 slices at 3 mm: the official split crashes on this; we say why instead
     with pytest.raises(InputImageError) as info:

@@ -60,3 +60,19 @@ def test_text_mode_prints_cause_and_fix(example, tmp_path):
     assert r.returncode == 1
     assert "ERROR: Task 'liver_vessels' has no fast mode." in r.stderr and "Fix:" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_wrong_modality_is_an_input_error_and_the_flag_overrides_it(test_weights, example, tmp_path):
+    out = tmp_path / "out" / "seg.nii.gz"
+    args = ("segment", "-i", example("example_mr_sm.nii.gz"), "-o", out, "--fastest", "--ml", "--device", "cpu",
+            "--progress", "json", "--weights_dir", test_weights, "--no_download")
+    r = _cli(*args)
+    assert r.returncode == 1
+    error = _events(r.stdout)[-1]
+    assert error["event"] == "error" and error["kind"] == "input"
+    assert "does not look like a CT" in error["cause"] and "--ignore_modality" in error["fix"]
+    assert not out.parent.exists()
+
+    r = _cli(*args, "--ignore_modality")
+    assert r.returncode == 0, r.stderr
+    assert _events(r.stdout)[-1]["event"] == "result" and out.is_file()

@@ -153,6 +153,31 @@ def test_apply_runs_in_the_background_cancel_and_errors(panel, tmp_path):
     assert ui.statusLabel.text.startswith("Failed:") and segmentation_nodes(scene) == 1
 
 
+def test_wrong_modality_warns_and_apply_asks_before_running(panel, example):
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    mr = slicer_import.load_volume(scene, example("example_mr_sm.nii.gz"), name="MR")
+    p.device, p.quality, p.roiSubset = "cpu", "fastest", ["liver"]
+    assert not visible(ui.modalityWarningLabel)
+    p.inputVolume = mr
+    assert visible(ui.modalityWarningLabel) and "looks like MR" in ui.modalityWarningLabel.text
+    p.task = "total_mr"
+    assert not visible(ui.modalityWarningLabel)
+    p.task = "total"
+
+    host.answers["confirm"] = False
+    ui.applyButton.click()
+    kind, text = host.dialogs[-1]
+    assert kind == "confirm" and "looks like MR" in text and "anyway" in text
+    assert widget._operation is None and segmentation_nodes(scene) == 0
+
+    host.answers["confirm"] = True  # the user knows better: the engine is told to run anyway
+    ui.applyButton.click()
+    pump(lambda: widget._operation is None)
+    assert segmentation_nodes(scene) == 1, host.dialogs
+    assert ui.statusLabel.text.startswith("Done: 1 segments")
+
+
 def test_advanced_weights_import_and_licence(panel, tmp_path, test_weights):
     from model_zips import installed_datasets, zip_dataset
 

@@ -535,13 +535,22 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._ensureDependencies(then=self.onApplyButton):
             return
         p = self._parameterNode
+        # The engine refuses a CT task on a volume that is clearly not CT; the user who sees
+        # the warning and knows better (e.g. unusual intensity scaling) confirms and runs anyway.
+        checkModality = True
+        warning = self.ui.modalityWarningLabel.text
+        if warning:
+            if not slicer.util.confirmOkCancelDisplay(warning + "\n\n" + _("Segment this volume anyway?"),
+                                                      windowTitle=_("Volume and task do not match")):
+                return
+            checkModality = False
         self.addLog("-" * 40)  # keep earlier output (e.g. the first-run install) above
         try:
             job = self.logic.processAsync(
                 p.inputVolume, p.outputSegmentation, task=p.task, quality=choices.best_quality(p.task, p.quality),
                 roiSubset=list(p.roiSubset), device=p.device, useStandardNames=p.useStandardNames,
                 createSurfaces=p.createSurfaces, splitLiverVessels=p.splitLiverVessels and p.task == "liver_vessels",
-                onEvent=self.onEngineEvent)
+                onEvent=self.onEngineEvent, checkModality=checkModality)
         except SegmentationError as e:
             self.showError(_("Cannot start the segmentation."), {"cause": e.cause, "fix": e.fix})
             return
@@ -856,7 +865,7 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
     # -- segmentation ----------------------------------------------------------------------
     def process(self, volumeNode, segmentationNode=None, task="total", quality="fast", roiSubset=None,
                 device="auto", useStandardNames=True, createSurfaces=True, splitLiverVessels=False,
-                installDependencies=True, timeout=None):
+                installDependencies=True, timeout=None, checkModality=True):
         """Segment `volumeNode` and return the segmentation node (blocks until done).
 
         :param volumeNode: scalar volume to segment (CT or MR, matching the task).
@@ -870,6 +879,7 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         :param splitLiverVessels: task "liver_vessels" only: split portal and hepatic veins (for review).
         :param installDependencies: install missing Python packages first (False: raise instead).
         :param timeout: seconds after which the run is cancelled (None: no limit).
+        :param checkModality: refuse a CT task on a volume that does not look like CT (False: run anyway).
         :raises SegmentationError: with `.cause` and `.fix`; the scene is unchanged on failure or cancel.
         """
         plan = self.dependencyPlan()
@@ -880,7 +890,7 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
             self.installDependencies(plan)
         job = self.processAsync(volumeNode, segmentationNode, task=task, quality=quality, roiSubset=roiSubset,
                                 device=device, useStandardNames=useStandardNames, createSurfaces=createSurfaces,
-                                splitLiverVessels=splitLiverVessels, onEvent=_logEvent)
+                                splitLiverVessels=splitLiverVessels, onEvent=_logEvent, checkModality=checkModality)
         job.wait(timeout=timeout)
         if job.state != "succeeded":
             error = job.error or {}
@@ -891,12 +901,13 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
 
     def processAsync(self, volumeNode, segmentationNode=None, task="total", quality="fast", roiSubset=None,
                      device="auto", useStandardNames=True, createSurfaces=True, splitLiverVessels=False,
-                     onEvent=None):
+                     onEvent=None, checkModality=True):
         """Start a segmentation in the background and return its `SegmentationJob` (poll it until `done`)."""
         return SegmentationJob(volumeNode, segmentationNode, task=task, quality=quality, roi_subset=roiSubset,
                                device=device, use_standard_names=useStandardNames, create_surfaces=createSurfaces,
                                weights_dir=self.weightsFolder, split_liver_vessels=splitLiverVessels,
-                               review_root=self.reviewRoot, worker=self._worker(), on_event=onEvent).start()
+                               review_root=self.reviewRoot, worker=self._worker(), on_event=onEvent,
+                               check_modality=checkModality).start()
 
     def _worker(self):
         if not self.keepModelsLoaded:

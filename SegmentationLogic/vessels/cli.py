@@ -44,7 +44,7 @@ def cmd_liver_vessels(args, progress_from_args, emit_result):
         skip_main_body_veins=args.skip_main_body_veins, no_skeleton=args.no_skeleton,
         min_split_component_size=args.min_split_component_size, labeled_only=args.labeled_only,
         remove_enhanced_binary=args.remove_enhanced_binary, weights_dir=args.weights_dir,
-        progress=progress_from_args(args))
+        progress=progress_from_args(args), check_modality=not args.ignore_modality)
     emit_result(args, {"files": res["files"], "qc": res["qc"], "note": res["note"]})
     _print_qc(args, res["qc"], res["files"])
     if res.get("note") and args.progress != "json":
@@ -78,6 +78,7 @@ def add_commands(sub, common, progress_from_args, emit_result):
     p.add_argument("--liver_mask", default=None, help="liver mask to use instead of segmenting the liver")
     p.add_argument("--robust_crop", action="store_true", help="use the 3 mm model for cropping")
     p.add_argument("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:N, gpu, gpu:N or mps")
+    p.add_argument("--ignore_modality", action="store_true", help="run even when the volume does not look like CT")
     p.add_argument("--min_component_size", type=int, default=40, help="remove vessel pieces below this (voxels)")
     p.add_argument("--no_fallback_full_liver", action="store_true",
                    help="fail instead of using the whole volume when no liver mask is available")

@@ -127,7 +127,8 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
                       min_component_size=40, no_fallback_full_liver=False, split_portal_hepatic=False,
                       split_support_dir=None, generate_split_support=False, skip_main_body_veins=False,
                       no_skeleton=False, min_split_component_size=20, labeled_only=False,
-                      remove_enhanced_binary=False, weights_dir=None, progress=None, cancel=None):
+                      remove_enhanced_binary=False, weights_dir=None, progress=None, cancel=None,
+                      check_modality=True):
     """The enhanced liver-vessel pipeline on a CT (options as the published CLI).
 
     mode enhanced_liver: liver_vessels task, restricted to the liver (given, found in
@@ -150,7 +151,8 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     segment = _engine()
-    common = dict(device=device, robust_crop=robust_crop, weights_dir=weights_dir, progress=progress, cancel=cancel)
+    common = dict(device=device, robust_crop=robust_crop, weights_dir=weights_dir, progress=progress, cancel=cancel,
+                  check_modality=check_modality)
     if mode == "standard":
         res = segment(input, out, task="total", ml=False, **common)
         return {"files": list(res.files), "metadata": None, "qc": None, "note": res.model_note}

@@ -70,7 +70,7 @@ class SegmentationJob:
     def __init__(self, volume_node, segmentation_node=None, task="total", quality="fast", roi_subset=None,
                  device="auto", use_standard_names=True, create_surfaces=True, weights_dir=None,
                  split_liver_vessels=False, review_root=None, download=True, worker=None, python=None, env=None,
-                 on_event=None):
+                 on_event=None, check_modality=True):
         self.volume_node = volume_node
         self.target_node = segmentation_node
         self.task = task
@@ -84,6 +84,7 @@ class SegmentationJob:
         self.review_root = review_root
         self.review_dir = None  # liver-vessel outputs kept for the review (re-run split needs the support masks)
         self.download = download
+        self.check_modality = check_modality  # False: the user confirmed a wrong-looking modality
         self.worker = worker
         self.python = python
         self.env = env
@@ -195,6 +196,8 @@ class SegmentationJob:
             argv += ["--weights_dir", self.weights_dir]
         if not self.download:
             argv.append("--no_download")
+        if not self.check_modality:
+            argv.append("--ignore_modality")
         return [str(a) for a in argv]
 
     def vessels_argv(self, source, output_dir):
@@ -202,6 +205,8 @@ class SegmentationJob:
                 "--progress", "json"]
         if self.weights_dir:
             argv += ["--weights_dir", self.weights_dir]
+        if not self.check_modality:
+            argv.append("--ignore_modality")
         return [str(a) for a in argv]
 
     def _start_engine(self, source):

@@ -78,6 +78,8 @@ def build_parser():
     p.add_argument("--roi-subset", nargs="+", metavar="CLASS", help="only these structures")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--weights-dir", type=Path, help="weights folder (default: TotalSegmentator's)")
+    p.add_argument("--ignore-modality", action="store_true",
+                   help="segment cases that do not look like the task's modality (CT task on MR) anyway")
     p.add_argument("--class-names", action="store_true", help="name segments by class name, not standard name")
     p.add_argument("--skip-existing", action="store_true", help="keep cases whose .seg.nrrd already exists")
     p.add_argument("--summary", type=Path, help="summary CSV (default OUTPUT_DIR/summary.csv)")
@@ -94,7 +96,7 @@ def run_case(scene, path, output, args, progress):
     from SegmentationLogic.pipeline import segment
 
     result = segment(path, task=args.task, quality=args.quality, roi_subset=args.roi_subset, device=args.device,
-                     weights_dir=args.weights_dir, progress=progress)
+                     weights_dir=args.weights_dir, progress=progress, check_modality=not args.ignore_modality)
     if result.model_note:
         _say(f"  note: {result.model_note}")
     node = slicer_import.import_labelmap(scene, result.labelmap, result.class_map, create_surfaces=False,
