@@ -19,7 +19,9 @@ Cases (kept cheap: every option is exercised once, on the lightest model it work
   derived body/skin masks);
 - DICOM input (total --fast on the DICOM series), once image_io is installed;
 - vertebrae_pp_refined (the vertebral-body model's relabelling and 3 mm growth at model
-  resolution, then the vertebrae_body model's mask at input resolution).
+  resolution, then the vertebrae_body model's mask at input resolution);
+- pleural_pericard_effusion (lung crop, nnU-Net's own resampling, and the ensemble of
+  every fold present: the test model has two).
 """
 import json
 import sys
@@ -50,9 +52,10 @@ CASES = {
     "total": (CT, dict(statistics=True)),
     "force_split": (CT, dict(force_split=True)),
     "vertebrae_pp_refined": (CT, dict(task="vertebrae_pp_refined")),
+    "pleural_pericard_effusion": (CT, dict(task="pleural_pericard_effusion")),
 }
 STATISTICS_CASES = ("total", "fast")
-OFFICIAL_SECONDS = {"vertebrae_pp_refined": 20, "total": 60, "force_split": 90, "roi_subset": 25, "total_mr": 25}
+OFFICIAL_SECONDS = {"vertebrae_pp_refined": 20, "pleural_pericard_effusion": 20, "total": 60, "force_split": 90, "roi_subset": 25, "total_mr": 25}
 OFFICIAL_RUNNERS = 2
 
 

@@ -40,7 +40,8 @@ CT_INTENSITIES = {"max": 3071.0, "mean": 60.0, "median": 50.0, "min": -1024.0,
 # dataset id -> how to make its training target
 #   ref: reference segmentation file; mr: whether the input is the MR example
 # vertebrae_pp (803) and vertebrae_body (305) learn from the total reference (see _training_pair)
-DEFAULT_DATASETS = (291, 292, 293, 294, 295, 297, 298, 300, 8, 850, 851, 852, 853, 803, 305)
+# pleural_pericard_effusion (315) ensembles all folds: its test model has two
+DEFAULT_DATASETS = (291, 292, 293, 294, 295, 297, 298, 300, 8, 850, 851, 852, 853, 803, 305, 315)
 
 
 def default_cache_root():
@@ -211,6 +212,18 @@ def _training_pair(model, task_name, spacing_xyz):
         if task_name == "vertebrae_body":
             target[np.isin(ref, [v for v, n in total.classes.items() if n.startswith("vertebrae_")])] = 1
         return image, _to_spacing(nib.Nifti1Image(target, img.affine), spacing_xyz, 0).astype(np.int64)
+    if task_name == "pleural_pericard_effusion":
+        # stand-ins the lung crop holds: lung_pleural = the lungs, pleural_effusion = the
+        # soft tissue (-50..100 HU) right below them
+        from scipy.ndimage import binary_dilation
+
+        total = cat.task("total")
+        ref = np.asarray(_canonical(example_path("example_seg.nii.gz")).dataobj)
+        lungs = np.isin(ref, [v for v, n in total.classes.items() if n.startswith("lung_")])
+        target = lungs.astype(np.uint8)
+        below = binary_dilation(lungs, iterations=3) & ~lungs & (ct > -50) & (ct < 100)
+        target[below] = 2
+        return image, _to_spacing(nib.Nifti1Image(target, img.affine), spacing_xyz, 0).astype(np.int64)
     raise ValueError(f"no training recipe for {task_name}")
 
 
@@ -271,8 +284,9 @@ def _task_of(dataset):
 
 TRAIN_PATCH = (32, 32, 32)  # fully convolutional: train on small patches, infer on the plans patch
 
-# liver_vessels has no TotalSegmentator resampling: nnU-Net resamples to its plans spacing
-PLANS_SPACING_OVERRIDE_ZYX = {8: [1.5, 1.0, 1.0]}
+# liver_vessels and pleural_pericard_effusion have no TotalSegmentator resampling: nnU-Net resamples to its plans spacing
+PLANS_SPACING_OVERRIDE_ZYX = {8: [1.5, 1.0, 1.0], 315: [1.5, 1.5, 1.5]}
+ENSEMBLE_FOLDS = 2
 
 
 def build_model(weights_dir, dataset, size="tiny", iterations=None, seed=0):
@@ -287,24 +301,25 @@ def build_model(weights_dir, dataset, size="tiny", iterations=None, seed=0):
     spacing_zyx = PLANS_SPACING_OVERRIDE_ZYX.get(dataset) or list(resample_xyz[::-1])
     arch, patch = _arch(size, n_classes)
 
-    torch.manual_seed(seed + dataset)
-    net = _network(arch, n_classes)
-    if size == "tiny":
-        image, label = _training_pair(model, task_name, spacing_zyx[::-1])
-        image = _normalise(image, norm).astype(np.float32)
-        _fit(net, image, label, TRAIN_PATCH, n_classes, iterations or 100, seed + dataset)
-
     out = Path(weights_dir) / model.folder / model.subdir
-    (out / "fold_0").mkdir(parents=True, exist_ok=True)
+    # a task that ensembles "all folds" gets two, fitted differently, so the ensemble differs from either
+    for fold in range(1 if model.folds is not None else ENSEMBLE_FOLDS):
+        torch.manual_seed(seed + dataset + 1000 * fold)
+        net = _network(arch, n_classes)
+        if size == "tiny":
+            image, label = _training_pair(model, task_name, spacing_zyx[::-1])
+            image = _normalise(image, norm).astype(np.float32)
+            _fit(net, image, label, TRAIN_PATCH, n_classes, iterations or 100, seed + dataset + 1000 * fold)
+        (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        torch.save({"network_weights": net.state_dict(), "trainer_name": model.trainer,
+                    "init_args": {"configuration": model.configuration},
+                    "inference_allowed_mirroring_axes": (0, 1, 2)}, out / f"fold_{fold}" / "checkpoint_final.pth")
     labels = {"background": 0, **{classes[k]: k for k in sorted(classes)}}
     dataset_json = {"channel_names": {"0": "MRI" if mr else "CT"}, "labels": labels, "numTraining": 1,
                     "file_ending": ".nii.gz", "overwrite_image_reader_writer": "NibabelIOWithReorient",
                     "description": TEST_MODEL_MARKER}
     (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     (out / "plans.json").write_text(json.dumps(_plans(model.folder, spacing_zyx, arch, patch, norm), indent=2))
-    torch.save({"network_weights": net.state_dict(), "trainer_name": model.trainer,
-                "init_args": {"configuration": model.configuration},
-                "inference_allowed_mirroring_axes": (0, 1, 2)}, out / "fold_0" / "checkpoint_final.pth")
     return out
 
 
