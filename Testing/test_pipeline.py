@@ -13,6 +13,7 @@ import pytest
 from SegmentationLogic import geometry, postprocessing
 from SegmentationLogic.errors import (Cancelled, DeviceError, InputImageError, OutOfMemoryError,
                                       UnknownTaskError, WeightsMissingError)
+from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.outputs import read_label_table
 from SegmentationLogic.pipeline import Segmenter
 from SegmentationLogic.progress import CancelToken, Progress
@@ -136,6 +137,26 @@ def test_missing_weights_without_download(example, tmp_path):
                                                             quality="fastest", download=False)
     assert "Dataset298_TotalSegmentator_total_6mm_1559subj" in info.value.cause
     assert "import-weights" in info.value.fix
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("task", [t.name for t in load_catalogue().tasks()])
+def test_every_task_plans_its_run_and_names_the_weights_it_lacks(task, example, tmp_path):
+    """All tasks the panel offers: the run plan holds exactly the models a download fetches,
+    and without weights the error names each missing model folder (nothing written)."""
+    cat = load_catalogue()
+    spec = cat.task(task)
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    engine = Segmenter(device="cpu", weights_dir=empty, download=False)
+    for quality in spec.qualities:
+        plan = engine._plan(cat, spec, spec.mode(quality), None, False, False)
+        ran = Segmenter._all_models(plan)
+        assert ran and sorted(m.folder for m in ran) == sorted(m.folder for m in cat.models_for(task, quality))
+    with pytest.raises(WeightsMissingError) as info:
+        engine.segment(example(CT), tmp_path / "out" / "seg.nii.gz", task=task, quality=spec.qualities[0])
+    for model in cat.models_for(task, spec.qualities[0]):
+        assert model.folder in info.value.cause
     assert not (tmp_path / "out").exists()
 
 
