@@ -239,9 +239,9 @@ class Segmenter:
             progress("load", 0.0, "reading the image")
             img = load_input(input, progress=progress, target_spacing=mode.resample,
                              n_classes=max(len(m.classes or spec.classes) for m in plan["models"]) + 1)
-            if check_modality:
-                _check_modality(img, spec, progress)
             values = geometry.exact_values(img)
+            if check_modality:  # on the voxels already read, not a second read of the file
+                _check_modality(nib.Nifti1Image(values, img.affine), spec, progress)
             run.timed("read", time.time() - t)
             want_fast_stats = bool(statistics) and quality == "fast"
             try:
