@@ -33,7 +33,9 @@ PRIMUS_MODULE = "nnunetv2.training.nnUNetTrainer.primus.primus_trainers"
 ORACLE_CONFIG = {"totalseg_id": "totalseg_TEST0000", "send_usage_stats": False, "prediction_counter": 0,
                  "statistics_disclaimer_shown": True}
 # Arguments every oracle call gets: CPU, quiet, no worker pools for saving (deterministic, faster).
-FIXED_KWARGS = {"device": "cpu", "quiet": True, "nr_thr_resamp": 1, "nr_thr_saving": 1}
+# the parity tests run on the CPU; the engine benchmark sets TOTALSEG_ORACLE_DEVICE=gpu on a GPU machine
+FIXED_KWARGS = {"device": os.environ.get("TOTALSEG_ORACLE_DEVICE", "cpu"), "quiet": True, "nr_thr_resamp": 1,
+                "nr_thr_saving": 1}
 
 
 def make_home(folder):

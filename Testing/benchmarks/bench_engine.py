@@ -44,6 +44,7 @@ CASES = {
     "a_total": ("tiny", "example_ct_sm.nii.gz", dict()),
     "b_dicom_fast": ("realistic", "example_ct_dicom", dict(quality="fast")),
 }
+DATASETS = {"a_fast": (297,), "a_total": (291, 292, 293, 294, 295), "b_dicom_fast": (297,)}
 
 
 # -- measuring a process tree ---------------------------------------------------------
@@ -119,22 +120,22 @@ def official_cmd(workdir, input_path, output, options):
     return [sys.executable, str(REPO / "Testing" / "reference.py"), str(cases), str(Path(workdir) / "results.jsonl")]
 
 
-def engine_cmd(input_path, output, weights, options):
+def engine_cmd(input_path, output, weights, options, device="cpu"):
     cmd = [sys.executable, "-m", "SegmentationLogic", "segment", "-i", str(input_path), "-o", str(output), "--ml",
-           "--device", "cpu", "--weights_dir", str(weights), "--no_download", "-q"]
+           "--device", device, "--weights_dir", str(weights), "--no_download", "-q"]
     quality = options.get("quality", "normal")
     if quality != "normal":
         cmd.append(f"--{quality}")
     return cmd
 
 
-def engine_warm(input_path, weights, options):
+def engine_warm(input_path, weights, options, device="cpu"):
     """Seconds of a second run in a process whose models are loaded."""
     code = (
         "import sys, time, json\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from SegmentationLogic.pipeline import Segmenter\n"
-        f"s = Segmenter(device='cpu', weights_dir={str(weights)!r}, download=False)\n"
+        f"s = Segmenter(device={device!r}, weights_dir={str(weights)!r}, download=False)\n"
         f"opts = json.loads({json.dumps(json.dumps(options))})\n"
         f"s.segment({str(input_path)!r}, None, **opts)\n"
         "t = time.perf_counter()\n"
@@ -166,9 +167,13 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool and case (median reported)")
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     ap.add_argument("--no-warm", action="store_true", help="skip the warm (models loaded) engine timing")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="both tools on this device (the official tool's 'gpu' for cuda)")
     args = ap.parse_args()
 
-    weights = {"tiny": build_test_weights(), "realistic": build_test_weights(size="realistic", datasets=(297,))}
+    tiny = tuple(sorted({d for c in args.cases if CASES[c][0] == "tiny" for d in DATASETS[c]}))
+    weights = {"tiny": build_test_weights(datasets=tiny) if tiny else None,
+               "realistic": build_test_weights(size="realistic", datasets=(297,))}
     work = Path(tempfile.mkdtemp(prefix="bench_engine_"))
     home = make_home(work)
     rows = []
@@ -183,7 +188,9 @@ def main():
             extra = dicom_as_nifti(official_input, engine_input)
             note = f"engine fed the dicom2nifti conversion; its {extra:.1f} s are added to the engine's time"
         official_env = oracle_env(w, home)  # same torch thread settings as the engine's
-        engine_env = dict(os.environ, PYTHONPATH=str(REPO))
+        official_env["TOTALSEG_ORACLE_DEVICE"] = "gpu" if args.device == "cuda" else "cpu"
+        engine_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
+                                                                             os.environ.get("PYTHONPATH")])))
         assert official_env.get("nnUNet_def_n_proc") == engine_env.get("nnUNet_def_n_proc")
         res = {"official": [], "engine": []}
         for i in range(args.repeat):
@@ -193,11 +200,18 @@ def main():
                                            official_env, odir))
             edir = work / f"{name}_engine_{i}"
             edir.mkdir()
-            m = measure(engine_cmd(engine_input, edir / "seg.nii.gz", w, options), engine_env, edir)
+            m = measure(engine_cmd(engine_input, edir / "seg.nii.gz", w, options, args.device), engine_env, edir)
             m["wall"] += extra
             res["engine"].append(m)
             same = _same_labels(odir / "seg.nii.gz", edir / "seg.nii.gz")
-        warm = None if args.no_warm else engine_warm(engine_input, w, dict(options))
+        if args.repeat > 1:  # is either tool reproducible run to run? (GPU kernels need not be)
+            first = {t: work / f"{name}_{t}_0" / "seg.nii.gz" for t in ("official", "engine")}
+            last = {t: work / f"{name}_{t}_{args.repeat - 1}" / "seg.nii.gz" for t in ("official", "engine")}
+            print(f"  {name}: voxels differing official run 1 vs {args.repeat}: "
+                  f"{_differing(first['official'], last['official'])}, engine run 1 vs {args.repeat}: "
+                  f"{_differing(first['engine'], last['engine'])}, engine vs official (last runs): "
+                  f"{_differing(last['engine'], last['official'])}")
+        warm = None if args.no_warm else engine_warm(engine_input, w, dict(options), args.device)
         med = {tool: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for tool, runs in res.items()}
         rows.append((name, med, warm, same, note))
         _print_row(name, med, warm, same, note)
@@ -207,6 +221,14 @@ def main():
         print(f"  {name:<13} wall {e['wall'] / o['wall']:.2f}   cpu {e['cpu'] / o['cpu']:.2f}   "
               f"tree-RSS {e['tree_mb'] / o['tree_mb']:.2f}   "
               f"max-process-RSS {e['proc_mb'] / o['proc_mb']:.2f}   identical labels: {same}")
+
+
+def _differing(a, b):
+    import nibabel as nib
+    import numpy as np
+
+    x, y = np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj)
+    return f"{int(np.count_nonzero(x != y))} of {x.size}"
 
 
 def _same_labels(a, b):
