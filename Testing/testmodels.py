@@ -181,50 +181,41 @@ def _training_pair(model, task_name, spacing_xyz):
         for value, name in task_classes.items():
             lut[value] = name_to_local.get(name, 0)
         return image, lut[ref]
-    ct = np.asarray(img.dataobj).astype(np.float32)
-    if task_name == "body":
-        from scipy.ndimage import binary_fill_holes, label
+    # the other tasks learn targets derived from the CT and its total reference, made at the
+    # example's resolution, then brought to the model spacing
+    from scipy.ndimage import binary_dilation, binary_erosion, binary_fill_holes, label
 
+    ct = np.asarray(img.dataobj).astype(np.float32)
+    total = cat.task("total")
+    ref = np.asarray(_canonical(example_path("example_seg.nii.gz")).dataobj)
+    if task_name == "body":
         body = binary_fill_holes(ct > -300)
         lab, n = label(body)
         if n:
             body = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
-        target = body.astype(np.int64)  # 1 body_trunc; extremities are outside this field of view
-        return image, _to_spacing(nib.Nifti1Image(target.astype(np.uint8), img.affine), spacing_xyz, 0).astype(np.int64)
-    if task_name == "liver_vessels":
-        liver_value = cat.task("total").label_of("liver")
-        liver = np.asarray(_canonical(example_path("example_seg.nii.gz")).dataobj) == liver_value
+        target = body.astype(np.uint8)  # 1 body_trunc; extremities are outside this field of view
+    elif task_name == "liver_vessels":
+        liver = ref == total.label_of("liver")
         thr = np.percentile(ct[liver], 85) if liver.any() else 200
         target = (liver & (ct >= thr)).astype(np.uint8)
-        return image, _to_spacing(nib.Nifti1Image(target, img.affine), spacing_xyz, 0).astype(np.int64)
-    if task_name in ("vertebrae_pp", "vertebrae_body"):
-        # the reference's vertebrae, as the real models see them: vertebrae_pp knows the
-        # vertebral bodies by level (trained on labels eroded by 3 mm: here one voxel),
-        # vertebrae_body the bone as one class (1)
-        from scipy.ndimage import binary_erosion
-
-        total = cat.task("total")
-        ref = np.asarray(_canonical(example_path("example_seg.nii.gz")).dataobj).astype(np.int64)
+    elif task_name == "vertebrae_pp":
+        # the vertebral bodies by level (the real model trained on labels eroded by 3 mm: here one voxel)
         target = np.zeros(ref.shape, np.uint8)
-        for value, name in cat.task(task_name).classes.items() if task_name == "vertebrae_pp" else ():
+        for value, name in cat.task(task_name).classes.items():
             if name in total.classes.values():
                 target[binary_erosion(ref == total.label_of(name))] = value
-        if task_name == "vertebrae_body":
-            target[np.isin(ref, [v for v, n in total.classes.items() if n.startswith("vertebrae_")])] = 1
-        return image, _to_spacing(nib.Nifti1Image(target, img.affine), spacing_xyz, 0).astype(np.int64)
-    if task_name == "pleural_pericard_effusion":
+    elif task_name == "vertebrae_body":
+        # the vertebrae as one class (1)
+        target = np.isin(ref, [v for v, n in total.classes.items() if n.startswith("vertebrae_")]).astype(np.uint8)
+    elif task_name == "pleural_pericard_effusion":
         # stand-ins the lung crop holds: lung_pleural = the lungs, pleural_effusion = the
         # soft tissue (-50..100 HU) right below them
-        from scipy.ndimage import binary_dilation
-
-        total = cat.task("total")
-        ref = np.asarray(_canonical(example_path("example_seg.nii.gz")).dataobj)
         lungs = np.isin(ref, [v for v, n in total.classes.items() if n.startswith("lung_")])
         target = lungs.astype(np.uint8)
-        below = binary_dilation(lungs, iterations=3) & ~lungs & (ct > -50) & (ct < 100)
-        target[below] = 2
-        return image, _to_spacing(nib.Nifti1Image(target, img.affine), spacing_xyz, 0).astype(np.int64)
-    raise ValueError(f"no training recipe for {task_name}")
+        target[binary_dilation(lungs, iterations=3) & ~lungs & (ct > -50) & (ct < 100)] = 2
+    else:
+        raise ValueError(f"no training recipe for {task_name}")
+    return image, _to_spacing(nib.Nifti1Image(target, img.affine), spacing_xyz, 0).astype(np.int64)
 
 
 def _normalise(image, norm):
