@@ -20,6 +20,10 @@ from .errors import SegmentationError  # noqa: F401
 
 def __getattr__(name):
     # Lazy public API: keeps torch/nnU-Net out of `import SegmentationLogic`.
+    if name in ("SegmentRequest", "SegmentResult"):
+        from . import request
+
+        return getattr(request, name)
     if name in ("segment", "Segmenter", "SegmentationResult"):
         from . import pipeline
 

@@ -21,7 +21,6 @@ labelmaps are identical to what `totalsegmentator` writes for the same weights.
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from .errors import Cancelled, InputImageError, OutOfMemoryError, SegmentationEr
 from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebrae, remove_labels,
                              remove_outside_of_mask, remove_small_blobs as remove_blobs, vertebrae_pp)
 from .progress import CancelToken, Progress
+from .request import SegmentRequest, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,7 @@ AUTO_SPLIT_VOXELS = 512 * 512 * 900  # official: split multi-part runs of larger
 AUTO_SPLIT_MIN_Z = 200  # ... that have more than 200 slices
 
 
-@dataclass
-class SegmentationResult:
-    labelmap: nib.Nifti1Image  # input geometry, official label values, label-map extension
-    class_map: dict  # {label value: class name} of the labels that may occur
-    statistics: dict = None
-    files: list = field(default_factory=list)
-    model_note: str = None
-    timings: dict = field(default_factory=dict)
-
-    @property
-    def array(self):
-        return np.asanyarray(self.labelmap.dataobj)
+SegmentationResult = SegmentResult  # the name of the first release's API
 
 
 # -- memory ------------------------------------------------------------------------------
@@ -202,6 +191,11 @@ class Segmenter:
         self.models = ModelCache()
 
     # -- public ---------------------------------------------------------------------------
+    def run(self, request, progress=None, cancel=None):
+        """Run one typed `SegmentRequest`; returns a `SegmentResult` (the front doors' entry point)."""
+        options = {k: v for k, v in vars(request).items() if k not in ("input", "output")}
+        return self.segment(request.input, request.output, progress=progress, cancel=cancel, **options)
+
     def segment(self, input, output=None, task="total", quality="normal", roi_subset=None, device=None, ml=True,
                 statistics=False, preview=False, body_seg=False, force_split=False, remove_small_blobs=False,
                 robust_crop=False, weights_dir=None, download=None, progress=None, cancel=None,
@@ -277,7 +271,7 @@ class Segmenter:
         finally:
             torch.set_num_threads(threads)
         run.timings["total"] = round(time.time() - t_start, 3)
-        return SegmentationResult(labelmap=labelmap, class_map=class_map, statistics=stats, files=files,
+        return SegmentResult(labelmap=labelmap, class_map=class_map, statistics=stats, files=files,
                                   model_note=note, timings=run.timings)
 
     # -- planning -------------------------------------------------------------------------
@@ -587,4 +581,4 @@ def segment(input, output=None, task="total", quality="normal", roi_subset=None,
         progress=progress, cancel=cancel, check_modality=check_modality)
 
 
-__all__ = ["segment", "Segmenter", "SegmentationResult", "available_memory", "load_input", "Cancelled"]
+__all__ = ["segment", "Segmenter", "SegmentRequest", "SegmentResult", "SegmentationResult", "available_memory", "load_input", "Cancelled"]
