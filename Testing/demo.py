@@ -4,7 +4,7 @@
    TotalSegmentator repository).
 2. Makes sure the real `total --fast` weights (dataset 297) are installed, downloading
    them if needed. Where that is impossible (offline, firewall) it says so in one plain
-   paragraph and builds a small TEST model instead (Testing/testmodels.py). Everything
+   paragraph and builds a small TEST model instead (Testing/support/testmodels.py). Everything
    made with it is labelled: the output folder name (`..._TEST_MODEL`), the printed
    summary, `demo_summary.json` and a red note on the preview PNG.
 3. Runs the engine (Python API, same as `python -m SegmentationLogic segment -i CT -o OUT
@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-for p in (str(REPO), str(HERE)):
+for p in (str(REPO), str(HERE), str(HERE / "support")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
@@ -44,7 +44,7 @@ def download_failure_paragraph(error, folder, tried_download=True):
     why = "could not be downloaded" if tried_download else "downloading is switched off (--no-download)"
     return (f"The real TotalSegmentator weights for 'total --fast' (dataset {DATASET}, {folder}) are not "
             f"installed and {why}: {cause.rstrip('.')}. This demo therefore runs a small "
-            f"TEST model built on this machine from the example data (Testing/testmodels.py). Its output "
+            f"TEST model built on this machine from the example data (Testing/support/testmodels.py). Its output "
             f"shows that the whole pipeline works, but it is NOT a real TotalSegmentator segmentation and "
             f"every file it writes is labelled TEST MODEL. To run the real model, connect to the internet "
             f"and run `make demo` again, or import the weights zip you downloaded elsewhere with "

@@ -159,7 +159,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Wires the panel to the parameter node and the logic; holds no segmentation logic."""
 
     # Every widget this class touches, with its class in Resources/UI/TotalSegmentator.ui.
-    # Testing/test_module_ui.py checks both against the .ui; setup() checks them in Slicer.
+    # Testing/module/test_module_ui.py checks both against the .ui; setup() checks them in Slicer.
     UI_WIDGETS = {
         "inputsCollapsibleButton": "ctkCollapsibleButton",
         "inputVolumeSelector": "qMRMLNodeComboBox",

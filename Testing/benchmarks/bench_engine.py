@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "Testing"))
+sys.path[:0] = [str(REPO / "Testing"), str(REPO / "Testing" / "support")]
 
 from reference import make_home, official_kwargs, oracle_env  # noqa: E402
 from SegmentationLogic.sample_data import example_path  # noqa: E402
@@ -117,7 +117,7 @@ def official_cmd(workdir, input_path, output, options):
     spec = [{"name": "bench", "input": str(input_path), "output": str(output), "kwargs": official_kwargs(**options)}]
     cases = Path(workdir) / "cases.json"
     cases.write_text(json.dumps(spec))
-    return [sys.executable, str(REPO / "Testing" / "reference.py"), str(cases), str(Path(workdir) / "results.jsonl")]
+    return [sys.executable, str(REPO / "Testing" / "support" / "reference.py"), str(cases), str(Path(workdir) / "results.jsonl")]
 
 
 def engine_cmd(input_path, output, weights, options, device="cpu"):

@@ -1,6 +1,6 @@
 """Benchmark: portal/hepatic split against the published heuristic, on phantoms with truth.
 
-Same phantoms, same run, both methods (Testing/vessel_phantoms.py, Testing/vessel_heuristic.py):
+Same phantoms, same run, both methods (Testing/support/vessel_phantoms.py, Testing/support/vessel_heuristic.py):
 - quality per level (clean, touching, gaps, noisy, combined), averaged over several
   phantoms: Dice portal and hepatic, accuracy over the true vessel voxels in the mask,
   unlabelled fraction, branch-level consistency (share of generating branches with at
@@ -24,7 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "Testing"))
+sys.path[:0] = [str(REPO / "Testing"), str(REPO / "Testing" / "support")]
 
 from SegmentationLogic.vessels.split import split_vessels  # noqa: E402
 from vessel_heuristic import heuristic_split  # noqa: E402

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "Testing"), str(REPO / "TotalSegmentatorModule")]
+sys.path[:0] = [str(REPO), str(REPO / "Testing"), str(REPO / "Testing" / "support"), str(REPO / "TotalSegmentatorModule")]
 
 from SegmentationLogic.sample_data import example_path  # noqa: E402
 from TotalSegmentatorLib.runner import ProcessRun, WorkerEngine, engine_command, engine_environment  # noqa: E402

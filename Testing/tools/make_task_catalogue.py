@@ -4,7 +4,7 @@ Developer tool, not part of the product: the product reads only Resources/tasks.
 It copies facts (task names, dataset ids and folders, release tags, trainers, spacings,
 crop rules, class maps) into our own data format, resolving the official rules once
 (sub-mode fallbacks, the 20 mm crop addon, which crop model a task uses) so that the
-engine does not have to re-derive them. `Testing/test_catalogue.py` checks the result
+engine does not have to re-derive them. `Testing/engine/test_catalogue.py` checks the result
 against the installed reference package, so a new TotalSegmentator release shows up
 as a failing test rather than a silent drift.
 

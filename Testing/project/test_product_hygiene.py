@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRODUCT = [REPO / "SegmentationLogic", REPO / "TotalSegmentatorModule"]
 FORBIDDEN_IMPORTS = {"totalsegmentator", "torchvision", "timm", "dicom2nifti"}
 

@@ -3,7 +3,7 @@
 Slicer is not available here, so:
 - Qt's own tools check the .ui: pyside6-uic compiles it, and the generated code is run
   against real Qt widgets, with stand-ins for the Slicer/CTK widgets that have exactly the
-  properties, signals and slots of the real ones (Testing/slicer_widgets.py). A misspelt
+  properties, signals and slots of the real ones (Testing/support/slicer_widgets.py). A misspelt
   property, a wrong signal in <connections>, a broken layout fails here.
 - The widget code is read (AST): every `self.ui.X` it touches exists in the .ui with the
   class the code expects; every `connect("signal(...)")` names a real signal of that
@@ -23,7 +23,7 @@ import pytest
 
 from slicer_widgets import SLICER_WIDGETS, class_chain, stub_classes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UI_FILE = REPO / "Resources" / "UI" / "TotalSegmentator.ui"
 MODULE_FILE = REPO / "TotalSegmentatorModule" / "TotalSegmentator.py"
 

@@ -11,7 +11,7 @@ import pytest
 
 from TotalSegmentatorLib import dependencies as deps
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def versions(**kw):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "TotalSegmentatorModule"
 HOMEPAGE = "https://github.com/totalsegmentator-slicer/SlicerTotalSegmentator"
 
@@ -118,13 +118,13 @@ def test_icon_and_licence():
 @pytest.fixture(scope="module")
 def cmake_install(tmp_path_factory):
     """Configure the extension with CMake against a stand-in of Slicer's build tree
-    (Testing/cmake_slicer_stub) and lay the files out where the install puts them."""
+    (Testing/support/cmake_slicer_stub) and lay the files out where the install puts them."""
     cmake = shutil.which("cmake")
     if cmake is None:
         pytest.skip("cmake is not installed")
     build = tmp_path_factory.mktemp("cmake-build")
     out = subprocess.run([cmake, "-S", str(REPO), "-B", str(build),
-                          f"-DSlicer_DIR={REPO / 'Testing' / 'cmake_slicer_stub'}"], capture_output=True, text=True)
+                          f"-DSlicer_DIR={REPO / 'Testing' / 'support' / 'cmake_slicer_stub'}"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     for line in (build / "install-manifest.txt").read_text().splitlines():
         src, dest = line.split("|")

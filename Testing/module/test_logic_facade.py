@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from scene_fixtures import scene_and_ct  # noqa: F401 (fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _Settings:

@@ -2,7 +2,7 @@
 
 Both run on the same test models (real nnU-Net checkpoints in the official layout) and
 the same real example images. The official tool runs offline in two background
-subprocesses (Testing/reference.py) that work through every selected case once per
+subprocesses (Testing/support/reference.py) that work through every selected case once per
 session while this process runs the engine; each test waits only for its own case.
 A single differing voxel fails the test: there is no tolerance.
 

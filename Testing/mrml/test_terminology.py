@@ -146,7 +146,7 @@ def test_segment_names_are_unique_within_every_task():
 
 def test_generated_resources_match_the_mapping_csv(tmp_path):
     """Resources/Terminology is what the tool makes from the CSV (no hand edits, not stale)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tools"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
     import make_terminology
 
     csv = make_terminology.default_csv()

@@ -13,7 +13,7 @@ import pytest
 
 from SegmentationLogic.errors import WeightsDownloadError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HAS_PIPELINE = importlib.util.find_spec("SegmentationLogic.pipeline") is not None
 
 

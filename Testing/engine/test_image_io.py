@@ -23,7 +23,7 @@ from SegmentationLogic.errors import InputImageError, OutOfMemoryError
 from SegmentationLogic.image_io import (ImageTooLargeError, as_3d, check_image, estimate_memory_bytes,
                                         guess_modality, load_image, modality_warning, open_input, select_volume)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SYNTHETIC = {
     "axial": {},

@@ -15,7 +15,7 @@ Several cases can run in one subprocess (`OfficialBatch`), which pays the start-
 once and runs in the background while the caller does other work.
 
 Usage as a script (what the subprocess runs):
-    python Testing/reference.py CASES.json RESULTS.jsonl
+    python Testing/support/reference.py CASES.json RESULTS.jsonl
 where CASES.json is a list of {"name", "input", "output", "kwargs"} and every finished
 case appends one JSON line {"name", "ok", "seconds", "error"} to RESULTS.jsonl.
 """
