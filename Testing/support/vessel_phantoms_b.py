@@ -118,6 +118,11 @@ def _rotate(v, axis, angle):
     return v * c + np.cross(axis, v) * s + np.outer(v @ axis, axis).reshape(np.shape(v)) * (1 - c)
 
 
+def _rotate_about(d, axes, angle):
+    """The unit vector d rotated by `angle` about each of the unit axes (n, 3) perpendicular to it."""
+    return d[None] * np.cos(angle) + np.cross(axes, d) * np.sin(angle)
+
+
 def _arclength(pts):
     return np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))]
 
@@ -188,38 +193,6 @@ class _Grid:
         self.vox = float(self.spacing.max())
         self.r_floor = 0.5 * float(np.linalg.norm(self.spacing)) + 0.02  # thinnest tube that stays 26-connected
 
-    def eval(self, fn, dtype=np.float32):
-        """fn(points (..., 3) world mm) evaluated on every voxel centre, in slabs along axis 0."""
-        out = np.empty(self.shape, dtype)
-        ax = [self.origin[k] + self.spacing[k] * np.arange(self.shape[k]) for k in range(3)]
-        yz = np.stack(np.meshgrid(ax[1], ax[2], indexing="ij"), -1)
-        step = max(1, 400_000 // (self.shape[1] * self.shape[2]))
-        for i0 in range(0, self.shape[0], step):
-            xs = ax[0][i0:i0 + step]
-            p = np.empty((len(xs),) + yz.shape[:2] + (3,))
-            p[..., 0] = xs[:, None, None]
-            p[..., 1:] = yz[None]
-            out[i0:i0 + step] = fn(p)
-        return out
-
-    def eval_smooth(self, fn, step_mm=2.0):
-        """fn (a smooth field) on a coarse grid of about `step_mm`, linearly interpolated to every voxel."""
-        steps = np.maximum(1, np.floor(step_mm / self.spacing)).astype(int)
-        idx = [np.unique(np.r_[np.arange(0, n, c), n - 1]) for n, c in zip(self.shape, steps)]
-        ax = [self.origin[k] + self.spacing[k] * idx[k] for k in range(3)]
-        p = np.stack(np.meshgrid(*ax, indexing="ij"), -1)
-        out = fn(p).astype(np.float32)
-        for a in range(3):  # separable linear interpolation, one axis at a time
-            fine = np.arange(self.shape[a])
-            hi = np.clip(np.searchsorted(idx[a], fine, side="right"), 1, len(idx[a]) - 1)
-            lo = hi - 1
-            w = ((fine - idx[a][lo]) / np.maximum(idx[a][hi] - idx[a][lo], 1)).astype(np.float32)
-            shape_w = [1, 1, 1]
-            shape_w[a] = -1
-            w = w.reshape(shape_w)
-            out = np.take(out, lo, axis=a) * (1 - w) + np.take(out, hi, axis=a) * w
-        return out
-
     def axes(self):
         return [self.origin[k] + self.spacing[k] * np.arange(self.shape[k]) for k in range(3)]
 
@@ -284,8 +257,29 @@ class _Liver:
             d = _smax(d, -(_capsule_dist(p, a, b) - r), 5 * self.s)
         return d
 
+    def freeze(self, grid):
+        """Tabulate the (smooth) distance field on a coarse lattice over the field of view: growth
+        queries and the voxel mask then interpolate it instead of evaluating the lobes again."""
+        self.step = 2.5 * self.s
+        self.lo = grid.origin - 2 * self.step
+        hi = grid.origin + (np.asarray(grid.shape) - 1) * grid.spacing + 2 * self.step
+        ax = [np.arange(self.lo[k], hi[k] + self.step, self.step) for k in range(3)]
+        self.table = self.sdf(np.stack(np.meshgrid(*ax, indexing="ij"), -1)).astype(np.float32)
+
     def depth(self, p):
-        return -self.sdf(np.asarray(p, float))
+        p = np.asarray(p, float)
+        idx = ((p.reshape(-1, 3) - self.lo) / self.step).T
+        return -ndimage.map_coordinates(self.table, idx, order=1, mode="nearest").reshape(p.shape[:-1])
+
+    def sdf_grid(self, grid):
+        """The tabulated field at every voxel centre (separable linear interpolation)."""
+        out = self.table
+        for a, x in enumerate(grid.axes()):
+            f = np.clip((x - self.lo[a]) / self.step, 0, self.table.shape[a] - 1.001)
+            i0 = np.floor(f).astype(int)
+            w = (f - i0).astype(np.float32).reshape([-1 if k == a else 1 for k in range(3)])
+            out = np.take(out, i0, axis=a) * (1 - w) + np.take(out, i0 + 1, axis=a) * w
+        return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -322,7 +316,7 @@ class _Occupancy:
         self.R = np.r_[self.R, R]
         self.C = np.r_[self.C, np.full(len(P), C)]
         self.B = np.r_[self.B, np.full(len(P), B)]
-        if len(self.P) - self.n_frozen > 1500:
+        if len(self.P) - self.n_frozen > 600:
             self.rebuild()
 
     def rebuild(self):
@@ -421,7 +415,7 @@ class _Anatomy:
     def add_branch(self, cls, pts, rad, parent=0, gen=0, kind="grown", name="", parent_s=None, r_parent=0.0,
                    kill=True):
         rmin = max(float(np.min(rad)), self.r_floor)
-        step = float(np.clip(0.3 * rmin, 0.2, 0.8))
+        step = float(np.clip(0.3 * rmin, 0.2, 2.0))  # sphere sweep: the surface sags < 0.015 r between samples
         arc0 = _arclength(pts)
         dense, arc = _resample(pts, step)
         r = np.interp(arc, arc0 * (arc[-1] / max(arc0[-1], 1e-9)), rad)
@@ -546,7 +540,7 @@ class _Anatomy:
         e1, e2 = _perp(d)
         phis = np.linspace(0, 2 * np.pi, n, endpoint=False) + self.rng.uniform(0, 2 * np.pi / n)
         axes = np.cos(phis)[:, None] * e1 + np.sin(phis)[:, None] * e2
-        return np.array([_rotate(d, a, theta) for a in axes]), axes
+        return _rotate_about(d, axes, theta), axes
 
     def _choose(self, p, dirs, L, scores_extra=None):
         q = p + dirs * (0.6 * L)
@@ -569,7 +563,7 @@ class _Anatomy:
         th1 = np.arccos(c1) + np.radians(rng.normal(0, 7))
         th2 = np.arccos(c2) + np.radians(rng.normal(0, 9))
         dirs1, axes = self._directions(d, th1)
-        dirs2 = np.array([_rotate(d, a, -th2) for a in axes])
+        dirs2 = _rotate_about(d, axes, -th2)
         L1, L2 = r1 * 7 + 5 * self.s, r2 * 7 + 5 * self.s
         q1, q2 = p + dirs1 * 0.6 * L1, p + dirs2 * 0.6 * L2
         sc = self._attraction(q1) + self._attraction(q2) \
@@ -651,6 +645,7 @@ class _Anatomy:
         u_t = _unit(H - C)
         r_notch = r_t + 7 * s
         self.liver.notch = (C - P(0, 0, 40), H - u_t * (r_notch + 2 * s), r_notch)
+        self.liver.freeze(self.grid)
         self._init_attractors()
         trunk_ctrl = [C, (C + H) / 2 + P(3, 2, 0) + J(1.5), H]
         trunk = self.add_branch(PORTAL, _spline(trunk_ctrl, 80), np.full(80, r_t), kind="trunk", name="portal trunk",
@@ -778,7 +773,8 @@ def _transport_normals(T, n0):
 
 def _connector(G, start, t_out, n_out, cls, rnew, skip, ignore):
     """Curve from `start` to the nearest suitable point of tree `cls`; (pts, parent_id, parent_s) or None."""
-    P, R, B = G.pool(cls, max(rnew, G.r_floor) * 0.95, exclude=[b.id for b in G.branches if b.kind == "fragment"])
+    P, R, B = G.pool(cls, max(rnew, G.r_floor) * 0.95,
+                     exclude=[b.id for b in G.branches if b.kind in ("fragment", "contact")])
     if not len(P):
         return None
     d = np.linalg.norm(P - start, axis=1)
@@ -1121,34 +1117,62 @@ def _tube_samples(pts, rad, step=0.3):
     return dense, np.interp(arc, _arclength(pts), rad)
 
 
+class _Raster:
+    """Result of _rasterize on the bounding box `box` (a tuple of slices) of the samples."""
+
+    def __init__(self, shape, field_, bid, box):
+        self.shape, self.field, self.bid, self.box = shape, field_, bid, box
+
+    def full(self, what, fill):
+        out = np.full(self.shape, fill, getattr(self, what).dtype)
+        out[self.box] = getattr(self, what)
+        return out
+
+    def mask(self, level=0.0):
+        out = np.zeros(self.shape, bool)
+        out[self.box] = self.field >= level
+        return out
+
+
 def _rasterize(grid, P, R, B, pad):
     """Max over samples of (radius - distance) on the grid (a union of spheres sweeping each
     centreline) and the id of the sample that attains it; voxels farther than `pad` mm outside
-    every sphere get -inf and id 0."""
+    every sphere get -inf and id 0. Works on the samples' bounding box only."""
     shape, sp, org = grid.shape, grid.spacing, grid.origin
-    field_ = np.full(int(np.prod(shape)), -np.inf, np.float32)
-    bid = np.zeros(int(np.prod(shape)), np.int32)
     if not len(P):
-        return field_.reshape(shape), bid.reshape(shape)
+        return _Raster(shape, np.zeros((0, 0, 0), np.float32), np.zeros((0, 0, 0), np.int32),
+                       (slice(0, 0),) * 3)
     ijk = np.rint((P - org) / sp).astype(np.int64)
     K = np.ceil((R[:, None] + pad) / sp[None, :]).astype(np.int64)
+    lo = np.clip((ijk - K).min(0), 0, shape)
+    hi = np.clip((ijk + K).max(0) + 1, 0, shape)
+    bshape = tuple(int(v) for v in hi - lo)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    field_ = np.full(int(np.prod(bshape)), -np.inf, np.float32)
+    bid = np.zeros(int(np.prod(bshape)), np.int32)
+    local = ijk - lo
+    delta = (P - (ijk * sp + org)).astype(np.float32)  # sample position relative to its nearest voxel centre
+    Rf = R.astype(np.float32)
     key = (K[:, 0] * 4096 + K[:, 1]) * 4096 + K[:, 2]
+    dims = np.asarray(bshape)
     lins, vals, ids = [], [], []
-    dims = np.asarray(shape)
     for kv in np.unique(key):
         idx = np.nonzero(key == kv)[0]
         k = K[idx[0]]
         off = np.stack(np.meshgrid(*[np.arange(-kk, kk + 1) for kk in k], indexing="ij"), -1).reshape(-1, 3)
         off = off[np.linalg.norm(off * sp, axis=1) <= R[idx].max() + pad + 0.5 * np.linalg.norm(sp)]
-        chunk = max(1, 1_500_000 // len(off))
+        offw = (off * sp).astype(np.float32)
+        chunk = max(1, 2_000_000 // len(off))
         for c0 in range(0, len(idx), chunk):
             ii = idx[c0:c0 + chunk]
-            vox = ijk[ii, None, :] + off[None]
-            val = R[ii, None] - np.linalg.norm(vox * sp + org - P[ii, None, :], axis=-1)
-            ok = (val >= -pad) & np.all((vox >= 0) & (vox < dims), axis=-1)
+            val = Rf[ii, None] - np.linalg.norm(offw[None] - delta[ii, None, :], axis=-1)
+            vox = local[ii, None, :] + off[None]
+            ok = val >= -pad
+            if (local[ii] - k).min() < 0 or np.any(local[ii] + k >= dims):
+                ok &= np.all((vox >= 0) & (vox < dims), axis=-1)
             v = vox[ok]
-            lin = (v[:, 0] * shape[1] + v[:, 1]) * shape[2] + v[:, 2]
-            vv = val[ok].astype(np.float32)
+            lin = (v[:, 0] * bshape[1] + v[:, 1]) * bshape[2] + v[:, 2]
+            vv = val[ok]
             np.maximum.at(field_, lin, vv)
             lins.append(lin)
             vals.append(vv)
@@ -1156,7 +1180,7 @@ def _rasterize(grid, P, R, B, pad):
     lin, val, ids_ = np.concatenate(lins), np.concatenate(vals), np.concatenate(ids)
     win = val >= field_[lin]
     bid[lin[win]] = ids_[win]
-    return field_.reshape(shape), bid.reshape(shape)
+    return _Raster(shape, field_.reshape(bshape), bid.reshape(bshape), box)
 
 
 def _nearest_fill(bid, need, spacing):
@@ -1180,9 +1204,13 @@ def _shift(mask, vox_shift):
 
 
 def _ball(grid, centre, radius):
-    x, y, z = grid.axes()
-    return (((x - centre[0]) ** 2)[:, None, None] + ((y - centre[1]) ** 2)[None, :, None]
-            + ((z - centre[2]) ** 2)[None, None, :]) <= radius ** 2
+    out = np.zeros(grid.shape, bool)
+    lo = np.clip(np.floor((centre - radius - grid.origin) / grid.spacing).astype(int), 0, grid.shape)
+    hi = np.clip(np.ceil((centre + radius - grid.origin) / grid.spacing).astype(int) + 1, 0, grid.shape)
+    x, y, z = [ax[lo[k]:hi[k]] for k, ax in enumerate(grid.axes())]
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = (((x - centre[0]) ** 2)[:, None, None] + ((y - centre[1]) ** 2)[None, :, None]
+                                                  + ((z - centre[2]) ** 2)[None, None, :]) <= radius ** 2
+    return out
 
 
 def _ivc_sdf_grid(grid, ivc):
@@ -1219,7 +1247,7 @@ def make_phantom_b(level, shape=(144, 144, 120), spacing=(1.0, 1.0, 1.0), seed=0
     t_defects = time.perf_counter()
 
     s, vox = G.s, grid.vox
-    sdf = grid.eval_smooth(G.liver.sdf)
+    sdf = G.liver.sdf_grid(grid)
     liver = sdf < 0
     ivc_sdf = _ivc_sdf_grid(grid, G.ivc)
     ivc = ivc_sdf <= 0
@@ -1231,9 +1259,8 @@ def make_phantom_b(level, shape=(144, 144, 120), spacing=(1.0, 1.0, 1.0), seed=0
     tubes = [(np.vstack([G.trunk_pts, G.trunk_pts[-1] + u * 4 * s]), np.full(len(G.trunk_pts) + 1, G.r_trunk))]
     tubes += G.extra_tubes
     tp = [_tube_samples(p, r, 0.5) for p, r in tubes]
-    f_trunk, _ = _rasterize(grid, np.vstack([t[0] for t in tp]), np.concatenate([t[1] for t in tp]),
-                            np.ones(sum(len(t[0]) for t in tp), np.int32), 0.0)
-    portal_trunk = f_trunk >= 0
+    portal_trunk = _rasterize(grid, np.vstack([t[0] for t in tp]), np.concatenate([t[1] for t in tp]),
+                              np.ones(sum(len(t[0]) for t in tp), np.int32), 0.0).mask()
 
     P, R, B = _samples(G)
     branch_class = {b.id: b.cls for b in G.branches}
@@ -1248,15 +1275,16 @@ def make_phantom_b(level, shape=(144, 144, 120), spacing=(1.0, 1.0, 1.0), seed=0
 
     noise_info = {}
     if level != "noisy":
-        f_real, bid = _rasterize(grid, P, R, B, 0.0)
-        f_br, _ = _rasterize(grid, Pb, Rb, np.zeros(len(Pb), np.int32), 0.0)
-        vessels = ((f_real >= 0) | (f_br >= 0)) & region & ~ivc_core
+        real = _rasterize(grid, P, R, B, 0.0)
+        bid = real.full("bid", 0)
+        vessels = (real.mask() | _rasterize(grid, Pb, Rb, np.zeros(len(Pb), np.int32), 0.0).mask()) & region & ~ivc_core
     else:
         rn = np.random.default_rng([int(seed), 0xB, 4])
         h = float(np.cbrt(np.prod(grid.spacing)))
         pad = 0.6 * h
-        f_real, bid = _rasterize(grid, P, R, B, pad)
-        f_br, _ = _rasterize(grid, Pb, Rb, np.zeros(len(Pb), np.int32), pad)
+        real = _rasterize(grid, P, R, B, pad)
+        f_real, bid = real.full("field", -np.inf), real.full("bid", 0)
+        f_br = _rasterize(grid, Pb, Rb, np.zeros(len(Pb), np.int32), pad).full("field", -np.inf)
         c_hep = rn.uniform(0.8, 1.0)
         contrast = np.where(lut[bid] == HEPATIC, c_hep, 1.0).astype(np.float32)
         occ = np.clip(0.5 + f_real / h, 0, 1) * contrast
