@@ -789,9 +789,11 @@ def _connector(G, start, t_out, n_out, cls, rnew, skip, ignore):
         p1 = start + _unit(0.7 * t_out + 0.7 * n_out) * ell / 3
         p2 = q + _unit(p1 - q) * ell / 3
         pts = _bezier(start, p1, p2, q, n=max(16, int(ell / 0.4)))
-        fail = G.check(cls, pts, np.full(len(pts), rnew), skip=0, ignore=ignore, own=False, skip_other=skip)
-        arc = _arclength(pts)
-        score = arc[-1] + (0 if fail is None else 1000 - fail) + (0 if _env_ok(G, pts, rnew) else 5000)
+        if not _env_ok(G, pts, rnew):
+            continue
+        if G.check(cls, pts, np.full(len(pts), rnew), skip=0, ignore=ignore, own=False, skip_other=skip) is not None:
+            continue  # would run into another vessel of the host's tree
+        score = _arclength(pts)[-1]
         if best is None or score < best[0]:
             best = (score, pts, int(B[j]), q)
         if len(tried) >= 8:
@@ -802,6 +804,16 @@ def _connector(G, start, t_out, n_out, cls, rnew, skip, ignore):
     host = G.branches[bid - 1]
     s_q = float(host.arc[np.argmin(np.linalg.norm(host.pts - q, axis=1))])
     return pts, bid, s_q
+
+
+def _relatives(G, host):
+    """The host branch, its parent and its children: the vessels a contact legitimately lies against."""
+    return [host.id, host.parent] + [b.id for b in G.branches if b.parent == host.id]
+
+
+def _clear_of_others(G, pts, r, cls, host):
+    """A contact vessel touches its host only: no other vessel of the host's tree in the way."""
+    return G.check(cls, pts, np.full(len(pts), r), skip=0, ignore=_relatives(G, host), own=False) is None
 
 
 def _env_ok(G, pts, r):
@@ -815,7 +827,7 @@ def _join_to_tree(G, curve, normals, cls, rnew, offsets, host):
     options = []
     for end, n_out, off in zip((0, -1), normals, offsets):
         t_out = _unit(curve[0] - curve[1]) if end == 0 else _unit(curve[-1] - curve[-2])
-        con = _connector(G, curve[end], t_out, n_out, cls, rnew, skip=off + rnew + 3.0, ignore=[host.id])
+        con = _connector(G, curve[end], t_out, n_out, cls, rnew, skip=off + rnew + 3.0, ignore=_relatives(G, host))
         if con is not None:
             options.append((_arclength(con[0])[-1], end, con))
     if not options:
@@ -851,7 +863,7 @@ def _add_run(G, rng, host, a0, length, rnew, gap, n_bridges, kind, toward=None):
     for flip in (0.0, np.pi / 2, -np.pi / 2, np.pi):  # the side that keeps the run in the liver, off the IVC
         N = _transport_normals(T, _rotate(n0, tm, flip))
         run = Hp + N * D[:, None]
-        if _env_ok(G, run, rnew):
+        if _env_ok(G, run, rnew) and _clear_of_others(G, run, rnew, cls, host):
             break
     else:
         return False
@@ -865,6 +877,8 @@ def _add_run(G, rng, host, a0, length, rnew, gap, n_bridges, kind, toward=None):
     nf = N[0] if end == -1 else N[-1]
     ell = rng.uniform(2, 6) * G.s
     tail = _bezier(body[0] + _unit(tf + nf) * ell, body[0] + tf * ell * 0.5, body[0] + tf * ell * 0.2, body[0], n=12)
+    if not (_env_ok(G, tail, rnew) and _clear_of_others(G, tail, rnew, cls, host)):
+        tail = body[:1].repeat(2, axis=0)
     pts = np.vstack([tail[:-1], body, cpts[1:]])[::-1]  # root (connector end) first
     rad = np.full(len(pts), rnew)
     rad[-len(tail) + 1:] = np.linspace(rnew, 0.8 * rnew, len(tail) - 1)
@@ -901,7 +915,7 @@ def _add_cross(G, rng, host, i, rnew, gap, n_bridges):
     tt = np.linspace(-L1, L2, max(12, int((L1 + L2) / 0.4)))
     kappa = rng.uniform(0.004, 0.015) / G.s
     line = c + tt[:, None] * u + (kappa * tt ** 2)[:, None] * n0  # curves away from the host on both sides
-    if not _env_ok(G, line, rnew):
+    if not (_env_ok(G, line, rnew) and _clear_of_others(G, line, rnew, cls, host)):
         return False
     joined = _join_to_tree(G, line, (n0, n0), cls, rnew, (D, D), host)
     if joined is None:
