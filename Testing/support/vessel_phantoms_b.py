@@ -39,8 +39,10 @@ scales the whole anatomy, radii included; every position, radius and variant is 
       branch keeps a clearance from the other tree, so "easy" has no contact at all.
 
 Levels (the same seed gives the same anatomy at every level; a level adds its defects)
-    * ``easy``: the two trees are separate (at least ~2 voxels between them), each tree is
-      connected, support masks are right.
+    * ``easy``: the two trees are separate (at least ~2 voxels between them, portal branches
+      also keep off the IVC); the portal tree is one piece, the hepatic veins one piece per root
+      at the IVC (they meet only in the IVC, which is not in the vessel mask); support masks
+      are right.
     * ``gaps``: breaks in branches (a few mm of a thin branch missing, as partial-volume losses
       do, plus a break in a medium branch in some seeds) and small isolated vessel fragments:
       each tree falls into several connected pieces.
@@ -58,8 +60,13 @@ Levels (the same seed gives the same anatomy at every level; a level adds its de
 
 Truth: every vessel voxel is labelled 1 (portal) or 2 (hepatic) and carries the id of the
 branch it belongs to (the vessel whose surface it lies deepest in; a bridge or blur voxel
-takes the nearest vessel's). ``score_split_b`` scores a split against it; ``write_case_b``
-writes the files ``python -m SegmentationLogic split-vessels`` reads.
+takes the nearest vessel's). ``score_split_b`` scores a split against it.
+
+Files: ``write_case_b(phantom, folder, orientation="RAS")`` writes vessels, liver, portal_trunk,
+ivc (the inputs of ``python -m SegmentationLogic split-vessels``), truth, branch_ids and
+case.json; ``orientation="LPS"`` (or "LAS", ...) stores the arrays as DICOM converters do.
+``read_labels_b`` reads a result in any orientation back into the phantom's order,
+``read_case_b`` a whole case.
 """
 import heapq
 import json
@@ -157,7 +164,8 @@ def _wiggle(pts, rng, amp):
     e1, e2 = _perp(chord)
     k = rng.uniform(1.0, 2.5)
     off = (rng.normal(0, amp) * e1[None] * np.sin(np.pi * t)[:, None]
-           + rng.normal(0, amp) * e2[None] * (np.sin(np.pi * t) * np.sin(np.pi * k * t + rng.uniform(0, np.pi)))[:, None])
+           + rng.normal(0, amp) * e2[None]
+           * (np.sin(np.pi * t) * np.sin(np.pi * k * t + rng.uniform(0, np.pi)))[:, None])
     return pts + off
 
 
@@ -566,8 +574,8 @@ class _Anatomy:
         dirs2 = _rotate_about(d, axes, -th2)
         L1, L2 = r1 * 7 + 5 * self.s, r2 * 7 + 5 * self.s
         q1, q2 = p + dirs1 * 0.6 * L1, p + dirs2 * 0.6 * L2
-        sc = self._attraction(q1) + self._attraction(q2) \
-            + 2.0 * np.clip(self.liver.depth(q1) / (5 * self.s), -3, 1) + 2.0 * np.clip(self.liver.depth(q2) / (5 * self.s), -3, 1)
+        sc = (self._attraction(q1) + self._attraction(q2) + 2.0 * np.clip(self.liver.depth(q1) / (5 * self.s), -3, 1)
+              + 2.0 * np.clip(self.liver.depth(q2) / (5 * self.s), -3, 1))
         w = np.exp((sc - sc.max()) / 1.5)
         order = rng.choice(len(sc), size=len(sc), replace=False, p=w / w.sum())
         for radius, dirs in ((r1, dirs1), (r2, dirs2)):
@@ -698,10 +706,12 @@ class _Anatomy:
             lhv_start = ivc.wall_point(zc + 1 * s, np.radians(rng.uniform(110, 135)), inset)
         ps = self.branches[parent_ml - 1].arc[-1] if parent_ml else None
         r_pml = float(self.branches[parent_ml - 1].rad[-1]) if parent_ml else 0.0
-        self._named(HEPATIC, lambda k: [mhv_start, mhv_start + P(4, 12, -6), P(6, 26, -10) + J(3 * k), P(8, 34, -22) + J(4 * k)],
+        self._named(HEPATIC, lambda k: [mhv_start, mhv_start + P(4, 12, -6), P(6, 26, -10) + J(3 * k),
+                                        P(8, 34, -22) + J(4 * k)],
                     r_mhv, 0.5 * r_mhv, parent_ml, 1 if parent_ml else 0, "middle hepatic vein", parent_s=ps,
                     r_parent=r_pml, skip=None if parent_ml else 3 * r_mhv, tip=True)
-        self._named(HEPATIC, lambda k: [lhv_start, lhv_start + P(-8, 10, 0), P(-32, 14, 8) + J(3 * k), P(-52, 12, 10) + J(4 * k)],
+        self._named(HEPATIC, lambda k: [lhv_start, lhv_start + P(-8, 10, 0), P(-32, 14, 8) + J(3 * k),
+                                        P(-52, 12, 10) + J(4 * k)],
                     r_lhv, 0.5 * r_lhv, parent_ml, 1 if parent_ml else 0, "left hepatic vein", parent_s=ps,
                     r_parent=r_pml, skip=None if parent_ml else 3 * r_lhv, tip=True)
         irhv = rng.random() < 0.35
@@ -714,9 +724,11 @@ class _Anatomy:
 
         # portal sectors and segments
         p0, pid, ps0, pr = origin_r
-        rap = self._named(PORTAL, lambda k: [p0, p0 + P(6, 8, 0) + J(1 * k), P(30, 14, -4) + J(3 * k)], 3.2 * s, 2.9 * s,
+        rap = self._named(PORTAL, lambda k: [p0, p0 + P(6, 8, 0) + J(1 * k), P(30, 14, -4) + J(3 * k)],
+                          3.2 * s, 2.9 * s,
                           pid, 2, "right anterior portal branch", parent_s=ps0, r_parent=pr, sprouts=False)
-        rpp = self._named(PORTAL, lambda k: [p0, p0 + P(8, -4, -2) + J(1 * k), P(36, -18, -12) + J(3 * k)], 3.2 * s, 2.9 * s,
+        rpp = self._named(PORTAL, lambda k: [p0, p0 + P(8, -4, -2) + J(1 * k), P(36, -18, -12) + J(3 * k)],
+                          3.2 * s, 2.9 * s,
                           pid, 2, "right posterior portal branch", parent_s=ps0, r_parent=pr, sprouts=False)
         segs = []
         if rap is not None:
@@ -725,8 +737,9 @@ class _Anatomy:
             segs += [(rpp, (46, -12, -32), 2.3, "segment 6"), (rpp, (44, -28, 18), 2.4, "segment 7")]
         if lpv is not None:
             q = lpv.pts[-1]
-            umb = self._named(PORTAL, lambda k: [q, P(-24, 6, -4) + J(1.5 * k), P(-24, 18, -2) + J(3 * k)], 3.2 * s, 2.8 * s,
-                              lpv.id, 2, "left portal vein (umbilical)", parent_s=lpv.arc[-1], r_parent=float(lpv.rad[-1]),
+            umb = self._named(PORTAL, lambda k: [q, P(-24, 6, -4) + J(1.5 * k), P(-24, 18, -2) + J(3 * k)],
+                              3.2 * s, 2.8 * s, lpv.id, 2, "left portal vein (umbilical)", parent_s=lpv.arc[-1],
+                              r_parent=float(lpv.rad[-1]),
                               sprouts=False)
             segs.append((lpv, (-44, -4, 20), 2.2, "segment 2"))
             if umb is not None:
@@ -745,11 +758,13 @@ class _Anatomy:
             tgt = np.array(target, float) * s
             d0 = _unit(tgt - q)
             self._named(PORTAL, lambda k, q=q, tgt=tgt, d0=d0: [q, q + d0 * 6 * s + J(1 * k), tgt + J(4 * k)],
-                        r * s * rng.uniform(0.9, 1.1), 0.8 * r * s, host.id, 3, name, parent_s=s_q, r_parent=r_q, tip=True)
+                        r * s * rng.uniform(0.9, 1.1), 0.8 * r * s, host.id, 3, name, parent_s=s_q, r_parent=r_q,
+                        tip=True)
 
         self.run_growth(max_branches=int(900 * max(1.0, s)))
         self.occ.rebuild()
-        self.info.update(trifurcation=bool(tri), mhv_lhv_common_trunk=bool(common), inferior_right_hepatic_vein=bool(irhv))
+        self.info.update(trifurcation=bool(tri), mhv_lhv_common_trunk=bool(common),
+                         inferior_right_hepatic_vein=bool(irhv))
 
     # -- pools ------------------------------------------------------------------------------------
     def pool(self, cls, rmin, exclude=()):
@@ -1029,7 +1044,8 @@ def _add_contacts(G, rng):
             a0 = host.arc[ok[0]] + rng.uniform(0, max(host.arc[ok[-1]] - host.arc[ok[0]] - length, 0))
             if not far_from_contacts(host.pts[ok[len(ok) // 2]], 6):
                 continue
-            if _add_run(G, rng, host, a0, length, rng.uniform(1.3, 2.2) * s, gap(), int(rng.integers(2, 5)), "near IVC"):
+            if _add_run(G, rng, host, a0, length, rng.uniform(1.3, 2.2) * s, gap(), int(rng.integers(2, 5)),
+                        "near IVC"):
                 near.append(G.contacts[-1]["centre_mm"])
                 break
     # where the trees pass close anyway, partial volume bridges them
@@ -1222,8 +1238,9 @@ def _ball(grid, centre, radius):
     lo = np.clip(np.floor((centre - radius - grid.origin) / grid.spacing).astype(int), 0, grid.shape)
     hi = np.clip(np.ceil((centre + radius - grid.origin) / grid.spacing).astype(int) + 1, 0, grid.shape)
     x, y, z = [ax[lo[k]:hi[k]] for k, ax in enumerate(grid.axes())]
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = (((x - centre[0]) ** 2)[:, None, None] + ((y - centre[1]) ** 2)[None, :, None]
-                                                  + ((z - centre[2]) ** 2)[None, None, :]) <= radius ** 2
+    d2 = (((x - centre[0]) ** 2)[:, None, None] + ((y - centre[1]) ** 2)[None, :, None]
+          + ((z - centre[2]) ** 2)[None, None, :])
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = d2 <= radius ** 2
     return out
 
 
@@ -1333,8 +1350,10 @@ def make_phantom_b(level, shape=(144, 144, 120), spacing=(1.0, 1.0, 1.0), seed=0
             if not sh.any():
                 sh[int(np.argmax(np.abs(v)))] = 1 if v[int(np.argmax(np.abs(v)))] > 0 else -1
             defects[f"{name}_shift_mm"] = np.round(sh * grid.spacing, 2).tolist()
-        portal_trunk = _shift(portal_trunk, np.rint(np.asarray(defects["portal_trunk_shift_mm"]) / grid.spacing).astype(int))
-        ivc = _shift(ivc, np.rint(np.asarray(defects["ivc_shift_mm"]) / grid.spacing).astype(int))
+        vox_shift = {k: np.rint(np.asarray(defects[f"{k}_shift_mm"]) / grid.spacing).astype(int)
+                     for k in ("portal_trunk", "ivc")}
+        portal_trunk = _shift(portal_trunk, vox_shift["portal_trunk"])
+        ivc = _shift(ivc, vox_shift["ivc"])
         flags = rd.random(3) < 0.55
         if not flags.any():
             flags[rd.integers(3)] = True
@@ -1420,43 +1439,52 @@ def score_split_b(labels, phantom, confidence=None, min_branch_voxels=5):
     return out
 
 
-def write_case_b(phantom, folder):
-    """Write the case as NIfTI (the phantom affine) plus case.json; returns {name: Path}.
+def write_case_b(phantom, folder, orientation="RAS"):
+    """Write the case as NIfTI plus case.json; returns {name: Path}.
 
     vessels, liver, portal_trunk, ivc are the inputs of `split-vessels`; truth and branch_ids
-    (with case.json: level, seed, branch classes) let a later run score from the files alone."""
+    (with case.json: level, seed, branch classes) let a later run score from the files alone.
+    orientation: axis codes of the stored arrays, e.g. "LPS" or "LAS" as DICOM converters write
+    them (the phantom arrays are RAS; `read_labels_b` brings a result back to the phantom's order)."""
     import nibabel as nib
+    from nibabel import orientations as no
 
+    codes = tuple(str(orientation).upper())
+    ornt = no.ornt_transform(no.axcodes2ornt(("R", "A", "S")), no.axcodes2ornt(codes))
+    affine = np.asarray(phantom.affine, float) @ no.inv_ornt_aff(ornt, phantom.vessels.shape)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, fname in CASE_FILES_B.items():
-        data = getattr(phantom, name)
         dtype = np.int32 if name == "branch_ids" else np.uint8
-        img = nib.Nifti1Image(np.asarray(data).astype(dtype), phantom.affine)
-        img.set_qform(phantom.affine, code=1)
-        img.set_sform(phantom.affine, code=1)
+        data = no.apply_orientation(np.asarray(getattr(phantom, name)).astype(dtype), ornt)
+        img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
         nib.save(img, str(folder / fname))
         paths[name] = folder / fname
-    meta = dict(level=phantom.level, seed=phantom.seed, spacing=list(phantom.spacing),
+    meta = dict(level=phantom.level, seed=phantom.seed, spacing=list(phantom.spacing), orientation="".join(codes),
                 branch_class={str(k): int(v) for k, v in phantom.branch_class.items()}, info=phantom.info)
     (folder / CASE_JSON_B).write_text(json.dumps(meta, indent=1, default=_json_default))
     paths["case"] = folder / CASE_JSON_B
     return paths
 
 
+def read_labels_b(path):
+    """A label (or confidence) file written in any orientation, as an array in the phantom's RAS order."""
+    import nibabel as nib
+
+    return np.asanyarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)
+
+
 def read_case_b(folder):
-    """A PhantomB read back from write_case_b's files."""
+    """A PhantomB read back from write_case_b's files (in the phantom's RAS order)."""
     import nibabel as nib
 
     folder = Path(folder)
     meta = json.loads((folder / CASE_JSON_B).read_text())
-    arrays = {}
-    affine = None
-    for name, fname in CASE_FILES_B.items():
-        img = nib.load(str(folder / fname))
-        arrays[name] = np.asanyarray(img.dataobj)
-        affine = img.affine
+    arrays = {name: read_labels_b(folder / fname) for name, fname in CASE_FILES_B.items()}
+    affine = nib.as_closest_canonical(nib.load(str(folder / CASE_FILES_B["vessels"]))).affine
     return PhantomB(vessels=arrays["vessels"].astype(np.uint8), liver=arrays["liver"] > 0,
                     portal_trunk=arrays["portal_trunk"] > 0, ivc=arrays["ivc"] > 0,
                     truth=arrays["truth"].astype(np.uint8), branch_ids=arrays["branch_ids"].astype(np.int32),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vessel_phantoms_b import (LEVELS_B, PORTAL, HEPATIC, make_phantom_b, read_case_b, score_split_b,
-                               write_case_b)
+from vessel_phantoms_b import (LEVELS_B, PORTAL, HEPATIC, make_phantom_b, read_case_b, read_labels_b,
+                               score_split_b, write_case_b)
 
 N26 = np.ones((3, 3, 3), bool)
 
@@ -122,22 +122,25 @@ def test_noisy_has_rough_vessels_and_faulty_support_masks():
     assert same.sum() < 0.97 * max(ph.vessels.sum(), base.vessels.sum())
 
 
-def test_files_round_trip_and_read_by_the_split_loader(tmp_path):
+@pytest.mark.parametrize("orientation", ["RAS", "LPS"])
+def test_files_round_trip_and_read_by_the_split_loader(tmp_path, orientation):
     import nibabel as nib
 
     from SegmentationLogic.vessels.io import load_masks
 
     ph = phantom("gaps")
-    paths = write_case_b(ph, tmp_path / "case")
+    paths = write_case_b(ph, tmp_path / "case", orientation=orientation)
     for name in ("vessels", "liver", "portal_trunk", "ivc", "truth", "branch_ids"):
         img = nib.load(str(paths[name]))
-        assert np.allclose(img.affine, ph.affine)
-        assert np.array_equal(np.asanyarray(img.dataobj), np.asarray(getattr(ph, name)).astype(img.get_data_dtype()))
+        assert nib.aff2axcodes(img.affine) == tuple(orientation)
+        assert np.allclose(nib.as_closest_canonical(img).affine, ph.affine)
+        assert np.array_equal(read_labels_b(paths[name]), np.asarray(getattr(ph, name)).astype(img.get_data_dtype()))
     back = read_case_b(tmp_path / "case")
-    assert np.array_equal(back.truth, ph.truth) and back.branch_class == ph.branch_class
-    assert (back.level, back.seed) == (ph.level, ph.seed)
-    _, arrays, spacing, _, _ = load_masks(paths["vessels"], paths["liver"], paths["portal_trunk"], paths["ivc"])
-    assert np.allclose(spacing, ph.spacing)
+    assert np.array_equal(back.truth, ph.truth) and np.array_equal(back.branch_ids, ph.branch_ids)
+    assert back.branch_class == ph.branch_class and (back.level, back.seed) == (ph.level, ph.seed)
+    # the split's own loader sees the phantom's masks on the phantom's grid
+    _, arrays, spacing, affine, _ = load_masks(paths["vessels"], paths["liver"], paths["portal_trunk"], paths["ivc"])
+    assert np.allclose(spacing, ph.spacing) and np.allclose(affine, ph.affine)
     for name in ("vessels", "liver", "portal_trunk", "ivc"):
         assert np.array_equal(arrays[name], np.asarray(getattr(ph, name)) > 0), name
 
