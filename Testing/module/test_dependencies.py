@@ -1,15 +1,13 @@
 """First-run dependency planning, the constraints that protect Slicer's packages, and a real pip install."""
-import base64
-import hashlib
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from TotalSegmentatorLib import dependencies as deps
+from wheels import make_wheel  # noqa: F401 (test_widget imports it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,28 +94,6 @@ def test_pip_failures_are_explained():
 
 
 # -- a real pip install into a throw-away environment ----------------------------------
-
-def make_wheel(folder, name, version, requires=()):
-    """A minimal valid pure-Python wheel."""
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": f"__version__ = '{version}'\n",
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                            + "".join(f"Requires-Dist: {r}\n" for r in requires),
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(text.encode())}")
-    record.append(f"{dist}/RECORD,,")
-    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
-    path = Path(folder) / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        for name_in_zip, text in files.items():
-            z.writestr(name_in_zip, text)
-    return path
-
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
