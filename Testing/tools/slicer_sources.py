@@ -38,6 +38,25 @@ class Git:
     def files(self, ref, *prefixes):
         return self.run("ls-tree", "-r", "--name-only", ref, "--", *prefixes).split()
 
+    def read_many(self, ref, paths):
+        """{path: text} for many files at once (one git process)."""
+        if not paths:
+            return {}
+        request = "".join(f"{ref}:{path}\n" for path in paths)
+        data = subprocess.run(["git", "-C", str(self.folder), "cat-file", "--batch"], input=request.encode(),
+                              capture_output=True, check=True).stdout
+        out, pos = {}, 0
+        for path in paths:
+            header_end = data.index(b"\n", pos)
+            header = data[pos:header_end].split()
+            if header[-1] == b"missing":
+                pos = header_end + 1
+                continue
+            size = int(header[2])
+            out[path] = data[header_end + 1:header_end + 1 + size].decode("utf-8", "replace")
+            pos = header_end + 1 + size + 1
+        return out
+
     def commit(self, ref):
         return self.run("rev-parse", f"{ref}^{{commit}}").strip()
 
