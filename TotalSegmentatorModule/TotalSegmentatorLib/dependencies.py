@@ -70,14 +70,17 @@ class Need:
         return cls(req.name, str(req.specifier), pinned[0] if pinned else None)
 
 
-# What the engine needs beyond torch. Ranges: the versions whose APIs the engine uses
-# (the upper bound is the next minor or major release, not tested yet); `tested`: what
-# the test suite runs with (constraints.txt) and what a fresh install gets. The
-# ranges of Slicer's own packages are checked, never acted on.
+# What the engine needs beyond torch. `accepted`: the versions we run with when another
+# extension (or the user) installed them; the lower bounds are the oldest versions the
+# engine's inference and vessel tests passed with (nnunetv2 2.6.2 and 2.7.0, nibabel
+# 5.2.1, scikit-image 0.24.0, the first with numpy 2 wheels; run by hand on 2026-12-04),
+# the upper bound the next release line, not tried yet. `tested`: what the test suite
+# runs with (constraints.txt) and what a fresh install gets. The ranges of Slicer's own
+# packages are only checked, never acted on.
 REQUIREMENTS = (
-    Need("nnunetv2", ">=2.6.2,<2.9", "2.8.1"),   # nnUNetPredictor API as the engine uses it; NNUNet ext. brings its own
-    Need("nibabel", ">=5.2,<6", "5.4.2"),
-    Need("scikit-image", ">=0.22,<0.27", "0.26.0"),  # 0.22 is the first with Python 3.12 wheels
+    Need("nnunetv2", ">=2.6.2,<2.9", "2.8.1"),   # the NNUNet extension and the other TotalSegmentator bring their own
+    Need("nibabel", ">=5.2.1,<6", "5.4.2"),
+    Need("scikit-image", ">=0.24,<0.27", "0.26.0"),
     Need("numpy", ">=1.24"),            # Slicer's
     Need("scipy", ">=1.9"),             # Slicer's
     Need("SimpleITK", ">=2.2"),         # Slicer's
