@@ -65,9 +65,9 @@ def _in_site_packages(folder):
 
 
 # -- which tests touch MRML ------------------------------------------------------------
-# A test uses real MRML when it imports `slicer` or this project's MRML code (the engine's
-# mrml package; slicer_import and vessels.review until they move there), in the test file
-# itself or through the shared fixtures in Testing/support.
+# A test uses real MRML when it lives in Testing/mrml, or imports `slicer` or this project's
+# MRML code (the engine's mrml package; slicer_import and vessels.review until they move
+# there), in the test file itself or through the shared fixtures in Testing/support.
 MRML_MODULES = ("slicer", "SegmentationLogic.mrml", "SegmentationLogic.slicer_import",
                 "SegmentationLogic.vessels.review")
 SUPPORT = REPO / "Testing" / "support"
@@ -90,7 +90,10 @@ def _imported_names(path):
 
 @functools.lru_cache(maxsize=None)
 def uses_mrml(path):
-    """True if a test file imports `slicer` or the MRML code, itself or through Testing/support."""
+    """True for Testing/mrml/ and for a test file that imports `slicer` or the MRML code, itself or
+    through Testing/support."""
+    if (REPO / "Testing" / "mrml") in Path(path).resolve().parents:
+        return True
     seen, todo = set(), [Path(path).resolve()]
     while todo:
         current = todo.pop()
