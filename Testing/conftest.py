@@ -1,4 +1,5 @@
-"""Shared fixtures: example data, test models built once per session."""
+"""Shared fixtures: example data, test models built once (before the tests start, with a
+line per model on the terminal)."""
 import os
 from pathlib import Path
 
@@ -11,6 +12,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Keep torch/nnU-Net from oversubscribing the 2 CI cores and from spawning many workers.
 os.environ.setdefault("nnUNet_def_n_proc", "1")
+
+# fixture -> kind of test model (Testing/support/testmodels.py)
+MODEL_FIXTURES = {"known_weights": "known", "fitted_weights": "fitted"}
+
+
+def pytest_collection_finish(session):
+    """Build the test models the selected tests need now, where the user sees it: inside a
+    test pytest captures the output, and minutes of silence look like a hang. Cached models
+    cost nothing; a failure here is left to the tests that need the models to report."""
+    kinds = {kind for item in session.items for fixture, kind in MODEL_FIXTURES.items()
+             if fixture in getattr(item, "fixturenames", ())}
+    if not kinds:
+        return
+    from testmodels import build_test_weights
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter is not None else print
+    for kind in sorted(kinds):
+        try:
+            build_test_weights(size=kind, log=write)
+        except Exception as e:  # noqa: BLE001 - the fixture raises it again, inside the tests that need it
+            write(f"test models ({kind}) could not be built: {type(e).__name__}: {e}")
 
 
 def pytest_report_header(config):
@@ -39,11 +62,26 @@ def example():
 
 
 @pytest.fixture(scope="session")
-def test_weights():
-    """Weights folder with small fitted test models in the official layout (built once, cached)."""
+def known_weights():
+    """Weights folder of the known-output test models: each class answers a band of
+    intensities (testmodels.KNOWN_BANDS_HU), so what they segment is known on any machine."""
     from testmodels import build_test_weights
 
-    return build_test_weights()
+    return build_test_weights(size="known")
+
+
+@pytest.fixture(scope="session")
+def fitted_weights():
+    """Weights folder of the fitted test models (outputs that look like anatomy; for parity only)."""
+    from testmodels import build_test_weights
+
+    return build_test_weights(size="fitted")
+
+
+@pytest.fixture(scope="session")
+def test_weights(known_weights):
+    """The test models tests run: the known-output ones (Testing/parity overrides this)."""
+    return known_weights
 
 
 @pytest.fixture

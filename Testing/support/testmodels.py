@@ -1,38 +1,60 @@
-"""Build small nnU-Net v2 models in the real TotalSegmentator weights layout.
+"""Small nnU-Net v2 models in the real TotalSegmentator weights layout.
 
 Real weights cannot be downloaded here, so tests, the demo and benchmarks use models
-built by this module: the official dataset folders and trainer names
-(`<weights>/<DatasetXXX_...>/<trainer>__nnUNetPlans__<config>/{dataset.json, plans.json,
-fold_0/checkpoint_final.pth}`), the official label maps of each model (part), plans at
-the official model spacing, and weights fitted for a few seconds to the official
-reference segmentations of the example images, so their outputs are not empty and
-sit roughly where the anatomy is (crop models find the liver, roi_subset has work).
+built by this module, in the official layout (`<weights>/<DatasetXXX_...>/<trainer>__
+nnUNetPlans__<config>/{dataset.json, plans.json, fold_N/checkpoint_final.pth}`), with the
+official label maps of each model (part) and plans at the official model spacing.
+Three kinds:
 
-`size="realistic"` gives the network size of a real TotalSegmentator model
-(6 stages, 32..320 features, 128^3 patch) with untrained weights, for benchmarks.
+- "known": hand-set networks whose output is known by construction. Every voxel is
+  classified by its own intensity alone: class C wins exactly where the (CT, Hounsfield)
+  value lies in KNOWN_BANDS_HU[C] (MR models: the z-scored value in KNOWN_BANDS_Z[C]), and
+  the margins are wide, so the output is the same on any machine. Tests that assert what
+  a segmentation contains use these, on inputs made to match (e.g. vessel_phantoms.phantom_ct)
+  or on real images, where the band rule says what must come out.
+- "fitted" (size "tiny"): fitted for a few seconds to the official reference segmentations
+  of the example images, so their outputs look like anatomy (crop models find the liver,
+  roi_subset has work). For parity tests (both tools on the same weights, whatever they
+  are), the demo and benchmarks; no test asserts what they segment. Built reproducibly:
+  one thread, deterministic algorithms, fixed seeds, CPU kernels capped at AVX2, each model
+  in a fresh process; the weights' fingerprints are recorded in testmodels_fingerprints.json.
+- "realistic": the network size of a real TotalSegmentator model (6 stages, 32..320
+  features, 128^3 patch), untrained, for benchmarks.
 
-Models are built once into a cache folder keyed by this file's content and the torch
-version, under a file lock, so parallel test sessions share them.
+Models are built once per content key (this file, the torch version, the kind) into one
+shared cache, `$XDG_CACHE_HOME/totalsegmentator-slicer/test-models/<kind>-<key>/`, dataset
+by dataset (so `make demo` and the tests share what either built), under a file lock, with
+one progress line per model. Command line (prints the weights folder on stdout):
+
+    python Testing/support/testmodels.py [--kind fitted|known|realistic] [--datasets 297 298]
+    python Testing/support/testmodels.py --all          # what the tests need (`make testmodels`)
+    python Testing/support/testmodels.py --record       # record the fitted models' fingerprints
 """
+import argparse
 import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
 from SegmentationLogic.sample_data import example_path  # noqa: E402
 
 TEST_MODEL_MARKER = "TEST MODEL built by Testing/testmodels.py - not the real TotalSegmentator weights"
+FINGERPRINTS = Path(__file__).with_name("testmodels_fingerprints.json")
 
 CT_INTENSITIES = {"max": 3071.0, "mean": 60.0, "median": 50.0, "min": -1024.0,
                   "percentile_00_5": -1000.0, "percentile_99_5": 1600.0, "std": 400.0}
@@ -42,6 +64,19 @@ CT_INTENSITIES = {"max": 3071.0, "mean": 60.0, "median": 50.0, "min": -1024.0,
 # vertebrae_pp (803) and vertebrae_body (305) learn from the total reference (see _training_pair)
 # pleural_pericard_effusion (315) ensembles all folds: its test model has two
 DEFAULT_DATASETS = (291, 292, 293, 294, 295, 297, 298, 300, 8, 850, 851, 852, 853, 803, 305, 315)
+KINDS = ("known", "fitted", "realistic")
+
+# Known-output models: the intensity band [low, high) each class answers (None: open).
+# CT models see Hounsfield units; the bands are far apart from the values phantoms use.
+KNOWN_BANDS_HU = {
+    "liver": (0, 240),                           # soft tissue, and contrast-filled vessels inside it
+    "portal_vein_and_splenic_vein": (240, 340),
+    "inferior_vena_cava": (340, 440),
+    "liver_vessels": (130, None),                # dataset 8: everything contrast-bright
+    "body_trunc": (-500, None),
+}
+KNOWN_BANDS_Z = {"liver": (0.0, 1.0)}            # MR models (z-scored intensities)
+KNOWN_SCALE = 100.0  # logit slope per normalised unit outside a band: a band edge is sharp to 0.01 (4 HU)
 
 
 def default_cache_root():
@@ -49,38 +84,226 @@ def default_cache_root():
     return Path(base) / "totalsegmentator-slicer" / "test-models"
 
 
-def _builder_key(size, datasets):
+def recipe_hash():
+    """What the models are made from: this file. (Editing it builds new models.)"""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _kind(size):
+    return {"tiny": "fitted"}.get(size, size)
+
+
+def weights_folder(cache_root=None, size="fitted"):
+    """Where models of a kind live (whether built or not)."""
     import torch
 
-    h = hashlib.sha256(Path(__file__).read_bytes())
-    h.update(f"{torch.__version__}|{size}|{sorted(datasets)}".encode())
-    return h.hexdigest()[:16]
+    kind = _kind(size)
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of test model {size!r}: use one of {KINDS}")
+    key = hashlib.sha256(f"{recipe_hash()}|{torch.__version__}|{kind}".encode()).hexdigest()[:16]
+    return Path(cache_root or default_cache_root()) / f"{kind}-{key}"
+
+
+def _folder_of(dataset):
+    return _task_of(dataset)[1].folder
+
+
+def missing_datasets(folder, datasets):
+    return [ds for ds in datasets if not (Path(folder) / _folder_of(ds)).is_dir()]
 
 
 def build_test_weights(cache_root=None, size="tiny", datasets=DEFAULT_DATASETS, iterations=None, log=print):
-    """Return a weights folder holding test models for `datasets`, building it if needed."""
-    cache_root = Path(cache_root or default_cache_root())
-    cache_root.mkdir(parents=True, exist_ok=True)
-    target = cache_root / f"{size}-{_builder_key(size, datasets)}"
-    if (target / "COMPLETE").is_file():
+    """Return a weights folder holding test models of a kind for `datasets`, building what is missing.
+
+    size: "tiny" / "fitted" (fitted models), "known" (known-output models) or "realistic".
+    log: called with one line per model built (nothing when all are cached)."""
+    kind = _kind(size)
+    target = weights_folder(cache_root, kind)
+    datasets = tuple(dict.fromkeys(datasets))
+    if not missing_datasets(target, datasets):
         return target
-    with open(cache_root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "COMPLETE").is_file():
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions: one builds, the others wait and reuse
+        todo = missing_datasets(target, datasets)
+        if not todo:
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_root))
+        target.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target))
         try:
-            for ds in datasets:
-                log(f"building {size} test model for dataset {ds}")
-                build_model(tmp, ds, size=size, iterations=iterations)
-            (tmp / "COMPLETE").write_text(TEST_MODEL_MARKER + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            if kind == "fitted":
+                _build_fitted(tmp, target, todo, iterations, log)
+            else:
+                for n, ds in enumerate(todo, start=1):
+                    t = time.perf_counter()
+                    build_model(tmp, ds, size=kind)
+                    _install(tmp, target, ds)
+                    log(f"test models ({kind}): [{n}/{len(todo)}] {_folder_of(ds)} ({time.perf_counter() - t:.1f} s)")
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _install(tmp, target, dataset):
+    """Move a finished dataset folder into the cache in one step: a dataset folder there is complete."""
+    folder = _folder_of(dataset)
+    os.replace(tmp / folder, target / folder)
+    if (tmp / f"{dataset}.fingerprint").is_file():
+        prints = _read_json(target / "fingerprints.json")
+        prints[str(dataset)] = (tmp / f"{dataset}.fingerprint").read_text().strip()
+        _write_json(target / "fingerprints.json", prints)
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path, data):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# -- reproducible fitting: each model in its own single-threaded process ---------------
+
+def _cpu_flags():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def reproducible_environment(env=None):
+    """Environment for a fitting process: one thread, and on x86-64 with AVX2 the CPU kernels
+    of torch, oneDNN and MKL capped at AVX2, so any such machine computes the same weights
+    bit for bit (by default each picks the widest vector unit it has, and sums differ)."""
+    env = dict(os.environ if env is None else env)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0")
+    if platform.machine().lower() in ("x86_64", "amd64") and "avx2" in _cpu_flags():
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", DNNL_MAX_CPU_ISA="AVX2",
+                   MKL_CBWR="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+    return env
+
+
+def platform_class():
+    """The machines whose fitted models should match ours bit for bit."""
+    env = reproducible_environment({})
+    machine = platform.machine().lower()
+    return f"{machine}-avx2" if env.get("ATEN_CPU_CAPABILITY") == "avx2" else machine
+
+
+def _build_fitted(tmp, target, todo, iterations, log):
+    """Fit the models in worker processes (as many as cores, at most 2), one line per model."""
+    import selectors
+
+    workers = max(1, min(2, os.cpu_count() or 1, len(todo)))
+    queues = [todo[i::workers] for i in range(workers)]
+    env = reproducible_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    procs = []
+    for queue in queues:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tmp), *map(str, queue)]
+        if iterations:
+            cmd += ["--iterations", str(iterations)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    sel = selectors.DefaultSelector()
+    for p in procs:
+        sel.register(p.stdout, selectors.EVENT_READ, p)
+    done, open_pipes = 0, len(procs)
+    try:
+        while open_pipes:
+            for key, _ in sel.select():
+                line = key.fileobj.readline()
+                if not line:
+                    sel.unregister(key.fileobj)
+                    open_pipes -= 1
+                    continue
+                ds, seconds = line.split()
+                _install(tmp, target, int(ds))
+                done += 1
+                log(f"test models (fitted): [{done}/{len(todo)}] {_folder_of(int(ds))} ({float(seconds):.1f} s)")
+        failed = [(p, p.wait()) for p in procs]
+        errors = [p.stderr.read() for p, rc in failed if rc != 0]
+        if errors:
+            raise RuntimeError("building the fitted test models failed:\n" + "\n".join(errors))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _worker(out, datasets, iterations):
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    torch.use_deterministic_algorithms(True)
+    out = Path(out)
+    for ds in datasets:
+        t = time.perf_counter()
+        folder = build_model(out, ds, size="fitted", iterations=iterations)
+        (out / f"{ds}.fingerprint").write_text(fingerprint(folder) + "\n")
+        print(ds, round(time.perf_counter() - t, 2), flush=True)
+
+
+def fingerprint(model_folder):
+    """sha256 of a model's weights (every fold; names, dtypes, shapes and values)."""
+    import torch
+
+    h = hashlib.sha256()
+    for path in sorted(Path(model_folder).glob("fold_*/checkpoint_final.pth")):
+        weights = torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
+        h.update(path.parent.name.encode())
+        for name in sorted(weights):
+            t = weights[name].detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _versions():
+    import scipy
+    import torch
+
+    return {"torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__}
+
+
+def fingerprint_differences(folder):
+    """Plain sentences on how the fitted models in `folder` differ from the recorded ones
+    ([] when they match, or when nothing is recorded for a model that is not built)."""
+    recorded = _read_json(FINGERPRINTS)
+    built = _read_json(Path(folder) / "fingerprints.json")
+    if not recorded:
+        return [f"no fingerprints are recorded ({FINGERPRINTS.name} is missing)"]
+    if recorded.get("recipe") != recipe_hash():
+        return [f"the recorded fingerprints are for another version of testmodels.py "
+                f"(recorded {recorded.get('recipe')}, this one {recipe_hash()}): record them again with "
+                f"`python Testing/support/testmodels.py --record`"]
+    out = []
+    here = {**_versions(), "platform": platform_class()}
+    for ds, value in sorted(built.items(), key=lambda kv: int(kv[0])):
+        want = recorded.get("models", {}).get(ds)
+        if want and want != value:
+            out.append(f"{_folder_of(int(ds))}: weights {value}, recorded {want}")
+    if out:
+        was = {k: recorded.get(k) for k in here}
+        if was != here:
+            out.append(f"built with {here}, recorded with {was}")
+    return out
+
+
+def record_fingerprints(folder):
+    built = _read_json(Path(folder) / "fingerprints.json")
+    _write_json(FINGERPRINTS, {"recipe": recipe_hash(), **_versions(), "platform": platform_class(),
+                               "models": built})
+    return FINGERPRINTS
 
 
 # -- model definition ----------------------------------------------------------------
@@ -102,18 +325,25 @@ def _arch(size, n_classes):
             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
             "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    if size == "known":
+        # no normalisation (it would make a voxel's class depend on its neighbours) and
+        # plain ReLU: the network is a piecewise-linear function of each voxel's value
+        arch.update(norm_op=None, norm_op_kwargs={}, nonlin="torch.nn.ReLU")
     return arch, patch
 
 
 def _network(arch, n_classes):
+    import pydoc
+
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
+    norm = pydoc.locate(arch["norm_op"]) if arch["norm_op"] else None
     return PlainConvUNet(1, arch["n_stages"], arch["features_per_stage"], torch.nn.Conv3d, arch["kernel_sizes"],
                          arch["strides"], arch["n_conv_per_stage"], n_classes, arch["n_conv_per_stage_decoder"],
-                         conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
-                         norm_op_kwargs={"eps": 1e-05, "affine": True}, nonlin=torch.nn.LeakyReLU,
-                         nonlin_kwargs={"inplace": True}, deep_supervision=False)
+                         conv_bias=True, norm_op=norm, norm_op_kwargs=arch["norm_op_kwargs"],
+                         nonlin=pydoc.locate(arch["nonlin"]), nonlin_kwargs=arch["nonlin_kwargs"],
+                         deep_supervision=False)
 
 
 def _plans(folder, spacing_zyx, arch, patch, norm, plans_name="nnUNetPlans", configuration="3d_fullres"):
@@ -273,34 +503,87 @@ def _task_of(dataset):
     raise KeyError(dataset)
 
 
+def _known_bands(classes, norm):
+    """{label: (low, high)} in normalised units for the classes with a band."""
+    out = {}
+    for label, name in classes.items():
+        if norm == "CTNormalization" and name in KNOWN_BANDS_HU:
+            low, high = KNOWN_BANDS_HU[name]
+            to_norm = lambda v: None if v is None else (v - CT_INTENSITIES["mean"]) / CT_INTENSITIES["std"]  # noqa: E731
+            out[label] = (to_norm(low), to_norm(high))
+        elif norm != "CTNormalization" and name in KNOWN_BANDS_Z:
+            out[label] = KNOWN_BANDS_Z[name]
+    return out
+
+
+def _set_known_weights(net, classes, norm):
+    """Hand-set weights: class k's logit is 1 - KNOWN_SCALE * (distance of the voxel's value
+    to its band), background's is 0, every other class's -1. Only the centre taps of the
+    first encoder convolution and of the last decoder convolution are used, so each voxel
+    is classified on its own value, the same in every tile and every mirror image."""
+    import torch
+
+    bands = _known_bands(classes, norm)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        first = net.encoder.stages[0][0].convs[0].conv
+        last = net.decoder.stages[-1].convs[0].conv
+        seg = net.decoder.seg_layers[-1]
+        n_up = last.in_channels - first.out_channels  # the decoder concatenates (upsampled, skip)
+        seg.bias.fill_(-1.0)
+        seg.bias[0] = 0.0
+        channel = 0
+        for label, (low, high) in sorted(bands.items()):
+            seg.bias[label] = 1.0
+            for edge, sign in ((low, -1.0), (high, 1.0)):  # relu(s*(low - x)), relu(s*(x - high))
+                if edge is None:
+                    continue
+                if channel >= first.out_channels:
+                    raise ValueError(f"too many bands for {first.out_channels} channels: {bands}")
+                first.weight[channel, 0, 1, 1, 1] = sign * KNOWN_SCALE
+                first.bias[channel] = -sign * KNOWN_SCALE * edge
+                last.weight[channel, n_up + channel, 1, 1, 1] = 1.0
+                seg.weight[label, channel, 0, 0, 0] = -1.0
+                channel += 1
+
+
 TRAIN_PATCH = (32, 32, 32)  # fully convolutional: train on small patches, infer on the plans patch
 
-# liver_vessels and pleural_pericard_effusion have no TotalSegmentator resampling: nnU-Net resamples to its plans spacing
+# liver_vessels and pleural_pericard_effusion have no TotalSegmentator resampling: nnU-Net
+# resamples to its plans spacing (fitted models use a spacing that differs from the examples',
+# so that path is exercised; known models keep 1.5 mm, the phantoms' spacing, so nothing moves)
 PLANS_SPACING_OVERRIDE_ZYX = {8: [1.5, 1.0, 1.0], 315: [1.5, 1.5, 1.5]}
+KNOWN_SPACING_ZYX = [1.5, 1.5, 1.5]
 ENSEMBLE_FOLDS = 2
 
 
-def build_model(weights_dir, dataset, size="tiny", iterations=None, seed=0):
+def build_model(weights_dir, dataset, size="fitted", iterations=None, seed=0):
     import torch
 
+    kind = _kind(size)
     task_name, model, resample_xyz = _task_of(dataset)
     cat = load_catalogue()
     classes = model.classes or cat.task(task_name).classes
     n_classes = max(classes) + 1
     mr = task_name.endswith("_mr")
     norm = "ZScoreNormalization" if mr else "CTNormalization"
-    spacing_zyx = PLANS_SPACING_OVERRIDE_ZYX.get(dataset) or list(resample_xyz[::-1])
-    arch, patch = _arch(size, n_classes)
+    spacing_zyx = list(resample_xyz[::-1]) if resample_xyz else None
+    if dataset in PLANS_SPACING_OVERRIDE_ZYX:
+        spacing_zyx = KNOWN_SPACING_ZYX if kind == "known" else PLANS_SPACING_OVERRIDE_ZYX[dataset]
+    arch, patch = _arch(kind, n_classes)
 
     out = Path(weights_dir) / model.folder / model.subdir
     # a task that ensembles "all folds" gets two, fitted differently, so the ensemble differs from either
     for fold in range(1 if model.folds is not None else ENSEMBLE_FOLDS):
         torch.manual_seed(seed + dataset + 1000 * fold)
         net = _network(arch, n_classes)
-        if size == "tiny":
+        if kind == "fitted":
             image, label = _training_pair(model, task_name, spacing_zyx[::-1])
             image = _normalise(image, norm).astype(np.float32)
             _fit(net, image, label, TRAIN_PATCH, n_classes, iterations or 100, seed + dataset + 1000 * fold)
+        elif kind == "known":
+            _set_known_weights(net, classes, norm)
         (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
         torch.save({"network_weights": net.state_dict(), "trainer_name": model.trainer,
                     "init_args": {"configuration": model.configuration},
@@ -314,12 +597,35 @@ def build_model(weights_dir, dataset, size="tiny", iterations=None, seed=0):
     return out
 
 
-if __name__ == "__main__":
-    import argparse
-
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=["tiny", "realistic"], default="tiny")
-    ap.add_argument("--cache", default=None)
+    ap.add_argument("--kind", "--size", dest="kind", choices=[*KINDS, "tiny"], default="fitted")
+    ap.add_argument("--cache", default=None, help="cache folder (default: %(default)s -> the user cache)")
     ap.add_argument("--datasets", type=int, nargs="*", default=list(DEFAULT_DATASETS))
-    a = ap.parse_args()
-    print(build_test_weights(a.cache, a.size, tuple(a.datasets)))
+    ap.add_argument("--all", action="store_true", help="the known and the fitted models the tests use")
+    ap.add_argument("--record", action="store_true", help="record the fitted models' fingerprints")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--iterations", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        _worker(a.worker, a.datasets, a.iterations)
+        return 0
+    log = (lambda line: None) if a.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    kinds = ("known", "fitted") if a.all or a.record else (_kind(a.kind),)
+    for kind in kinds:
+        folder = build_test_weights(a.cache, kind, tuple(a.datasets), log=log)
+        if kind == "fitted":
+            differences = fingerprint_differences(folder)
+            if a.record:
+                log(f"fingerprints recorded in {record_fingerprints(folder)}")
+            elif differences:
+                log("test models differ from the recorded ones: " + "; ".join(differences))
+            elif not a.quiet:
+                log("fitted test models: the same as the recorded ones")
+        print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

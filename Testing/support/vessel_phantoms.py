@@ -22,6 +22,7 @@ array axes follow x, y, z with a diagonal affine, as a canonical NIfTI would.
     ph.truth        # 1 portal, 2 hepatic, 0 not a vessel (spurious blob / background)
     ph.branch_ids   # id of the generating branch per true vessel voxel (0 elsewhere)
     score_split(labels, ph)                            # Dice, accuracy, branch consistency
+    ct = phantom_ct(ph)   # a CT of it (Hounsfield units) for the pipeline with the known test models
 """
 from dataclasses import dataclass, field
 
@@ -30,6 +31,10 @@ from scipy import ndimage
 
 LEVELS = ("clean", "touching", "gaps", "noisy", "combined")
 PORTAL, HEPATIC = 1, 2
+
+# Hounsfield units of phantom_ct: each structure lies deep inside the intensity band that the
+# known test models (testmodels.KNOWN_BANDS_HU) answer, so what they segment is known
+CT_HU = {"air": -1000, "fat": -100, "liver": 60, "vessels": 190, "portal_trunk": 290, "ivc": 390}
 
 
 @dataclass
@@ -78,6 +83,21 @@ class Phantom:
             nib.save(nib.Nifti1Image(arr.astype(np.uint8), self.affine), str(path))
             out[name] = path
         return out
+
+
+def phantom_ct(phantom, air_border=3):
+    """A CT of the phantom (int16 Hounsfield units, CT_HU): fat around the liver, the vessels
+    (its liver mask includes them) brighter, the portal trunk and the IVC brighter still
+    (where they are not vessel), and air at the border of the field of view, as in a CT."""
+    ct = np.full(phantom.shape, CT_HU["fat"], np.int16)
+    border = np.ones(phantom.shape, bool)
+    border[(slice(air_border, -air_border),) * 3] = False
+    ct[border] = CT_HU["air"]
+    ct[phantom.liver > 0] = CT_HU["liver"]
+    ct[phantom.ivc > 0] = CT_HU["ivc"]
+    ct[(phantom.portal_trunk > 0) & (phantom.vessels == 0)] = CT_HU["portal_trunk"]
+    ct[phantom.vessels > 0] = CT_HU["vessels"]
+    return ct
 
 
 # ---------------------------------------------------------------------------------------

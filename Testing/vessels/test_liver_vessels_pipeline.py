@@ -1,4 +1,7 @@
-"""liver-vessels end to end on the real example CT with the test models (engine + enhancement + split)."""
+"""liver-vessels end to end (engine + enhancement + split) on a phantom CT whose right answer is
+known by construction: the known-output test models segment the liver, portal trunk, IVC and
+vessels of a phantom (vessel_phantoms.phantom_ct) exactly, so every output can be checked
+against the phantom's ground truth, on any machine."""
 import importlib.util
 import json
 
@@ -9,17 +12,38 @@ import pytest
 from SegmentationLogic.cli import main
 from SegmentationLogic.vessels.io import OUTPUT_FILES, SUPPORT_FILES, VesselInputError
 from SegmentationLogic.vessels.workflow import run_liver_vessels
+from vessel_phantoms import CT_HU, make_phantom, phantom_ct, score_split
 
 if importlib.util.find_spec("SegmentationLogic.pipeline") is None:
     pytest.skip("the engine (SegmentationLogic.pipeline) is not merged yet", allow_module_level=True)
 
 QC_KEYS = {"portal_voxels", "hepatic_voxels", "total_vessel_voxels", "portal_fraction", "hepatic_fraction",
            "portal_seed_voxels", "hepatic_seed_voxels", "use_skeleton", "confidence", "ambiguous_voxels", "warnings"}
+SPECK = 3  # a bright speck of 3^3 voxels inside the liver: below --min_component_size (40), so it must go
 
 
 @pytest.fixture(scope="module")
-def ct(example):
-    return example("example_ct_sm.nii.gz")
+def phantom():
+    return make_phantom("clean", seed=0)
+
+
+@pytest.fixture(scope="module")
+def speck(phantom):
+    """Corner of a SPECK^3 cube of liver, 4 voxels clear of any vessel, trunk or IVC."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    other = binary_dilation((phantom.vessels | phantom.portal_trunk | phantom.ivc) > 0, iterations=4)
+    room = binary_erosion(phantom.liver > 0, iterations=SPECK) & ~other
+    return tuple(int(v) for v in np.argwhere(room)[len(np.argwhere(room)) // 2])
+
+
+@pytest.fixture(scope="module")
+def ct(phantom, speck, tmp_path_factory):
+    data = phantom_ct(phantom)
+    data[tuple(slice(c, c + SPECK) for c in speck)] = CT_HU["vessels"]
+    path = tmp_path_factory.mktemp("phantom") / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, phantom.affine), str(path))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +59,11 @@ def _img(path):
     return nib.load(str(path))
 
 
-def test_pipeline_writes_enhanced_mask_support_and_split(run, ct):
+def _mask(path):
+    return np.asanyarray(_img(path).dataobj) > 0
+
+
+def test_pipeline_writes_enhanced_mask_support_and_split(run, ct, phantom, speck):
     rc, out = run
     assert rc == 0
     ref = _img(ct)
@@ -43,27 +71,44 @@ def test_pipeline_writes_enhanced_mask_support_and_split(run, ct):
                  *SUPPORT_FILES.values()):
         img = _img(out / name)
         assert img.shape == ref.shape and np.allclose(img.affine, ref.affine), name
-    enhanced = np.asanyarray(_img(out / OUTPUT_FILES["enhanced"]).dataobj) > 0
-    liver = np.asanyarray(_img(out / SUPPORT_FILES["liver"]).dataobj) > 0
+    # the support masks are what the models found: the phantom's liver (vessels included), trunk and IVC
+    vessels = phantom.vessels > 0
+    speck_mask = np.zeros_like(vessels)
+    speck_mask[tuple(slice(c, c + SPECK) for c in speck)] = True
+    liver = _mask(out / SUPPORT_FILES["liver"])
+    assert np.array_equal(liver, ((phantom.liver > 0) | vessels) & ~((phantom.portal_trunk > 0) & ~vessels))
+    assert np.array_equal(_mask(out / SUPPORT_FILES["portal_trunk"]), (phantom.portal_trunk > 0) & ~vessels)
+    assert np.array_equal(_mask(out / SUPPORT_FILES["ivc"]), phantom.ivc > 0)
+    # the vessel model also marks the trunk, the IVC and the speck: the enhanced mask keeps what lies
+    # in the liver and is not a small piece, which is exactly the phantom's vessel tree
+    enhanced = _mask(out / OUTPUT_FILES["enhanced"])
+    assert np.array_equal(enhanced, vessels)
+    assert speck_mask.any() and not (enhanced & speck_mask).any()
+    # the split labels every vessel voxel, and labels them right
     labeled = np.asanyarray(_img(out / OUTPUT_FILES["labeled"]).dataobj)
-    assert liver.any() and enhanced.any()
-    assert not (enhanced & ~liver).any()                  # restricted to the liver
-    assert np.array_equal(labeled > 0, enhanced) or (labeled > 0).sum() >= 0.95 * enhanced.sum()
-    assert set(np.unique(labeled)) <= {0, 1, 2}
+    assert set(np.unique(labeled)) == {0, 1, 2}
+    assert np.array_equal(labeled > 0, enhanced)
+    assert np.array_equal(_mask(out / OUTPUT_FILES["portal"]), labeled == 1)
+    assert np.array_equal(_mask(out / OUTPUT_FILES["hepatic"]), labeled == 2)
+    score = score_split(labeled, phantom)
+    assert score["accuracy"] >= 0.98 and score["dice_portal"] >= 0.95 and score["dice_hepatic"] >= 0.95, score
 
 
-def test_metadata_records_volume_fallbacks_inputs_and_qc(run, ct):
+def test_metadata_records_volume_fallbacks_inputs_and_qc(run, ct, phantom):
     _, out = run
     meta = json.loads((out / OUTPUT_FILES["metadata"]).read_text())
-    enhanced = np.asanyarray(_img(out / OUTPUT_FILES["enhanced"]).dataobj) > 0
-    assert meta["voxels"] == int(enhanced.sum())
+    assert meta["voxels"] == int(phantom.vessels.sum())
     assert meta["volume_mm3"] == pytest.approx(meta["voxels"] * meta["voxel_volume_mm3"])
+    assert meta["voxel_volume_mm3"] == pytest.approx(np.prod(phantom.spacing))
     assert meta["liver_mask_source"] == "generated" and meta["fallbacks"] == []
     assert meta["inputs"]["ct"] == str(ct) and len(meta["inputs"]["generated"]) == 3
     assert meta["min_component_size"] == 40 and "test model" in (meta["model_note"] or "").lower()
     qc = meta["portal_hepatic_split_qc"]
     assert QC_KEYS <= set(qc)
     assert qc["portal_voxels"] + qc["hepatic_voxels"] + qc["unlabelled_voxels"] == qc["total_vessel_voxels"]
+    assert qc["total_vessel_voxels"] == meta["voxels"] and qc["unlabelled_voxels"] == 0
+    assert qc["seed_sources"] == {"portal": "portal_trunk", "hepatic": "inferior_vena_cava"}
+    assert qc["portal_voxels"] == int((phantom.truth == 1).sum()) and qc["warnings"] == []
 
 
 def test_labeled_only_with_given_masks_and_removed_binary(run, ct, test_weights, tmp_path):
@@ -76,6 +121,9 @@ def test_labeled_only_with_given_masks_and_removed_binary(run, ct, test_weights,
     meta = json.loads((tmp_path / OUTPUT_FILES["metadata"]).read_text())
     assert meta["labeled_only"] is True and meta["liver_mask_source"] == "provided"
     assert meta["portal_hepatic_split_qc"] == res["qc"]
+    # the same masks give the same split
+    assert np.array_equal(np.asanyarray(_img(tmp_path / OUTPUT_FILES["labeled"]).dataobj),
+                          np.asanyarray(_img(first / OUTPUT_FILES["labeled"]).dataobj))
 
 
 def test_disabled_fallback_without_liver_fails_before_the_vessel_run(ct, test_weights, tmp_path):
