@@ -101,10 +101,11 @@ def cmd_segment(args):
 
     result = segment(args.input, args.output, progress=_progress_from_args(args), **segment_options(args))
     _emit_result(args, result_payload(result))
-    if args.progress != "json" and not args.quiet:
-        for f in result.files:
-            print(f)
-        if result.model_note:
+    if args.progress != "json":
+        if not args.quiet:
+            for f in result.files:
+                print(f)
+        if result.model_note:  # also with -q: nobody should take a test model's output for a real one
             print(f"NOTE: {result.model_note}", file=sys.stderr)
     return 0
 
@@ -178,9 +179,30 @@ def _common(p):
                         "or ~/.totalsegmentator/nnunet/results, as the official tool)")
 
 
+class FlagParser(argparse.ArgumentParser):
+    """Multi-word flags answer to both spellings: the official `--roi_subset` (the one shown)
+    and `--roi-subset`, as the batch script and most tools write them. Tokens are rewritten
+    before parsing, so abbreviations and the help stay as they were."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)
+        return super().parse_known_args([self._official(a) for a in args[:end]] + args[end:], namespace)
+
+    def _official(self, token):
+        if not token.startswith("--") or "-" not in token[2:]:
+            return token
+        flag, eq, value = token.partition("=")
+        official = "--" + flag[2:].replace("-", "_")
+        if flag not in self._option_string_actions and official in self._option_string_actions:
+            return official + eq + value
+        return token
+
+
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python -m SegmentationLogic",
-                                 description="TotalSegmentator-exact segmentation on nnU-Net v2.")
+    ap = FlagParser(prog="python -m SegmentationLogic",
+                    description="TotalSegmentator-exact segmentation on nnU-Net v2.",
+                    epilog="Multi-word flags may also be written with hyphens: --roi-subset, --weights-dir, ...")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="segment an image (NIfTI, NRRD, DICOM folder or zip)")

@@ -7,6 +7,8 @@
   every selected class, empty ones too, as the official tool.
 - Sidecar `<name>.labels.json` (multilabel) or `labels.json` (per class): task, label
   values and names, and a note when the weights were test models.
+- Made with test models (not the real weights), every file says so: the NIfTI description
+  field reads TEST_MODEL_DESCRIPTION, statistics.json and the sidecar carry a "note".
 
 Files are written under temporary names and renamed when all are complete, so a failure
 or cancel never leaves half a result behind.
@@ -74,17 +76,29 @@ def sidecar_path(output, ml):
     return output / "labels.json"
 
 
+TEST_MODEL_DESCRIPTION = "TEST MODEL - not the real TotalSegmentator weights"  # NIfTI descrip: 80 bytes
+
+
+def statistics_document(stats, note=None):
+    """statistics.json: the official {class: {volume, intensity}}, after a "note" when test models ran."""
+    return {"note": note, **stats} if note else stats
+
+
 def sidecar(task, class_map, note=None):
     return {"task": task, "labels": {str(k): v for k, v in class_map.items()},
             **({"note": note} if note else {})}
 
 
 class AtomicWriter:
-    """Collects files under temporary names; `commit()` renames them all, `abort()` removes them."""
+    """Collects files under temporary names; `commit()` renames them all, `abort()` removes them.
 
-    def __init__(self):
+    note: set when test models made the result; every NIfTI written then says so in its
+    description field (which otherwise keeps the input's)."""
+
+    def __init__(self, note=None):
         self._pending = []  # (tmp, final)
         self.files = []
+        self.note = note
 
     def _tmp(self, final, suffix=""):
         final = Path(final)
@@ -96,6 +110,8 @@ class AtomicWriter:
     def nifti(self, img, final):
         # nibabel picks compression from the name: keep the NIfTI suffix at the end of the temp name
         suffix = ".nii.gz" if str(final).endswith(".nii.gz") else ".nii"
+        if self.note:
+            img.header["descrip"] = TEST_MODEL_DESCRIPTION.encode()
         nib.save(img, self._tmp(final, suffix))
 
     def json(self, data, final):

@@ -501,7 +501,7 @@ class Segmenter:
                progress):
         output = Path(output)
         out_dir = output.parent if ml else output
-        writer = outputs.AtomicWriter()
+        writer = outputs.AtomicWriter(note=note)
         progress("save", 0.0, f"writing {output}")
         try:
             if ml:
@@ -512,7 +512,7 @@ class Segmenter:
                     outputs.write_body_derived(writer, labels, img, values, spec.classes, output)
             writer.json(outputs.sidecar(spec.name, class_map, note), outputs.sidecar_path(output, ml))
             if stats is not None:
-                writer.json(stats, out_dir / "statistics.json")
+                writer.json(outputs.statistics_document(stats, note), out_dir / "statistics.json")
             if preview:
                 title = f"TotalSegmentator {spec.name}" + (f" --{quality}" if quality != "normal" else "")
                 self._preview(writer, labelmap, class_map, out_dir / f"preview_{spec.name}.png", note, title,

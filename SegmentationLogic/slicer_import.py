@@ -28,6 +28,7 @@ How `import_labelmap` works, and why:
 """
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -79,11 +80,28 @@ def _headless_logics(scene):
                           ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic)):
             logic = cls()
             logic.SetMRMLApplicationLogic(app)
+            if name == "Colors":
+                _drop_missing_color_files_error(logic)
             logic.SetMRMLScene(scene)
             app.SetModuleLogic(name, logic)
             logics[name] = logic
         _HEADLESS[key] = (scene, app, logics)
     return _HEADLESS[key][2]
+
+
+_MISSING_COLOR_FILES = "FindDefaultColorFiles failed: HomeDirectory is not set"
+
+
+def _drop_missing_color_files_error(color_logic):
+    """slicer-core has no Slicer home with its default colour files, and the colour logic
+    reports that as an error on every new scene (the built-in colour tables are there all
+    the same). Drop that one known message; any other error of the logic still goes to stderr."""
+    def on_error(caller, event, message):
+        if _MISSING_COLOR_FILES not in str(message):
+            sys.stderr.write(str(message))
+
+    on_error.CallDataType = _vtk().VTK_STRING
+    color_logic.AddObserver(_vtk().vtkCommand.ErrorEvent, on_error)
 
 
 def _logic(scene, name):

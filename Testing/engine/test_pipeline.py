@@ -14,7 +14,7 @@ from SegmentationLogic import geometry, postprocessing
 from SegmentationLogic.errors import (Cancelled, DeviceError, InputImageError, OutOfMemoryError,
                                       UnknownTaskError, WeightsMissingError)
 from SegmentationLogic.catalogue import load_catalogue
-from SegmentationLogic.outputs import read_label_table
+from SegmentationLogic.outputs import TEST_MODEL_DESCRIPTION, read_label_table
 from SegmentationLogic.pipeline import Segmenter
 from SegmentationLogic.progress import CancelToken, Progress
 
@@ -56,9 +56,13 @@ def test_multilabel_output_has_input_geometry_names_and_sidecars(fastest, exampl
     sidecar = json.loads((out.parent / "seg.labels.json").read_text())
     assert sidecar["task"] == "total" and sidecar["labels"]["5"] == "liver"
     assert "TEST MODEL" in sidecar["note"] and "TEST MODEL" in result.model_note
+    # made with test models: every file says so (the labelmap in its description field)
+    assert seg.header["descrip"].tobytes().rstrip(b"\0").decode() == TEST_MODEL_DESCRIPTION
     stats = json.loads((out.parent / "statistics.json").read_text())
-    assert list(stats) == [table[k] for k in sorted(table)]
+    assert list(stats) == ["note"] + [table[k] for k in sorted(table)] and "TEST MODEL" in stats["note"]
     assert {"volume", "intensity"} == set(stats["liver"])
+    assert result.statistics == {k: v for k, v in stats.items() if k != "note"}  # in memory: the official dict
+    assert 5 in present  # the known test model: the liver class answers soft tissue, which this CT has
     assert {p.name for p in out.parent.iterdir()} == {"seg.nii.gz", "seg.labels.json", "statistics.json"}
 
 
@@ -82,6 +86,7 @@ def test_per_class_output_matches_multilabel(segmenter, fastest, example, tmp_pa
     for value, name in names.items():
         mask = nib.load(folder / f"{name}.nii.gz")
         assert mask.get_data_dtype() == np.uint8
+        assert mask.header["descrip"].tobytes().rstrip(b"\0").decode() == TEST_MODEL_DESCRIPTION
         assert np.array_equal(np.asanyarray(mask.dataobj), (multilabel == int(value)).astype(np.uint8)), name
 
 
@@ -352,6 +357,27 @@ def test_device_list_has_the_cpu():
     devices = available_devices()
     assert devices[-1]["id"] == "cpu" and devices[-1]["name"].startswith("CPU")
     assert all({"id", "name", "memory_gb"} <= set(d) for d in devices)
+
+
+def test_files_from_real_weights_keep_the_input_description_and_the_official_statistics(tmp_path):
+    """The TEST MODEL labels appear only with a test-model note: with real weights the labelmap
+    keeps the input's description and statistics.json is the official dictionary."""
+    from SegmentationLogic import outputs
+
+    ref = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4))
+    ref.header["descrip"] = b"scanner protocol X"
+    stats = {"liver": {"volume": 1.5, "intensity": 40.0}}
+    for note in (None, "TEST MODEL built by ..."):
+        writer = outputs.AtomicWriter(note=note)
+        writer.nifti(outputs.multilabel_image(np.zeros((4, 4, 4), np.uint8), ref, {5: "liver"}),
+                     tmp_path / f"{bool(note)}.nii.gz")
+        writer.json(outputs.statistics_document(stats, note), tmp_path / f"{bool(note)}.json")
+        writer.commit()
+    assert nib.load(tmp_path / "False.nii.gz").header["descrip"].tobytes().rstrip(b"\0") == b"scanner protocol X"
+    assert json.loads((tmp_path / "False.json").read_text()) == stats
+    assert nib.load(tmp_path / "True.nii.gz").header["descrip"].tobytes().rstrip(b"\0").decode() == \
+        TEST_MODEL_DESCRIPTION
+    assert json.loads((tmp_path / "True.json").read_text()) == {"note": "TEST MODEL built by ...", **stats}
 
 
 def test_preview_draws_a_label_enclosed_by_another(tmp_path):

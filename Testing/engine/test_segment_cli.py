@@ -76,3 +76,39 @@ def test_wrong_modality_is_an_input_error_and_the_flag_overrides_it(test_weights
     r = _cli(*args, "--ignore_modality")
     assert r.returncode == 0, r.stderr
     assert _events(r.stdout)[-1]["event"] == "result" and out.is_file()
+
+
+def test_multi_word_flags_take_both_spellings():
+    """--roi_subset (the official spelling, shown in the help) and --roi-subset, for every
+    multi-word flag of every command."""
+    import argparse
+
+    from SegmentationLogic.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    checked = 0
+    for name, sub in commands.items():
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and "_" in flag:
+                    hyphens = "--" + flag[2:].replace("_", "-")
+                    assert sub._official(hyphens) == flag and sub._official(hyphens + "=x") == flag + "=x"
+                    checked += 1
+    assert checked > 20
+    official = parser.parse_args(["segment", "-i", "ct.nii.gz", "-o", "out", "--roi_subset", "liver", "spleen",
+                                  "--weights_dir", "w", "--no_download", "--ignore_modality"])
+    hyphens = parser.parse_args(["segment", "-i", "ct.nii.gz", "-o", "out", "--roi-subset", "liver", "spleen",
+                                 "--weights-dir=w", "--no-download", "--ignore-modality"])
+    assert vars(official) == vars(hyphens)
+    assert parser.parse_args(["liver-vessels", "-i", "a", "-o", "b", "--liver-mask", "m", "--split-portal-hepatic"]
+                             ).liver_mask == "m"
+    assert "--roi_subset" in commands["segment"].format_help()  # the help shows the official spelling only
+    assert "--roi-subset" not in commands["segment"].format_help() and "--roi-subset" in parser.format_help()
+
+
+def test_quiet_still_says_a_test_model_ran(test_weights, example, tmp_path):
+    r = _cli("segment", "-q", "-i", example(CT), "-o", tmp_path / "seg.nii.gz", "--fastest", "--ml", "--device", "cpu",
+             "--weights-dir", test_weights, "--no-download")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and "NOTE: TEST MODEL" in r.stderr

@@ -11,6 +11,7 @@ import pytest
 
 import batch
 import slicer_core_build
+from testmodels import KNOWN_BANDS_HU
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = REPO / "TotalSegmentatorModule" / "TotalSegmentatorScripts" / "batch.py"
@@ -23,6 +24,25 @@ def test_cases_are_images_and_dicom_folders(tmp_path):
     cases, skipped = batch.find_cases(tmp_path)
     assert [c for c, _ in cases] == ["a", "a_2", "b", "c", "series1"]  # names stay unique
     assert [p.name for p in skipped] == ["notes.txt"]
+
+
+def test_flags_take_both_spellings(tmp_path):
+    hyphens = batch.build_parser().parse_args(["--input-dir", "in", "--output-dir", "out", "--roi-subset", "liver",
+                                               "--weights-dir", "w", "--skip-existing", "--class-names"])
+    underscores = batch.build_parser().parse_args(["--input_dir", "in", "--output_dir=out", "--roi_subset", "liver",
+                                                   "--weights_dir", "w", "--skip_existing", "--class_names"])
+    assert vars(hyphens) == vars(underscores)
+
+
+def test_a_python_without_slicer_core_gets_one_line_with_cause_and_fix(tmp_path):
+    (tmp_path / "ct.nii.gz").write_bytes(b"x")
+    # -I -S: no site-packages nor PYTHONPATH, so neither slicer-core nor the engine's packages (a plain python3)
+    proc = subprocess.run([sys.executable, "-I", "-S", str(BATCH), "--input-dir", str(tmp_path), "--output-dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "slicer-core" in errors[0] and "Slicer --no-main-window" in errors[0]
+    assert ".venv/bin/python" in errors[0]
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
@@ -48,10 +68,11 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
     out = tmp_path / "out"
     # No project folder on the path (the script finds the engine itself); only the slicer-core build under test.
     env = {**os.environ, "PYTHONPATH": slicer_core_build.subprocess_pythonpath()}
-    proc = subprocess.run([sys.executable, str(BATCH), "--input-dir", str(cases), "--output-dir", str(out),
+    proc = subprocess.run([sys.executable, str(BATCH), "--input-dir", str(cases), "--output_dir", str(out),
                            "--task", "total", "--quality", "fast", "--device", "cpu"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FindDefaultColorFiles" not in proc.stdout + proc.stderr  # slicer-core's known, harmless message
     rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert [rows[c]["status"] for c in ("broken", "ct", "mr", "series")] == ["failed", "ok", "failed", "ok"]
     assert "does not look like a CT" in rows["mr"]["error"] and "total_mr" in rows["mr"]["error"]
@@ -64,20 +85,27 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
     from SegmentationLogic import terminology as T
     from SegmentationLogic.catalogue import load_catalogue
 
+    import vtk
+
     total = load_catalogue().task("total").classes
     scene = si.new_scene()
     for case, source in (("ct", cases / "ct.nii.gz"), ("series", cases / "series")):
         node = si.load_segmentation(scene, out / f"{case}.seg.nrrd")
         seg = node.GetSegmentation()
+        # the known test models on a CT: soft tissue is "liver", bone "portal vein" / "inferior vena cava"
         assert seg.GetNumberOfSegments() == int(rows[case]["segments"]) > 0
+        values = {seg.GetNthSegment(i).GetLabelValue() for i in range(seg.GetNumberOfSegments())}
+        assert 5 in values and {total[v] for v in values} <= set(KNOWN_BANDS_HU)
         for i in range(seg.GetNumberOfSegments()):
             s = seg.GetNthSegment(i)
             class_name = total[s.GetLabelValue()]
             assert s.GetName() == T.standard_name(class_name) and s.GetTerminology() == T.terminology_string(class_name)
+            note = vtk.reference("")
+            assert s.GetTag(batch.NOTE_TAG, note) and "TEST MODEL" in str(note)  # the .seg.nrrd says so
+        assert b"TEST MODEL" in (out / f"{case}.seg.nrrd").read_bytes()[:20000]  # in its plain-text header
         # the result lies on the input image: every labelled voxel maps into the volume
         volume = si.load_volume(scene, source)
         image = seg.GetNthSegment(0).GetRepresentation(si.BINARY)
-        import vtk
 
         to_ras = vtk.vtkMatrix4x4()
         image.GetImageToWorldMatrix(to_ras)

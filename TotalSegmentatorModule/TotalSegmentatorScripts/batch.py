@@ -2,9 +2,12 @@
 
 In Slicer (no window):
     Slicer --no-main-window --python-script batch.py -- --input-dir D --output-dir O \\
-        [--task total] [--quality fast] [--roi-subset liver spleen] [--device auto]
-In plain Python (with the `slicer-core` package for MRML):
+        [--task total] [--quality normal|fast|fastest] [--roi-subset liver spleen] [--device auto] \\
+        [--weights-dir W] [--ignore-modality] [--class-names] [--skip-existing] [--summary S.csv]
+In plain Python (with the `slicer-core` package for MRML, e.g. the project's .venv/bin/python):
     python batch.py --input-dir D --output-dir O [...]
+Multi-word flags may also be written with underscores (--roi_subset, --weights_dir), as the
+engine's command line writes them.
 
 Cases are the NIfTI / NRRD / MetaImage files, zips of one DICOM series, and folders
 holding one DICOM series, directly inside D. Each case runs the engine, imports the
@@ -25,6 +28,7 @@ from pathlib import Path
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
 SUMMARY_FIELDS = ("case", "status", "seconds", "segments", "error", "output", "note")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+NOTE_TAG = "TotalSegmentator.Note"  # segment tag: e.g. that a TEST MODEL made the segment
 
 
 def _add_package_path():
@@ -43,6 +47,24 @@ def _in_slicer_app():
     except ImportError:
         return False
     return hasattr(slicer, "app")
+
+
+def _missing_requirement():
+    """One line with cause and fix when this Python cannot run the batch (else None)."""
+    import importlib.util
+
+    if importlib.util.find_spec("slicer") is None:
+        return (f"ERROR: this Python ({sys.executable}) has no Slicer MRML (module 'slicer'). Fix: run the script "
+                f"in Slicer (Slicer --no-main-window --python-script batch.py -- ...), or with a Python that has "
+                f"the slicer-core package, e.g. the project's .venv/bin/python (`make setup`) or after "
+                f"`pip install slicer-core`.")
+    try:
+        import SegmentationLogic.pipeline  # noqa: F401 - torch, nnU-Net, nibabel...
+    except ImportError as e:
+        return (f"ERROR: this Python ({sys.executable}) cannot run the segmentation engine: {e}. Fix: install the "
+                f"engine's packages (`pip install -e .` in the project, or use its .venv/bin/python), or run the "
+                f"script in Slicer after the module installed them.")
+    return None
 
 
 def find_cases(input_dir):
@@ -68,9 +90,24 @@ def find_cases(input_dir):
     return cases, skipped
 
 
+class _Parser(argparse.ArgumentParser):
+    """`--roi_subset` is read as `--roi-subset` (and so on): both spellings work."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args([self._spelled(a) for a in args], namespace)
+
+    def _spelled(self, token):
+        flag, eq, value = token.partition("=")
+        hyphens = "--" + flag[2:].replace("_", "-")
+        if flag.startswith("--") and flag not in self._option_string_actions and hyphens in self._option_string_actions:
+            return hyphens + eq + value
+        return token
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="batch.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="batch.py", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input-dir", required=True, type=Path, help="folder with one image or DICOM series per case")
     p.add_argument("--output-dir", required=True, type=Path, help="where <case>.seg.nrrd and summary.csv go")
     p.add_argument("--task", default="total", help="task name (python -m SegmentationLogic list-tasks)")
@@ -102,6 +139,10 @@ def run_case(scene, path, output, args, progress):
     node = slicer_import.import_labelmap(scene, result.labelmap, result.class_map, create_surfaces=False,
                                          use_standard_names=not args.class_names, task=args.task,
                                          name=output.name[: -len(".seg.nrrd")], progress=progress)
+    if result.model_note:  # saved in the .seg.nrrd header (Segment<N>_Tags): the file says what made it
+        segmentation = node.GetSegmentation()
+        for i in range(segmentation.GetNumberOfSegments()):
+            segmentation.GetNthSegment(i).SetTag(NOTE_TAG, result.model_note)
     try:
         slicer_import.save_segmentation(node, output)
         return node.GetSegmentation().GetNumberOfSegments(), result.model_note or ""
@@ -125,6 +166,10 @@ def main(argv=None):
         return EXIT_USAGE
 
     _add_package_path()
+    missing = _missing_requirement()
+    if missing:
+        _say(missing)
+        return EXIT_USAGE
     from SegmentationLogic import slicer_import
     from SegmentationLogic.errors import Cancelled, SegmentationError
     from SegmentationLogic.progress import Progress, text_writer
