@@ -65,13 +65,19 @@ def real_weights(no_download, progress):
     return resolve_weights_dir(None), None, models[0].folder
 
 
+# the 3 mm model, and the 6 mm one that crops for --roi_subset: the folder serves the README's recipes too
+TEST_DATASETS = (DATASET, 298)
+
+
 def build_test_model_weights(folder=None):
-    from testmodels import TEST_MODEL_MARKER, build_test_weights
+    """The fitted test models' folder (shared with the tests: built once, then reused)."""
+    from testmodels import TEST_MODEL_MARKER, build_test_weights, missing_datasets, weights_folder
 
     if folder:
         return Path(folder), TEST_MODEL_MARKER
-    say("Building the TEST model (once, about a minute; cached in ~/.cache/totalsegmentator-slicer)...")
-    return build_test_weights(datasets=(DATASET,), log=lambda m: None), TEST_MODEL_MARKER
+    if missing_datasets(weights_folder(size="fitted"), TEST_DATASETS):
+        say(f"Building the TEST models (once; cached in {weights_folder(size='fitted').parent})...")
+    return build_test_weights(datasets=TEST_DATASETS, log=say), TEST_MODEL_MARKER
 
 
 def summarise(labelmap, class_map, top=5):
@@ -170,6 +176,7 @@ def main(argv=None):
         print(f"  {name:<32} {ml:>9.1f} ml")
     if note:
         say("These results come from a TEST model, not from the real TotalSegmentator weights.")
+        say(f"To try the command line on it: --weights_dir {weights_dir} (README: 'Offline, on the test models').")
     return 0
 
 

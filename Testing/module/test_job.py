@@ -234,16 +234,25 @@ def test_wrong_modality_is_noticed_from_the_volume_node(scene_and_ct, example):
 
 def test_liver_vessel_split_keeps_its_outputs_for_review_and_drops_them_on_cancel(scene_and_ct, weights_env,
                                                                                  clean_tmp, tmp_path):
+    """On a phantom CT with a known answer (the known-output test models find its two vessel
+    trees exactly), then a cancelled run on the example CT."""
+    from vessel_phantoms import make_phantom, save_ct
+
     scene, ct = scene_and_ct
+    phantom = make_phantom("clean", seed=0)
+    volume = slicer_import.load_volume(scene, save_ct(phantom, tmp_path / "phantom_ct.nii.gz"), name="Phantom CT")
     root = tmp_path / "review"
-    job = SegmentationJob(ct, task="liver_vessels", device="cpu", split_liver_vessels=True,
+    job = SegmentationJob(volume, task="liver_vessels", device="cpu", split_liver_vessels=True,
                           review_root=str(root)).start().wait(timeout=900)
     assert job.state == "succeeded", job.error
     assert names(job.segmentation_node) == ["Hepatic veins", "Portal vein branches"]
     assert {"portal_fraction", "warnings"} <= set(job.vessel_qc)
+    assert job.vessel_qc["portal_voxels"] == int((phantom.truth == 1).sum())
+    assert job.vessel_qc["hepatic_voxels"] == int((phantom.truth == 2).sum())
     kept = {p.name for p in job.review_dir.iterdir()}
     assert {"liver_vessels_labeled.nii.gz", "enhanced_liver_vessels_metadata.json", "liver.nii.gz"} <= kept
     scene.RemoveNode(job.segmentation_node)
+    scene.RemoveNode(volume)
 
     count = segmentation_nodes(scene)
     cancelled = SegmentationJob(ct, task="liver_vessels", device="cpu", split_liver_vessels=True,

@@ -276,11 +276,18 @@ def test_first_run_install_asks_then_installs_in_the_background_then_segments(pa
 
 
 def test_liver_vessel_split_review(panel, tmp_path):
+    """The split on a phantom CT whose answer is known (the known-output test models find its
+    liver, trunk, IVC and vessels exactly), then a review step with a known effect: the
+    subtree of a portal branch picked in the view becomes hepatic, and nothing else changes."""
     from SegmentationLogic.vessels import review
     import numpy as np
+    from vessel_phantoms import PORTAL, make_phantom, save_ct, score_split, subtree_ids
 
     widget, host, scene, ct = panel
     ui, p = widget.ui, widget._parameterNode
+    phantom = make_phantom("clean", seed=0)
+    volume = slicer_import.load_volume(scene, save_ct(phantom, tmp_path / "phantom_ct.nii.gz"), name="Phantom CT")
+    p.inputVolume = volume
     assert not visible(ui.vesselReviewCollapsibleButton)
     ui.taskComboBox.currentIndex = ui.taskComboBox._obj.findData("liver_vessels")
     ui.splitLiverVesselsCheckBox.checked = True
@@ -299,23 +306,34 @@ def test_liver_vessel_split_review(panel, tmp_path):
     assert ui.vesselWarningsLabel.text == ("\n".join(f"\u26a0 {w}" for w in review.warnings(review.get_qc(node)))
                                            or "No warnings.")
 
-    labels, affine = review.current_labels(node)
-    portal_before = int((labels == 1).sum())
-    ijk = np.argwhere(labels == 1)[0]
-    point = (affine @ np.r_[ijk, 1.0])[:3]
+    before, affine = review.current_labels(node)
+    assert np.allclose(affine, phantom.affine)
+    assert score_split(before, phantom)["accuracy"] >= 0.98, "the split found the phantom's two trees"
+
+    # pick the middle of a portal branch that has a subtree of its own (an inner branch)
+    inner = [s for s in phantom.segments if s.cls == PORTAL and s.generation >= 2 and len(subtree_ids(phantom, s.id)) >= 3]
+    branch = max(inner, key=lambda s: int((phantom.branch_ids == s.id + 1).sum()))
+    point = (branch.p0 + branch.p1) / 2  # RAS mm: the phantom's affine is a diagonal scaling
     reassign = widget.logic.reviewPointsNode("Reassign point", (1, 1, 0), single=True)
     assert ui.reassignPointPlaceWidget._obj.currentNode() is reassign
     reassign.AddControlPoint(*point)
     ui.subtreeScopeRadioButton.checked = True
     ui.reassignButton.click()
-    labels, _ = review.current_labels(node)
-    assert int((labels == 1).sum()) < portal_before, "the picked portal subtree became hepatic"
+    after, _ = review.current_labels(node)
+    changed = before != after
+    assert (before[changed] == 1).all() and (after[changed] == 2).all(), "only portal voxels became hepatic"
+    branch_voxels = phantom.branch_ids == branch.id + 1
+    assert (after[branch_voxels] == 2).mean() >= 0.9, "the picked portal branch became hepatic"
+    in_subtree = np.isin(phantom.branch_ids, [i + 1 for i in subtree_ids(phantom, branch.id)])
+    assert (in_subtree[changed]).mean() >= 0.95 and changed.sum() > branch_voxels.sum(), "with its subtree only"
     assert review.get_qc(node)["manual_edits"] == 1
 
     hepatic_seed = widget.logic.reviewPointsNode("Hepatic seeds", (0.6, 0, 1))
     hepatic_seed.AddControlPoint(*point)
     ui.rerunSplitButton.click()
     assert review.get_qc(node)["user_seed_points"] == {"portal": 0, "hepatic": 1}
+    rerun, _ = review.current_labels(node)
+    assert (rerun[branch_voxels] == 2).mean() >= 0.9, "a hepatic seed on the branch keeps it hepatic"
 
     host.answers["folder"] = str(tmp_path / "saved")
     ui.saveReviewButton.click()

@@ -15,9 +15,11 @@ Three kinds:
 - "fitted" (size "tiny"): fitted for a few seconds to the official reference segmentations
   of the example images, so their outputs look like anatomy (crop models find the liver,
   roi_subset has work). For parity tests (both tools on the same weights, whatever they
-  are), the demo and benchmarks; no test asserts what they segment. Built reproducibly:
-  one thread, deterministic algorithms, fixed seeds, CPU kernels capped at AVX2, each model
-  in a fresh process; the weights' fingerprints are recorded in testmodels_fingerprints.json.
+  are), the demo and benchmarks; no test asserts what they segment. Built reproducibly in
+  worker processes (one thread each, deterministic algorithms, a fixed seed per model, CPU
+  kernels capped at AVX2 on x86-64), so a model's weights do not depend on the machine's
+  core count or vector unit, nor on which worker built it; their fingerprints are recorded
+  in testmodels_fingerprints.json.
 - "realistic": the network size of a real TotalSegmentator model (6 stages, 32..320
   features, 128^3 patch), untrained, for benchmarks.
 
@@ -167,7 +169,7 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
-# -- reproducible fitting: each model in its own single-threaded process ---------------
+# -- reproducible fitting: single-threaded worker processes with pinned CPU kernels --------
 
 def _cpu_flags():
     try:
@@ -208,12 +210,13 @@ def _build_fitted(tmp, target, todo, iterations, log):
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     procs = []
     for queue in queues:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tmp), *map(str, queue)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tmp), "--datasets", *map(str, queue)]
         if iterations:
             cmd += ["--iterations", str(iterations)]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        stderr = tempfile.TemporaryFile(mode="w+")  # a file: a chatty worker must not block on a full pipe
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env), stderr))
     sel = selectors.DefaultSelector()
-    for p in procs:
+    for p, _ in procs:
         sel.register(p.stdout, selectors.EVENT_READ, p)
     done, open_pipes = 0, len(procs)
     try:
@@ -224,19 +227,28 @@ def _build_fitted(tmp, target, todo, iterations, log):
                     sel.unregister(key.fileobj)
                     open_pipes -= 1
                     continue
-                ds, seconds = line.split()
+                if not line.startswith(BUILT):  # anything a library prints
+                    continue
+                _, ds, seconds = line.split()
                 _install(tmp, target, int(ds))
                 done += 1
                 log(f"test models (fitted): [{done}/{len(todo)}] {_folder_of(int(ds))} ({float(seconds):.1f} s)")
-        failed = [(p, p.wait()) for p in procs]
-        errors = [p.stderr.read() for p, rc in failed if rc != 0]
+        errors = []
+        for p, stderr in procs:
+            if p.wait() != 0:
+                stderr.seek(0)
+                errors.append(stderr.read()[-4000:])
         if errors:
             raise RuntimeError("building the fitted test models failed:\n" + "\n".join(errors))
     finally:
-        for p in procs:
+        for p, stderr in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+            stderr.close()
+
+
+BUILT = "built-test-model"  # a worker's line for each model it finished: BUILT dataset seconds
 
 
 def _worker(out, datasets, iterations):
@@ -250,7 +262,7 @@ def _worker(out, datasets, iterations):
         t = time.perf_counter()
         folder = build_model(out, ds, size="fitted", iterations=iterations)
         (out / f"{ds}.fingerprint").write_text(fingerprint(folder) + "\n")
-        print(ds, round(time.perf_counter() - t, 2), flush=True)
+        print(BUILT, ds, round(time.perf_counter() - t, 2), flush=True)
 
 
 def fingerprint(model_folder):

@@ -100,6 +100,28 @@ def phantom_ct(phantom, air_border=3):
     return ct
 
 
+def save_ct(phantom, path, ct=None):
+    """Write phantom_ct (or `ct`) as a NIfTI on the phantom's grid; returns the path."""
+    import nibabel as nib
+    from pathlib import Path
+
+    nib.save(nib.Nifti1Image(phantom_ct(phantom) if ct is None else ct, phantom.affine), str(path))
+    return Path(path)
+
+
+def subtree_ids(phantom, segment_id):
+    """Ids of a generating segment and of every segment that branches off it (its subtree)."""
+    children = {}
+    for s in phantom.segments:
+        children.setdefault(s.parent, []).append(s.id)
+    out, todo = set(), [segment_id]
+    while todo:
+        i = todo.pop()
+        out.add(i)
+        todo += children.get(i, [])
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # geometry helpers
 

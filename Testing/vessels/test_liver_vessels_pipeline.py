@@ -12,7 +12,7 @@ import pytest
 from SegmentationLogic.cli import main
 from SegmentationLogic.vessels.io import OUTPUT_FILES, SUPPORT_FILES, VesselInputError
 from SegmentationLogic.vessels.workflow import run_liver_vessels
-from vessel_phantoms import CT_HU, make_phantom, phantom_ct, score_split
+from vessel_phantoms import CT_HU, make_phantom, phantom_ct, save_ct, score_split
 
 if importlib.util.find_spec("SegmentationLogic.pipeline") is None:
     pytest.skip("the engine (SegmentationLogic.pipeline) is not merged yet", allow_module_level=True)
@@ -41,9 +41,7 @@ def speck(phantom):
 def ct(phantom, speck, tmp_path_factory):
     data = phantom_ct(phantom)
     data[tuple(slice(c, c + SPECK) for c in speck)] = CT_HU["vessels"]
-    path = tmp_path_factory.mktemp("phantom") / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(data, phantom.affine), str(path))
-    return path
+    return save_ct(phantom, tmp_path_factory.mktemp("phantom") / "ct.nii.gz", data)
 
 
 @pytest.fixture(scope="module")
