@@ -38,18 +38,18 @@ def loopback_without_proxy(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model_zip(test_weights, tmp_path_factory):
-    return zip_dataset(test_weights / FOLDER, tmp_path_factory.mktemp("zips") / f"{FOLDER}.zip").read_bytes()
+def model_zip(fitted_weights, tmp_path_factory):
+    return zip_dataset(fitted_weights / FOLDER, tmp_path_factory.mktemp("zips") / f"{FOLDER}.zip").read_bytes()
 
 
 @pytest.fixture(scope="module")
-def licensed_zip(test_weights, tmp_path_factory):
+def licensed_zip(fitted_weights, tmp_path_factory):
     """Dataset298's files under Dataset301's names: a self-consistent model for the licensed-path tests."""
     import shutil
 
     root = tmp_path_factory.mktemp("lic")
     src = root / LICENSED.folder / LICENSED.subdir
-    shutil.copytree(test_weights / FOLDER / SPEC.subdir, src)
+    shutil.copytree(fitted_weights / FOLDER / SPEC.subdir, src)
     return zip_dataset(root / LICENSED.folder, root / "lic.zip").read_bytes()
 
 
@@ -127,12 +127,12 @@ def test_server_ignoring_range_restarts_cleanly(server, wdir):
     assert is_installed(SPEC, wdir)
 
 
-def test_file_changed_on_a_server_without_validators(server, wdir, test_weights, tmp_path):
+def test_file_changed_on_a_server_without_validators(server, wdir, fitted_weights, tmp_path):
     """Resuming blindly glues two different files together: detected, downloaded again from zero."""
     server.fault = "drop_once"
     with pytest.raises(WeightsDownloadError):
         download_models([SPEC], weights_dir=wdir, mirror=server.url(), **{**FAST, "retries": 0})
-    stored = zip_dataset(test_weights / FOLDER, tmp_path / "stored.zip", compression=zipfile.ZIP_STORED)
+    stored = zip_dataset(fitted_weights / FOLDER, tmp_path / "stored.zip", compression=zipfile.ZIP_STORED)
     server.files[f"/{FOLDER}.zip"] = stored.read_bytes()
     server.fault = "no_validator"
     events, progress = recorder()
@@ -192,8 +192,8 @@ def test_damaged_download_is_an_error_and_deleted(server, wdir, fault):
     assert_nothing_half_installed(wdir, allow_partial=False)  # a damaged file is not kept for resuming
 
 
-def test_zip_without_the_expected_dataset(server, wdir, test_weights, tmp_path):
-    other = zip_dataset(test_weights / CAT.models_for("total", "fast")[0].folder, tmp_path / "o.zip")
+def test_zip_without_the_expected_dataset(server, wdir, fitted_weights, tmp_path):
+    other = zip_dataset(fitted_weights / CAT.models_for("total", "fast")[0].folder, tmp_path / "o.zip")
     server.files[f"/{FOLDER}.zip"] = other.read_bytes()
     with pytest.raises(InvalidWeightsError) as e:
         download_models([SPEC], weights_dir=wdir, mirror=server.url(), **FAST)

@@ -29,9 +29,9 @@ def wdir(tmp_path):
 
 
 @pytest.fixture
-def model_a(test_weights, tmp_path):
+def model_a(fitted_weights, tmp_path):
     """A private copy of a real test model folder (Dataset298), to damage at will."""
-    return copy_dataset(test_weights, A.folder, tmp_path / "src")
+    return copy_dataset(fitted_weights, A.folder, tmp_path / "src")
 
 
 def refused(path, wdir, *needles):
@@ -46,8 +46,8 @@ def refused(path, wdir, *needles):
 
 # -- what is accepted --------------------------------------------------------------------------
 
-def test_official_release_zip(test_weights, wdir, tmp_path):
-    z = zip_dataset(test_weights / A.folder, tmp_path / f"{A.folder}.zip")
+def test_official_release_zip(fitted_weights, wdir, tmp_path):
+    z = zip_dataset(fitted_weights / A.folder, tmp_path / f"{A.folder}.zip")
     events = []
     assert import_weights(z, weights_dir=wdir, progress=Progress(events.append)) == [wdir / A.folder]
     assert is_installed(A, wdir)
@@ -56,9 +56,9 @@ def test_official_release_zip(test_weights, wdir, tmp_path):
     assert [p.name for p in wdir.iterdir() if p.name.startswith(".install-")] == []
 
 
-def test_zip_with_top_folder_and_two_datasets(test_weights, wdir, tmp_path):
-    z = zip_dataset(test_weights / A.folder, tmp_path / "bundle.zip", top="totalseg_weights")
-    zip_dataset(test_weights / B.folder, z, top="totalseg_weights")
+def test_zip_with_top_folder_and_two_datasets(fitted_weights, wdir, tmp_path):
+    z = zip_dataset(fitted_weights / A.folder, tmp_path / "bundle.zip", top="totalseg_weights")
+    zip_dataset(fitted_weights / B.folder, z, top="totalseg_weights")
     with zipfile.ZipFile(z, "a") as zf:  # macOS Finder litter is ignored
         zf.writestr("__MACOSX/totalseg_weights/._x", b"junk")
     installed = import_weights(z, weights_dir=wdir)
@@ -66,23 +66,23 @@ def test_zip_with_top_folder_and_two_datasets(test_weights, wdir, tmp_path):
     assert is_installed(A, wdir) and is_installed(B, wdir)
 
 
-def test_folders_dataset_model_and_whole_weights_folder(test_weights, model_a, wdir, tmp_path):
+def test_folders_dataset_model_and_whole_weights_folder(fitted_weights, model_a, wdir, tmp_path):
     before = sorted(p.relative_to(model_a) for p in model_a.rglob("*"))
     assert import_weights(model_a, weights_dir=wdir) == [wdir / A.folder]
     assert sorted(p.relative_to(model_a) for p in model_a.rglob("*")) == before  # source untouched
     # a bare model folder: the dataset is named by its plans.json
     w2 = tmp_path / "w2"
-    assert import_weights(test_weights / B.folder / B.subdir, weights_dir=w2) == [w2 / B.folder]
+    assert import_weights(fitted_weights / B.folder / B.subdir, weights_dir=w2) == [w2 / B.folder]
     # another installation's whole weights folder
     other = tmp_path / "other_install"
     for m in (A, B):
-        copy_dataset(test_weights, m.folder, other)
+        copy_dataset(fitted_weights, m.folder, other)
     assert sorted(import_weights(other, weights_dir=tmp_path / "w3")) == sorted(
         [tmp_path / "w3" / A.folder, tmp_path / "w3" / B.folder])
 
 
-def test_cli_import_weights(test_weights, wdir, tmp_path, capsys):
-    z = zip_dataset(test_weights / A.folder, tmp_path / f"{A.folder}.zip")
+def test_cli_import_weights(fitted_weights, wdir, tmp_path, capsys):
+    z = zip_dataset(fitted_weights / A.folder, tmp_path / f"{A.folder}.zip")
     assert main(["import-weights", str(z), "--weights_dir", str(wdir), "-q"]) == 0
     assert capsys.readouterr().out.split() == [str(wdir / A.folder)]
     bad = tmp_path / "bad.zip"
@@ -92,8 +92,8 @@ def test_cli_import_weights(test_weights, wdir, tmp_path, capsys):
     assert err.startswith(f"ERROR: {bad} is not a valid zip archive") and "Fix:" in err
 
 
-def test_unknown_dataset_name_is_installed_with_a_warning(test_weights, wdir, tmp_path):
-    z = zip_dataset(test_weights / A.folder, tmp_path / "legacy.zip", rename=A.folder + "_v204")
+def test_unknown_dataset_name_is_installed_with_a_warning(fitted_weights, wdir, tmp_path):
+    z = zip_dataset(fitted_weights / A.folder, tmp_path / "legacy.zip", rename=A.folder + "_v204")
     events = []
     import_weights(z, weights_dir=wdir, progress=Progress(events.append))
     warnings = [e["message"] for e in events if e["event"] == "log"]
@@ -102,8 +102,8 @@ def test_unknown_dataset_name_is_installed_with_a_warning(test_weights, wdir, tm
 
 # -- replacing an installed model ----------------------------------------------------------------
 
-def test_replace_only_after_the_new_one_verified(test_weights, model_a, wdir, tmp_path):
-    import_weights(test_weights / A.folder, weights_dir=wdir)
+def test_replace_only_after_the_new_one_verified(fitted_weights, model_a, wdir, tmp_path):
+    import_weights(fitted_weights / A.folder, weights_dir=wdir)
     installed_ckpt = wdir / A.folder / A.subdir / CKPT
     original = installed_ckpt.read_bytes()
     # an extra model folder of the same dataset must survive any import
@@ -116,7 +116,7 @@ def test_replace_only_after_the_new_one_verified(test_weights, model_a, wdir, tm
     assert "not a readable PyTorch checkpoint" in str(refused_error.value)
     assert installed_ckpt.read_bytes() == original  # the old model is intact
     # a good new version replaces it
-    new = torch.load(test_weights / A.folder / A.subdir / CKPT, weights_only=False)
+    new = torch.load(fitted_weights / A.folder / A.subdir / CKPT, weights_only=False)
     new["current_epoch"] = 4000
     torch.save(new, model_a / A.subdir / CKPT)
     import_weights(model_a, weights_dir=wdir)
@@ -129,8 +129,8 @@ def test_replace_only_after_the_new_one_verified(test_weights, model_a, wdir, tm
 
 @pytest.mark.parametrize("entry", ["../evil.txt", "/tmp/evil_abs.txt", "ok/../../evil.txt", "C:/evil.txt",
                                    "..\\evil.txt"])
-def test_zip_slip_is_refused_before_extracting(test_weights, wdir, tmp_path, entry):
-    z = zip_dataset(test_weights / A.folder, tmp_path / "evil.zip")
+def test_zip_slip_is_refused_before_extracting(fitted_weights, wdir, tmp_path, entry):
+    z = zip_dataset(fitted_weights / A.folder, tmp_path / "evil.zip")
     with zipfile.ZipFile(z, "a") as zf:
         zf.writestr(zipfile.ZipInfo(entry), b"owned")
     refused(z, wdir, "refused", repr(entry)[1:-1].replace("\\\\", "\\"), "Nothing was extracted")
@@ -138,8 +138,8 @@ def test_zip_slip_is_refused_before_extracting(test_weights, wdir, tmp_path, ent
     assert installed_datasets(wdir) == []
 
 
-def test_symlink_entry_is_refused(test_weights, wdir, tmp_path):
-    z = zip_dataset(test_weights / A.folder, tmp_path / "link.zip")
+def test_symlink_entry_is_refused(fitted_weights, wdir, tmp_path):
+    z = zip_dataset(fitted_weights / A.folder, tmp_path / "link.zip")
     info = zipfile.ZipInfo(f"{A.folder}/link")
     info.external_attr = (0o120777 << 16)
     with zipfile.ZipFile(z, "a") as zf:
@@ -147,8 +147,8 @@ def test_symlink_entry_is_refused(test_weights, wdir, tmp_path):
     refused(z, wdir, "symbolic link")
 
 
-def test_corrupt_zips(test_weights, wdir, tmp_path):
-    good = zip_dataset(test_weights / A.folder, tmp_path / "good.zip", compression=zipfile.ZIP_STORED).read_bytes()
+def test_corrupt_zips(fitted_weights, wdir, tmp_path):
+    good = zip_dataset(fitted_weights / A.folder, tmp_path / "good.zip", compression=zipfile.ZIP_STORED).read_bytes()
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(good[: len(good) // 2])
     refused(truncated, wdir, "is not a valid zip archive", "damaged or incomplete")
@@ -167,12 +167,12 @@ def test_archive_that_is_not_a_model(wdir, tmp_path):
     refused(z, wdir, "No nnU-Net model found", "plans.json")
 
 
-def test_zip_of_a_model_folders_contents(test_weights, wdir, tmp_path):
+def test_zip_of_a_model_folders_contents(fitted_weights, wdir, tmp_path):
     z = tmp_path / "flat.zip"
     with zipfile.ZipFile(z, "w") as zf:
-        for p in (test_weights / A.folder / A.subdir).rglob("*"):
+        for p in (fitted_weights / A.folder / A.subdir).rglob("*"):
             if p.is_file():
-                zf.write(p, p.relative_to(test_weights / A.folder / A.subdir).as_posix())
+                zf.write(p, p.relative_to(fitted_weights / A.folder / A.subdir).as_posix())
     refused(z, wdir, f"{z} holds a plans.json at its top level", "<trainer>__<plans>__<configuration>")
 
 
@@ -285,9 +285,9 @@ def test_unwritable_weights_folder(model_a, tmp_path):
     # (a folder without write permission: test_download.test_read_only_weights_folder)
 
 
-def test_cancel_during_import_leaves_nothing(test_weights, wdir, tmp_path):
-    z = zip_dataset(test_weights / A.folder, tmp_path / "a.zip")
-    zip_dataset(test_weights / B.folder, z)
+def test_cancel_during_import_leaves_nothing(fitted_weights, wdir, tmp_path):
+    z = zip_dataset(fitted_weights / A.folder, tmp_path / "a.zip")
+    zip_dataset(fitted_weights / B.folder, z)
     token = CancelToken()
 
     def on_event(e):
@@ -316,8 +316,8 @@ def test_staging_left_by_a_killed_process_is_removed(model_a, wdir):
     assert not left.exists() and busy.exists() and remote.exists()
 
 
-def test_importing_from_inside_the_weights_folder_is_refused(test_weights, wdir):
-    import_weights(test_weights / A.folder, weights_dir=wdir)
+def test_importing_from_inside_the_weights_folder_is_refused(fitted_weights, wdir):
+    import_weights(fitted_weights / A.folder, weights_dir=wdir)
     refused_error = pytest.raises(InvalidWeightsError)
     with refused_error as e:
         import_weights(wdir / A.folder, weights_dir=wdir)

@@ -178,7 +178,7 @@ def test_wrong_modality_warns_and_apply_asks_before_running(panel, example):
     assert ui.statusLabel.text.startswith("Done: 1 segments")
 
 
-def test_advanced_weights_import_and_licence(panel, tmp_path, test_weights):
+def test_advanced_weights_import_and_licence(panel, tmp_path, fitted_weights):
     from model_zips import installed_datasets, zip_dataset
 
     widget, host, scene, ct = panel
@@ -186,7 +186,7 @@ def test_advanced_weights_import_and_licence(panel, tmp_path, test_weights):
     weights = tmp_path / "weights"
     weights.mkdir()
     ui.weightsFolderPathLineEdit.currentPath = str(weights)
-    archive = zip_dataset(test_weights / "Dataset297_TotalSegmentator_total_3mm_1559subj",
+    archive = zip_dataset(fitted_weights / "Dataset297_TotalSegmentator_total_3mm_1559subj",
                           tmp_path / "Dataset297.zip")
     host.answers["file"] = str(archive)
     ui.importWeightsZipButton.click()
@@ -209,14 +209,16 @@ def test_advanced_weights_import_and_licence(panel, tmp_path, test_weights):
     assert "nnunetv2: 2.8.1" in ui.packageVersionsLabel.text and "torch: 2.13.0" in ui.packageVersionsLabel.text
 
 
-def test_download_weights_for_the_task_with_cancel(panel, tmp_path, test_weights, monkeypatch):
+def test_download_weights_for_the_task_with_cancel(panel, tmp_path, fitted_weights, monkeypatch):
+    """(The fitted models' checkpoints: a zip of realistic size, so the slow download is still
+    running when Cancel comes; the known-output models' zeros compress to almost nothing.)"""
     from http_server import WeightsServer
     from model_zips import assert_nothing_half_installed, installed_datasets, zip_dataset
 
     widget, host, scene, ct = panel
     ui, p = widget.ui, widget._parameterNode
     folder = "Dataset298_TotalSegmentator_total_6mm_1559subj"
-    archive = zip_dataset(test_weights / folder, tmp_path / f"{folder}.zip").read_bytes()
+    archive = zip_dataset(fitted_weights / folder, tmp_path / f"{folder}.zip").read_bytes()
     weights = tmp_path / "weights"
     ui.weightsFolderPathLineEdit.currentPath = str(weights)
     p.quality = "fastest"
