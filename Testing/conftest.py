@@ -64,7 +64,7 @@ def example():
 @pytest.fixture(scope="session")
 def known_weights():
     """Weights folder of the known-output test models: each class answers a band of
-    intensities (testmodels.KNOWN_BANDS_HU), so what they segment is known on any machine."""
+    intensities (known_models.KNOWN_BANDS_HU), so what they segment is known on any machine."""
     from testmodels import build_test_weights
 
     return build_test_weights(size="known")

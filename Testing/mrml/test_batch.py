@@ -11,7 +11,7 @@ import pytest
 
 import batch
 import slicer_core_build
-from testmodels import KNOWN_BANDS_HU
+from known_models import KNOWN_BANDS_HU
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = REPO / "TotalSegmentatorModule" / "TotalSegmentatorScripts" / "batch.py"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import testmodels
+from known_models import KNOWN_BANDS_HU
 from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.pipeline import Segmenter
 
@@ -22,8 +23,8 @@ def test_known_models_answer_their_intensity_bands_exactly(known_weights, tmp_pa
     classes = load_catalogue().task("total").classes
     expected = np.zeros(ct.shape, np.uint8)
     for value, name in classes.items():
-        if name in testmodels.KNOWN_BANDS_HU:
-            low, high = testmodels.KNOWN_BANDS_HU[name]
+        if name in KNOWN_BANDS_HU:
+            low, high = KNOWN_BANDS_HU[name]
             expected[(ct >= low) & (ct < (high if high is not None else 10**6))] = value
     assert np.array_equal(np.asanyarray(result.labelmap.dataobj), expected)
 

@@ -6,10 +6,10 @@ nnUNetPlans__<config>/{dataset.json, plans.json, fold_N/checkpoint_final.pth}`),
 official label maps of each model (part) and plans at the official model spacing.
 Three kinds:
 
-- "known": hand-set networks whose output is known by construction. Every voxel is
-  classified by its own intensity alone: class C wins exactly where the (CT, Hounsfield)
-  value lies in KNOWN_BANDS_HU[C] (MR models: the z-scored value in KNOWN_BANDS_Z[C]), and
-  the margins are wide, so the output is the same on any machine. Tests that assert what
+- "known": hand-set networks whose output is known by construction (known_models.py).
+  Every voxel is classified by its own intensity alone: class C wins exactly where the
+  (CT, Hounsfield) value lies in known_models.KNOWN_BANDS_HU[C], and the margins are wide,
+  so the output is the same on any machine. Tests that assert what
   a segmentation contains use these, on inputs made to match (e.g. vessel_phantoms.phantom_ct)
   or on real images, where the band rule says what must come out.
 - "fitted" (size "tiny"): fitted for a few seconds to the official reference segmentations
@@ -49,9 +49,11 @@ import nibabel as nib
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+import known_models  # noqa: E402
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
 from SegmentationLogic.sample_data import example_path  # noqa: E402
 
@@ -68,27 +70,16 @@ CT_INTENSITIES = {"max": 3071.0, "mean": 60.0, "median": 50.0, "min": -1024.0,
 DEFAULT_DATASETS = (291, 292, 293, 294, 295, 297, 298, 300, 8, 850, 851, 852, 853, 803, 305, 315)
 KINDS = ("known", "fitted", "realistic")
 
-# Known-output models: the intensity band [low, high) each class answers (None: open).
-# CT models see Hounsfield units; the bands are far apart from the values phantoms use.
-KNOWN_BANDS_HU = {
-    "liver": (0, 240),                           # soft tissue, and contrast-filled vessels inside it
-    "portal_vein_and_splenic_vein": (240, 340),
-    "inferior_vena_cava": (340, 440),
-    "liver_vessels": (130, None),                # dataset 8: everything contrast-bright
-    "body_trunc": (-500, None),
-}
-KNOWN_BANDS_Z = {"liver": (0.0, 1.0)}            # MR models (z-scored intensities)
-KNOWN_SCALE = 100.0  # logit slope per normalised unit outside a band: a band edge is sharp to 0.01 (4 HU)
-
-
 def default_cache_root():
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "totalsegmentator-slicer" / "test-models"
 
 
-def recipe_hash():
-    """What the models are made from: this file. (Editing it builds new models.)"""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+def recipe_hash(kind="fitted"):
+    """What models of a kind are made from: this file, and known_models.py for the known
+    ones. (Editing them builds new models.)"""
+    files = [Path(__file__)] + ([Path(known_models.__file__)] if kind == "known" else [])
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
 def _kind(size):
@@ -102,7 +93,7 @@ def weights_folder(cache_root=None, size="fitted"):
     kind = _kind(size)
     if kind not in KINDS:
         raise ValueError(f"unknown kind of test model {size!r}: use one of {KINDS}")
-    key = hashlib.sha256(f"{recipe_hash()}|{torch.__version__}|{kind}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{recipe_hash(kind)}|{torch.__version__}|{kind}".encode()).hexdigest()[:16]
     return Path(cache_root or default_cache_root()) / f"{kind}-{key}"
 
 
@@ -338,9 +329,7 @@ def _arch(size, n_classes):
             "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
     if size == "known":
-        # no normalisation (it would make a voxel's class depend on its neighbours) and
-        # plain ReLU: the network is a piecewise-linear function of each voxel's value
-        arch.update(norm_op=None, norm_op_kwargs={}, nonlin="torch.nn.ReLU")
+        arch = known_models.known_arch(arch)
     return arch, patch
 
 
@@ -515,52 +504,7 @@ def _task_of(dataset):
     raise KeyError(dataset)
 
 
-def _known_bands(classes, norm):
-    """{label: (low, high)} in normalised units for the classes with a band."""
-    out = {}
-    for label, name in classes.items():
-        if norm == "CTNormalization" and name in KNOWN_BANDS_HU:
-            low, high = KNOWN_BANDS_HU[name]
-            to_norm = lambda v: None if v is None else (v - CT_INTENSITIES["mean"]) / CT_INTENSITIES["std"]  # noqa: E731
-            out[label] = (to_norm(low), to_norm(high))
-        elif norm != "CTNormalization" and name in KNOWN_BANDS_Z:
-            out[label] = KNOWN_BANDS_Z[name]
-    return out
-
-
-def _set_known_weights(net, classes, norm):
-    """Hand-set weights: class k's logit is 1 - KNOWN_SCALE * (distance of the voxel's value
-    to its band), background's is 0, every other class's -1. Only the centre taps of the
-    first encoder convolution and of the last decoder convolution are used, so each voxel
-    is classified on its own value, the same in every tile and every mirror image."""
-    import torch
-
-    bands = _known_bands(classes, norm)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        first = net.encoder.stages[0][0].convs[0].conv
-        last = net.decoder.stages[-1].convs[0].conv
-        seg = net.decoder.seg_layers[-1]
-        n_up = last.in_channels - first.out_channels  # the decoder concatenates (upsampled, skip)
-        seg.bias.fill_(-1.0)
-        seg.bias[0] = 0.0
-        channel = 0
-        for label, (low, high) in sorted(bands.items()):
-            seg.bias[label] = 1.0
-            for edge, sign in ((low, -1.0), (high, 1.0)):  # relu(s*(low - x)), relu(s*(x - high))
-                if edge is None:
-                    continue
-                if channel >= first.out_channels:
-                    raise ValueError(f"too many bands for {first.out_channels} channels: {bands}")
-                first.weight[channel, 0, 1, 1, 1] = sign * KNOWN_SCALE
-                first.bias[channel] = -sign * KNOWN_SCALE * edge
-                last.weight[channel, n_up + channel, 1, 1, 1] = 1.0
-                seg.weight[label, channel, 0, 0, 0] = -1.0
-                channel += 1
-
-
-TRAIN_PATCH = (32, 32, 32)  # fully convolutional: train on small patches, infer on the plans patch
+TRAIN_PATCH = (24, 24, 24)  # fully convolutional: train on small patches (fast), infer on the plans patch
 
 # liver_vessels and pleural_pericard_effusion have no TotalSegmentator resampling: nnU-Net
 # resamples to its plans spacing (fitted models use a spacing that differs from the examples',
@@ -595,7 +539,7 @@ def build_model(weights_dir, dataset, size="fitted", iterations=None, seed=0):
             image = _normalise(image, norm).astype(np.float32)
             _fit(net, image, label, TRAIN_PATCH, n_classes, iterations or 100, seed + dataset + 1000 * fold)
         elif kind == "known":
-            _set_known_weights(net, classes, norm)
+            known_models.set_known_weights(net, classes, norm, CT_INTENSITIES)
         (out / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
         torch.save({"network_weights": net.state_dict(), "trainer_name": model.trainer,
                     "init_args": {"configuration": model.configuration},

@@ -33,7 +33,7 @@ LEVELS = ("clean", "touching", "gaps", "noisy", "combined")
 PORTAL, HEPATIC = 1, 2
 
 # Hounsfield units of phantom_ct: each structure lies deep inside the intensity band that the
-# known test models (testmodels.KNOWN_BANDS_HU) answer, so what they segment is known
+# known test models (known_models.KNOWN_BANDS_HU) answer, so what they segment is known
 CT_HU = {"air": -1000, "fat": -100, "liver": 60, "vessels": 190, "portal_trunk": 290, "ivc": 390}
 
 
