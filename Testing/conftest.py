@@ -72,7 +72,8 @@ def known_weights():
 
 @pytest.fixture(scope="session")
 def fitted_weights():
-    """Weights folder of the fitted test models (outputs that look like anatomy; for parity only)."""
+    """Weights folder of the fitted test models: outputs that look like anatomy (parity), and
+    checkpoints of realistic size (the weights download and import tests)."""
     from testmodels import build_test_weights
 
     return build_test_weights(size="fitted")
