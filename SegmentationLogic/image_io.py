@@ -32,7 +32,6 @@ volume that clearly is not what a task's models were trained on.
 """
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections import Counter, defaultdict
@@ -43,6 +42,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import InputImageError, OutOfMemoryError
+from .system.memory import available_memory, format_bytes
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -569,49 +569,6 @@ def _load_dicom_zip(path, progress=None, series_uid=None, available_bytes=None):
 
 # -- checks ------------------------------------------------------------------------
 
-def available_memory_bytes():
-    """Memory this process can still use: MemAvailable, capped by a cgroup limit."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < 1 << 60:
-            cg = max(int(limit) - usage, 0)
-            avail = cg if avail is None else min(avail, cg)
-        break
-    if avail is None and sys.platform == "win32":
-        import ctypes
-
-        class MemStatus(ctypes.Structure):
-            _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
-                        ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
-                        ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
-                        ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
-                        ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]
-        st = MemStatus()
-        st.dwLength = ctypes.sizeof(MemStatus)
-        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(st)):
-            avail = st.ullAvailPhys
-    if avail is None:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            avail = 1 << 62  # unknown: do not block
-    return avail
-
-
 def estimate_memory_bytes(shape, zooms, target_spacing=None, n_classes=None):
     """Rough peak memory of one run on an image.
 
@@ -636,18 +593,14 @@ def estimate_memory_bytes(shape, zooms, target_spacing=None, n_classes=None):
 
 
 def _check_fits(shape, bytes_per_voxel, available_bytes, what):
-    avail = available_memory_bytes() if available_bytes is None else available_bytes
+    avail = available_memory() if available_bytes is None else available_bytes
     need = float(np.prod(shape)) * bytes_per_voxel
-    if need > avail:
+    if avail is not None and need > avail:
         raise ImageTooLargeError(
-            f"{what} is {'x'.join(map(str, shape))} voxels: reading it needs {_gib(need)}, "
-            f"but only {_gib(avail)} of memory is available.",
+            f"{what} is {'x'.join(map(str, shape))} voxels: reading it needs {format_bytes(need)}, "
+            f"but only {format_bytes(avail)} of memory is available.",
             "Crop or downsample the volume first (Slicer: Crop Volume module), or run on a machine "
             "with more memory.")
-
-
-def _gib(n):
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _spacing(affine):
@@ -719,16 +672,16 @@ def check_image(img, target_spacing=None, n_classes=None, available_bytes=None):
         if not np.allclose(hdr.get_sform(), hdr.get_qform(), atol=1e-3):
             warnings.append("The NIfTI sform and qform disagree; the sform is used (as the official tool "
                             "and nibabel do); other programs may place the image elsewhere.")
-    avail = available_memory_bytes() if available_bytes is None else available_bytes
+    avail = available_memory() if available_bytes is None else available_bytes
     need = estimate_memory_bytes(shape, zooms, target_spacing, n_classes)
-    if need > avail:
+    if avail is not None and need > avail:
         raise ImageTooLargeError(
-            f"The image ({'x'.join(map(str, shape[:3]))} voxels) needs about {_gib(need)} of memory to "
-            f"segment, but only {_gib(avail)} is available.",
+            f"The image ({'x'.join(map(str, shape[:3]))} voxels) needs about {format_bytes(need)} of memory to "
+            f"segment, but only {format_bytes(avail)} is available.",
             "Use a faster/coarser quality (--fast or --fastest), segment a region (crop the volume, "
             "Slicer: Crop Volume), close other programs, or use a machine with more memory.")
-    if need > 0.7 * avail:
-        warnings.append(f"The run may need about {_gib(need)} of the {_gib(avail)} memory available.")
+    if avail is not None and need > 0.7 * avail:
+        warnings.append(f"The run may need about {format_bytes(need)} of the {format_bytes(avail)} memory available.")
     _check_values(np.asanyarray(img.dataobj).reshape(shape[:3]))
     return warnings
 

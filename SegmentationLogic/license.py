@@ -10,11 +10,10 @@ The key is a secret: it is never printed, logged or put in an error message. Cod
 needs to show it uses `mask_license` ("aca_****...1234").
 """
 import json
-import os
 import re
-import tempfile
 
 from .errors import LicenseError
+from .system.files import write_json
 
 CONFIG_NAME = "config.json"
 KEY_FIELD = "license_number"
@@ -77,19 +76,9 @@ def set_license(key, home=None):
         config = {"send_usage_stats": False}
     config[KEY_FIELD] = key
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write a private temporary file and rename it over the old one: never a moment
-        # where the key sits in a file others can read, never a half-written config.
-        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=path.parent)
-        try:
-            os.chmod(tmp, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(config, f, indent=4)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # private and atomic: never a moment where the key sits in a file others can read,
+        # never a half-written config
+        write_json(config, path, private=True)
     except OSError as e:
         raise LicenseError(f"Cannot write the licence key to {path}: {e.strerror or e}.",
                            "Make that folder writable, or point TOTALSEG_HOME_DIR at a writable folder.") from None

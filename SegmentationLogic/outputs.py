@@ -11,12 +11,13 @@
 Files are written under temporary names and renamed when all are complete, so a failure
 or cancel never leaves half a result behind.
 """
-import json
 import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from .system.files import dump_json, reserve_temp
 
 LABEL_COLOURS = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255], [255, 128, 0],
                  [255, 0, 128], [128, 255, 128], [0, 128, 255], [128, 128, 128], [185, 170, 155]]
@@ -86,26 +87,18 @@ class AtomicWriter:
         self._pending = []  # (tmp, final)
         self.files = []
 
-    def _tmp(self, final, suffix=""):
-        final = Path(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.part{os.getpid()}{suffix}")
-        self._pending.append((tmp, final))
+    def path(self, final, suffix=""):
+        """A temporary path to write `final` to; it is renamed to `final` by `commit()`."""
+        tmp = reserve_temp(final, suffix)
+        self._pending.append((tmp, Path(final)))
         return tmp
 
     def nifti(self, img, final):
         # nibabel picks compression from the name: keep the NIfTI suffix at the end of the temp name
-        suffix = ".nii.gz" if str(final).endswith(".nii.gz") else ".nii"
-        nib.save(img, self._tmp(final, suffix))
+        nib.save(img, self.path(final, ".nii.gz" if str(final).endswith(".nii.gz") else ".nii"))
 
     def json(self, data, final):
-        tmp = self._tmp(final)
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=4)
-
-    def text(self, text, final):
-        tmp = self._tmp(final)
-        Path(tmp).write_text(text)
+        dump_json(data, self.path(final, ".json"))
 
     def adopt(self, tmp, final):
         """Take over a file someone else wrote to `tmp`."""

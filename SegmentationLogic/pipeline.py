@@ -33,6 +33,7 @@ from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebr
                              remove_outside_of_mask, remove_small_blobs as remove_blobs, vertebrae_pp)
 from .progress import CancelToken, Progress
 from .request import SegmentRequest, SegmentResult
+from .system.memory import available_memory
 
 log = logging.getLogger(__name__)
 
@@ -49,33 +50,6 @@ SegmentationResult = SegmentResult  # the name of the first release's API
 
 
 # -- memory ------------------------------------------------------------------------------
-
-def available_memory():
-    """Bytes this process may still allocate: MemAvailable, a cgroup limit, or the
-    TOTALSEG_MEMORY_LIMIT_GB override, whichever is smallest (None if unknown)."""
-    limits = []
-    env = os.environ.get("TOTALSEG_MEMORY_LIMIT_GB")
-    if env:
-        try:
-            limits.append(float(env) * 2**30)
-        except ValueError:
-            pass
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    limits.append(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
-            limits.append(int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return min(limits) if limits else None
-
 
 def _is_oom(exc):
     if isinstance(exc, MemoryError):
@@ -213,7 +187,7 @@ class Segmenter:
         roi_subset = _check_request(spec, mode, quality, roi_subset, output, ml)
         weights_dir = weights_dir if weights_dir is not None else self.weights_dir
         download = self.download if download is None else download
-        from .devices import configure_threads, parse_device, resolve_device
+        from .system.devices import configure_threads, parse_device, resolve_device
 
         device = device if device is not None else self.device
         parse_device(device)

@@ -19,7 +19,6 @@ import colorsys
 import hashlib
 import os
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import SegmentationError
+from .system.files import atomic_path
 
 NOTE_BANNER_RGB = (0.78, 0.08, 0.08)  # the note's background, kept out of the class palette
 BACKGROUND_RGB = (0.08, 0.09, 0.12)
@@ -306,21 +306,14 @@ def render_preview(labelmap, class_map, png_path, colors=None, note=None, size=(
         raise PreviewError("Offscreen 3D rendering is not available (no OpenGL context).",
                            "Install Mesa's EGL/OSMesa libraries (e.g. apt install libegl1 libgl1-mesa-dri) "
                            "or run with a display; the segmentation itself is not affected.")
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".preview-", suffix=".png", dir=png_path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(png_path, ".png") as tmp:
         writer = vtk.vtkPNGWriter()
-        writer.SetFileName(tmp)
+        writer.SetFileName(str(tmp))
         writer.SetInputData(pixels)
         writer.Write()
         if writer.GetErrorCode() or os.path.getsize(tmp) == 0:
             raise PreviewError(f"Could not write the preview image {png_path}.",
                                "Check that the output folder is writable and the disk is not full.")
-        os.replace(tmp, png_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     window.Finalize()
     return png_path
 

@@ -122,7 +122,7 @@ class Worker:
         return {"pid": os.getpid()}
 
     def _devices(self, request, token):
-        from .devices import available_devices
+        from .system.devices import available_devices
 
         return {"devices": available_devices()}
 

@@ -7,13 +7,13 @@ names both files. The split runs in RAS-canonical array order (axis 2 inferior t
 superior) and the outputs are written back in the vessel file's own orientation.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputImageError
+from ..system import files
+from ..system.files import atomic_path
 
 OUTPUT_FILES = {
     "portal": "portal_vein_branches.nii.gz",
@@ -153,47 +153,18 @@ def write_nifti(data, ref_img, path, dtype=np.uint8):
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = ref_img.header.copy()
     header.set_data_dtype(dtype)
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref_img.affine, header)
     img.set_qform(ref_img.affine, code=1)
     img.set_sform(ref_img.affine, code=1)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_path(path, ".nii.gz") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def write_json(data, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
+    return files.write_json(data, path, indent=2)
 
 
 def read_metadata(out_dir):

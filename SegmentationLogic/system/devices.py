@@ -9,13 +9,14 @@ import multiprocessing
 import os
 import re
 
-from .errors import DeviceError
+from ..errors import DeviceError
+from .memory import total_memory
 
 _PATTERN = re.compile(r"^(auto|cpu|mps|cuda|gpu)(?::(\d+))?$")
 
 
 def _torch():
-    import torch
+    import torch  # heavy (seconds): only when a device is really resolved or listed
 
     return torch
 
@@ -35,19 +36,10 @@ def available_devices():
             out.append({"id": f"cuda:{i}", "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)})
     if _mps_available(torch):
         out.append({"id": "mps", "name": "Apple GPU (Metal)", "memory_gb": None})
-    out.append({"id": "cpu", "name": f"CPU ({os.cpu_count()} cores)", "memory_gb": _ram_gb()})
+    ram = total_memory()
+    out.append({"id": "cpu", "name": f"CPU ({os.cpu_count()} cores)",
+                "memory_gb": round(ram / 2**30, 1) if ram else None})
     return out
-
-
-def _ram_gb():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
 
 
 def parse_device(name="auto"):

@@ -1,0 +1,63 @@
+"""Writing files so that nobody ever sees half of one.
+
+Every file the engine writes goes to a hidden temporary name in its own folder (same
+disk, so the last step is a rename) and is renamed over its final name only when it is
+complete; on any error the temporary file is removed. Files get the permissions the
+user's umask gives (0600 where `private`, e.g. the licence key), unlike `mkstemp`'s 0600
+for everything, so a result can be read by the user's group as any other file they write.
+"""
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+
+def reserve_temp(final, suffix="", private=False):
+    """Create an empty hidden file beside `final` (folders made as needed) and return its path.
+
+    `suffix` ends the name (nibabel picks compression from it: ".nii.gz")."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.part{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+
+
+@contextlib.contextmanager
+def atomic_path(final, suffix="", private=False):
+    """Yield a temporary path to write `final` to; it becomes `final` only if the block succeeds."""
+    tmp = reserve_temp(final, suffix, private)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(o):
+    # numpy scalars and arrays, paths: what results hold besides plain Python values
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def dump_json(data, path, indent=4):
+    """Write `data` as JSON to `path` as it is (the caller makes it atomic)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=indent, default=_json_default)
+
+
+def write_json(data, path, indent=4, private=False):
+    """Write a JSON file atomically; returns its path."""
+    with atomic_path(path, ".json", private) as tmp:
+        dump_json(data, tmp, indent)
+    return Path(path)
