@@ -62,16 +62,18 @@ def _windows_available():
     return status.ullAvailPhys if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)) else None
 
 
+def _sysconf_pages(name):
+    try:
+        return os.sysconf(name) * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on Windows, not every name everywhere
+        return None
+
+
 def _system_available():
     available = _meminfo("MemAvailable")
     if available is None and sys.platform == "win32":
         available = _windows_available()
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            available = None
-    return available
+    return available if available is not None else _sysconf_pages("SC_AVPHYS_PAGES")
 
 
 def available_memory():
@@ -83,12 +85,7 @@ def available_memory():
 def total_memory():
     """Bytes of RAM this machine has (for the device list), or None if unknown."""
     total = _meminfo("MemTotal")
-    if total is None:
-        try:
-            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            total = None
-    return total
+    return total if total is not None else _sysconf_pages("SC_PHYS_PAGES")
 
 
 def format_bytes(n):
