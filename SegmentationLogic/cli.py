@@ -137,7 +137,7 @@ def cmd_import_weights(args):
 
 
 def cmd_set_license(args):
-    from .license import mask_license, set_license, validate_license
+    from .weights import mask_license, set_license, validate_license
 
     key = args.license_key
     if key in (None, "-"):  # keeps the key out of the shell history and the process list

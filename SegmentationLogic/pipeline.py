@@ -34,6 +34,7 @@ from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebr
 from .progress import CancelToken, Progress
 from .request import SegmentRequest, SegmentResult
 from .system.memory import available_memory
+from .weights import ensure_models, folds_of, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,6 @@ class _Run:
         self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
 
     def model(self, spec):
-        from .weights import folds_of, model_dir
-
         t = time.time()
         folds = folds_of(spec, self.weights_dir)
         key_known = len(self.segmenter.models)
@@ -293,8 +292,6 @@ class Segmenter:
         return out
 
     def _ensure_weights(self, plan, weights_dir, download, progress):
-        from .weights import ensure_models
-
         models = []
         for m in self._all_models(plan):
             if m not in models:

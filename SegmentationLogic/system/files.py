@@ -10,7 +10,13 @@ import contextlib
 import json
 import os
 import secrets
+import time
 from pathlib import Path
+
+if os.name == "nt":
+    import msvcrt
+else:
+    import fcntl
 
 
 def reserve_temp(final, suffix="", private=False):
@@ -61,3 +67,38 @@ def write_json(data, path, indent=4, private=False):
     with atomic_path(path, ".json", private) as tmp:
         dump_json(data, tmp, indent)
     return Path(path)
+
+
+@contextlib.contextmanager
+def file_lock(path, report=None, waiting_message=""):
+    """Exclusive lock between processes (fcntl on POSIX, msvcrt on Windows); waits, honouring cancel.
+
+    `report` (a progress Reporter) is checked for cancel and told `waiting_message` once."""
+    path = Path(path)
+    f = open(path, "a+b")
+    try:
+        told = False
+        while True:
+            try:
+                if os.name == "nt":
+                    f.seek(0)
+                    msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                else:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if report is not None:
+                    report.check()
+                    if not told and waiting_message:
+                        report.log(waiting_message)
+                        told = True
+                time.sleep(0.2)
+        yield
+    finally:
+        try:
+            if os.name == "nt":
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        except OSError:
+            pass
+        f.close()  # closing releases an flock

@@ -15,12 +15,11 @@ from http_server import WeightsServer
 from model_zips import assert_nothing_half_installed, installed_datasets, zip_dataset
 from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.cli import main
-from SegmentationLogic.download import MIRROR_ENV, OFFICIAL_VERSION, download_models
 from SegmentationLogic.errors import (Cancelled, InvalidWeightsError, LicenseError, WeightsDownloadError,
                                       WeightsFolderError)
-from SegmentationLogic.license import set_license
 from SegmentationLogic.progress import CancelToken, Progress
-from SegmentationLogic.weights import ensure_models, is_installed
+from SegmentationLogic.weights import ensure_models, is_installed, set_license
+from SegmentationLogic.weights.download import MIRROR_ENV, OFFICIAL_VERSION, download_models
 
 CAT = load_catalogue()
 SPEC = CAT.models_for("total", "fastest")[0]  # Dataset298, one model folder

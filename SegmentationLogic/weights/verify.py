@@ -13,11 +13,15 @@ the objects. Because a pickle that loads under this restricted unpickler referen
 nothing outside the allow-list, nnU-Net's own later `weights_only=False` load of the
 same file runs no foreign code either.
 """
+import contextlib
 import json
+import pickle
 import re
 from pathlib import Path
 
-from .errors import InvalidWeightsError
+import numpy as np
+
+from ..errors import InvalidWeightsError
 
 SUBDIR_RE = re.compile(r"^(?P<trainer>[^_][^/]*?)__(?P<plans>[^/]+?)__(?P<configuration>[^/_][^/]*)$")
 DATASET_RE = re.compile(r"^Dataset\d{3}_[^/]+$")
@@ -29,8 +33,6 @@ _FIX = ("Download the model again, or import the official release zip of this da
 
 def _safe_globals():
     """What nnU-Net checkpoints hold besides tensors (numpy 1 and numpy 2 names)."""
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core
     scalar, reconstruct = core.multiarray.scalar, core.multiarray._reconstruct
     allowed = [np.dtype, np.ndarray, (scalar, "numpy.core.multiarray.scalar"),
@@ -42,9 +44,7 @@ def _safe_globals():
 
 def load_checkpoint(path):
     """Load an nnU-Net checkpoint without executing code from it (see module docstring)."""
-    import pickle
-
-    import torch
+    import torch  # heavy: only when a checkpoint is really checked
 
     path = Path(path)
     try:
@@ -70,9 +70,7 @@ def load_checkpoint(path):
 
 def _allowing(allowed):
     """torch >= 2.5: a scoped allow-list; 2.4: a process-wide one; older: no safe way to load them."""
-    import contextlib
-
-    import torch
+    import torch  # heavy: only when a checkpoint is really checked
 
     ser = torch.serialization
     if hasattr(ser, "safe_globals"):
@@ -85,7 +83,7 @@ def _allowing(allowed):
 
 
 def _unsafe_globals(path):
-    import torch
+    import torch  # heavy: only when a checkpoint is really checked
 
     allowed = set()
     for g in _safe_globals():
@@ -125,7 +123,7 @@ def _output_channels(weights):
 
 
 def check_checkpoint(path, n_labels=None):
-    import torch
+    import torch  # heavy: only when a checkpoint is really checked
 
     ckpt = load_checkpoint(path)
     weights = ckpt.get("network_weights") if isinstance(ckpt, dict) else None

@@ -8,6 +8,7 @@ after the new one verified; on any failure or cancel the staging folder is remov
 the installed weights are as they were.
 """
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -19,8 +20,12 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from .errors import InvalidWeightsError, WeightsFolderError
-from .model_check import DATASET_RE, SUBDIR_RE, verify_dataset_folder
+from ..catalogue import load_catalogue
+from ..errors import InvalidWeightsError, WeightsFolderError
+from ..progress import Reporter
+from ..system.files import file_lock
+from .locate import resolve_weights_dir
+from .verify import DATASET_RE, SUBDIR_RE, verify_dataset_folder
 
 STAGING_PREFIX = ".install-"
 SKIPPED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
@@ -31,37 +36,6 @@ LAYOUT = "DatasetXXX_name/<trainer>__<plans>__<configuration>/{dataset.json, pla
 
 class CorruptArchiveError(InvalidWeightsError):
     """The file is not a readable zip archive (damaged or incomplete)."""
-
-
-# -- progress ---------------------------------------------------------------------------
-
-class Reporter:
-    """Maps a sub-task's 0..1 progress onto [lo, hi] of one stage of a Progress; checks cancel."""
-
-    def __init__(self, progress, stage, lo=0.0, hi=1.0):
-        self.progress, self.stage, self.lo, self.hi = progress, stage, lo, hi
-
-    def sub(self, lo, hi):
-        span = self.hi - self.lo
-        return Reporter(self.progress, self.stage, self.lo + span * lo, self.lo + span * hi)
-
-    def __call__(self, fraction, message="", **extra):
-        if self.progress is not None:
-            self.progress(self.stage, self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0), message, **extra)
-
-    def check(self):
-        cancel = getattr(self.progress, "cancel", None)
-        if cancel is not None:
-            cancel.check()
-
-    @property
-    def cancelled(self):
-        cancel = getattr(self.progress, "cancel", None)
-        return cancel is not None and cancel.cancelled
-
-    def log(self, message, level="info"):
-        if hasattr(self.progress, "log"):
-            self.progress.log(message, level)
 
 
 # -- the weights folder -------------------------------------------------------------------
@@ -132,45 +106,6 @@ def staging_dir(weights_dir):
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def file_lock(path, report=None, waiting_message=""):
-    """Exclusive lock between processes (fcntl on POSIX, msvcrt on Windows); waits, honouring cancel."""
-    path = Path(path)
-    f = open(path, "a+b")
-    try:
-        told = False
-        while True:
-            try:
-                if os.name == "nt":
-                    import msvcrt
-
-                    f.seek(0)
-                    msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-                else:
-                    import fcntl
-
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if report is not None:
-                    report.check()
-                    if not told and waiting_message:
-                        report.log(waiting_message)
-                        told = True
-                time.sleep(0.2)
-        yield
-    finally:
-        try:
-            if os.name == "nt":
-                import msvcrt
-
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-        except OSError:
-            pass
-        f.close()  # closing releases an flock
 
 
 # -- zip archives ------------------------------------------------------------------------
@@ -268,8 +203,6 @@ def copy_models(found, ready, report):
 # -- finding datasets ---------------------------------------------------------------------
 
 def _dataset_name_from_plans(model_folder):
-    import json
-
     try:
         name = json.loads((model_folder / "plans.json").read_text(encoding="utf-8")).get("dataset_name")
     except (OSError, ValueError, AttributeError):
@@ -322,7 +255,7 @@ def _add(found, dataset, model_folder):
     found[dataset].append(model_folder)
 
 
-def _gather(found, ready):
+def gather_models(found, ready):
     """Move (same disk: rename) the model folders found into ready/<dataset>/<model>."""
     out = {}
     for dataset, models in found.items():
@@ -390,8 +323,6 @@ def install_staged(datasets, weights_dir, required=None, report=None, origin=Non
 
 def _catalogue_folds(datasets):
     """{dataset: {model folder: folds}} the catalogue expects, for the model folders being imported."""
-    from .catalogue import load_catalogue
-
     expected = {}
     for task in load_catalogue().tasks():
         for mode in task.modes.values():
@@ -402,8 +333,6 @@ def _catalogue_folds(datasets):
 
 
 def _catalogue_warnings(names, report):
-    from .catalogue import load_catalogue
-
     known = {ds["folder"]: int(k) for k, ds in load_catalogue().datasets.items()}
     by_id = {i: f for f, i in known.items()}
     for name in names:
@@ -413,10 +342,38 @@ def _catalogue_warnings(names, report):
             report.log(f"{name} is not used by any task of this version{hint}. Installed anyway.", "warning")
 
 
-def _found_or_error(found, src):
+def _found_or_error(found, origin):
     if not found:
-        raise InvalidWeightsError(f"No nnU-Net model found in {src}.", f"Weights must be laid out as {LAYOUT}.")
+        raise InvalidWeightsError(f"No nnU-Net model found in {origin}.", f"Weights must be laid out as {LAYOUT}.")
     return found
+
+
+def _install_found(datasets, weights_dir, report, origin, required):
+    if required is None:  # an import: whatever it holds, checked against what the catalogue expects
+        _catalogue_warnings(datasets, report)
+        required = _catalogue_folds(datasets)
+    return install_staged(datasets, weights_dir, required, report, origin=origin)
+
+
+def install_zip(zip_path, weights_dir, report, origin, required=None, only=None, fix=None):
+    """Unpack a weights zip into a staging folder, verify and install it; return the installed folders.
+
+    `only`: the dataset folder that must be in the zip and the only one installed (a
+    download; `fix` then says what to do when it is missing); `required`: {dataset:
+    {model folder: folds}} that must be present (default: what the catalogue expects).
+    """
+    with staging_dir(weights_dir) as stage:
+        (stage / "unpacked").mkdir()
+        extract_zip(zip_path, stage / "unpacked", report.sub(0.0, 0.4))
+        found = find_datasets(stage / "unpacked", origin=origin)
+        if only is not None:
+            if only not in found:
+                raise InvalidWeightsError(
+                    f"{Path(zip_path).name} (from {origin}) does not contain {only} "
+                    f"(found: {', '.join(found) or 'no model'}).", fix or f"Weights must be laid out as {LAYOUT}.")
+            found = {only: found[only]}
+        datasets = gather_models(_found_or_error(found, origin), stage / "ready")
+        return _install_found(datasets, weights_dir, report.sub(0.4, 1.0), origin, required)
 
 
 def import_weights(path, weights_dir=None, progress=None):
@@ -426,8 +383,6 @@ def import_weights(path, weights_dir=None, progress=None):
     zips or folders with an extra top folder or several datasets, a whole weights folder
     of another installation, or a single model folder (dataset named by its plans.json).
     """
-    from .weights import resolve_weights_dir
-
     report = Reporter(progress, "install")
     src = Path(path).expanduser().resolve()
     if not src.exists():
@@ -438,14 +393,9 @@ def import_weights(path, weights_dir=None, progress=None):
                                   "Nothing to import: it is used from there.")
     remove_stale_staging(weights_dir)
     report(0.0, f"importing {src.name}")
-    with staging_dir(weights_dir) as stage:
-        if src.is_dir():  # find the models in place, copy only them
-            found = _found_or_error(find_datasets(src, origin=src), src)
-            datasets = copy_models(found, stage / "ready", report.sub(0.0, 0.4))
-        else:
-            (stage / "unpacked").mkdir()
-            extract_zip(src, stage / "unpacked", report.sub(0.0, 0.4))
-            found = _found_or_error(find_datasets(stage / "unpacked", origin=src), src)
-            datasets = _gather(found, stage / "ready")
-        _catalogue_warnings(datasets, report)
-        return install_staged(datasets, weights_dir, _catalogue_folds(datasets), report.sub(0.4, 1.0), origin=src)
+    if not src.is_dir():
+        return install_zip(src, weights_dir, report, origin=src)
+    with staging_dir(weights_dir) as stage:  # find the models in place, copy only them
+        found = _found_or_error(find_datasets(src, origin=src), src)
+        datasets = copy_models(found, stage / "ready", report.sub(0.0, 0.4))
+        return _install_found(datasets, weights_dir, report.sub(0.4, 1.0), src, None)

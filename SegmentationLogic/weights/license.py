@@ -12,8 +12,9 @@ needs to show it uses `mask_license` ("aca_****...1234").
 import json
 import re
 
-from .errors import LicenseError
-from .system.files import write_json
+from ..errors import LicenseError
+from ..system.files import write_json
+from .locate import totalseg_home
 
 CONFIG_NAME = "config.json"
 KEY_FIELD = "license_number"
@@ -24,8 +25,6 @@ _KEY_CHARS = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def config_path(home=None):
-    from .weights import totalseg_home
-
     return (home if home is not None else totalseg_home()) / CONFIG_NAME
 
 

@@ -30,9 +30,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import Cancelled, InvalidWeightsError, LicenseError, WeightsDownloadError
-from .install import (CorruptArchiveError, Reporter, check_free_space, extract_zip, file_lock, find_datasets,
-                      install_staged, prepare_weights_dir, remove_stale_staging, staging_dir, _gather)
+import requests
+import urllib3
+
+from ..catalogue import load_catalogue
+from ..errors import (Cancelled, InvalidWeightsError, LicenseError, WeightsDownloadError, WeightsFolderError,
+                      WeightsMissingError)
+from ..progress import Reporter
+from ..system.files import file_lock
+from .install import CorruptArchiveError, check_free_space, install_zip, prepare_weights_dir, remove_stale_staging
+from .license import mask_license, require_license
+from .locate import is_installed, model_dir, resolve_weights_dir
 
 MIRROR_ENV = "TOTALSEG_WEIGHTS_MIRROR"
 DOWNLOADS = ".downloads"
@@ -60,9 +68,6 @@ class _Restart(Exception):
 def download_models(models, weights_dir=None, license_key=None, progress=None, mirror=None, timeout=None,
                     retries=None, backoff=None, license_url=None):
     """Download, verify and install the datasets of `models` (catalogue ModelSpecs); return their folders."""
-    from .catalogue import load_catalogue
-    from .weights import resolve_weights_dir
-
     cat = load_catalogue()
     weights_dir = prepare_weights_dir(resolve_weights_dir(weights_dir))
     remove_stale_staging(weights_dir)
@@ -85,8 +90,6 @@ def download_models(models, weights_dir=None, license_key=None, progress=None, m
         folder = specs[0].folder
         required = {folder: {m.subdir: m.folds for m in specs}}
         with file_lock(downloads / f"{folder}.lock", part, f"waiting for another download of {folder} to finish"):
-            from .weights import is_installed
-
             if all(is_installed(m, weights_dir) for m in specs):
                 installed.append(weights_dir / folder)  # another process installed it meanwhile
                 continue
@@ -139,8 +142,6 @@ def _source(cat, dataset, folder, mirror, license_key, license_url):
         return {**base, "kind": "http", "method": "GET", "url": url, "body": None, "key": None}
     if official is not None:
         return {**base, "kind": "http", "method": "GET", "url": official, "body": None, "key": None}
-    from .license import require_license
-
     key = require_license(license_key)
     body = {"license_number": key, "task": _license_task(cat, dataset), "version": OFFICIAL_VERSION}
     return {**base, "kind": "http", "method": "POST", "url": license_url or cat.licensed_weights_url,
@@ -198,19 +199,9 @@ def _download_and_install(source, zip_path, weights_dir, required, report, opts)
 
 
 def _install_zip(zip_path, weights_dir, required, report, source, keep):
-    unpack, verify = report.sub(0.0, 0.5), report.sub(0.5, 1.0)
-    with staging_dir(weights_dir) as stage:
-        (stage / "unpacked").mkdir()
-        extract_zip(zip_path, stage / "unpacked", unpack)
-        found = find_datasets(stage / "unpacked", origin=source["url"])
-        folder = source["folder"]
-        if folder not in found:
-            raise InvalidWeightsError(
-                f"{Path(zip_path).name} (from {source['url']}) does not contain {folder} "
-                f"(found: {', '.join(found) or 'no model'}).",
-                f"Check the file, or import the right one by hand: {_manual_fix(source, weights_dir)}")
-        datasets = _gather({folder: found[folder]}, stage / "ready")
-        installed = install_staged(datasets, weights_dir, required, verify, origin=source["url"])
+    installed = install_zip(zip_path, weights_dir, report, origin=source["url"], required=required,
+                            only=source["folder"], fix=f"Check the file, or import the right one by hand: "
+                                                       f"{_manual_fix(source, weights_dir)}")
     if not keep:
         zip_path.unlink(missing_ok=True)
     return installed
@@ -220,8 +211,6 @@ def _install_zip(zip_path, weights_dir, required, report, source, keep):
 
 def _fetch(source, dest, weights_dir, report, opts):
     """Bring `source` to `dest` complete; return True if the file was (partly) resumed or reused."""
-    import requests
-
     if dest.is_file():
         report.log(f"using {dest.name} downloaded earlier")
         return True
@@ -335,8 +324,6 @@ def _transfer(session, source, part, meta_path, meta, offset, weights_dir, repor
 
 def _chunks(resp, opts):
     """The body as it arrives: read1 returns what came before a dropped connection (read(n) loses it)."""
-    import urllib3
-
     raw = resp.raw
     try:
         if hasattr(raw, "read1"):  # urllib3 >= 2
@@ -369,8 +356,6 @@ def _check_status(resp, source, weights_dir):
     if status in (429,) or status >= 500:
         raise _Transient(f"HTTP {status} {resp.reason or ''}".strip())
     if source["method"] == "POST" and (status in (200, 400, 401, 403)):  # the licence server said no
-        from .license import mask_license
-
         detail = _json_status(resp)
         raise LicenseError(
             f"The licence server refused the licence key {mask_license(source['key'])} "
@@ -449,8 +434,6 @@ def _is_connect_failure(e):
 
 
 def _reason(e, opts):
-    import requests
-
     if isinstance(e, (requests.ReadTimeout,)) or "Read timed out" in repr(e):
         return f"no data for {opts['timeout'][1]:g} s (timeout)"
     if isinstance(e, requests.ConnectTimeout):
@@ -467,8 +450,6 @@ def _reason(e, opts):
 
 
 def _final_error(source, e, weights_dir, opts):
-    import requests
-
     reason = _reason(e, opts)
     cause = f"Cannot download the weights {source['folder']} from {source['url']}: {reason}."
     fix = _manual_fix(source, weights_dir)
@@ -479,8 +460,6 @@ def _final_error(source, e, weights_dir, opts):
 
 
 def _disk_error(e, part):
-    from .errors import WeightsFolderError
-
     return WeightsFolderError(f"Cannot write {part}: {e.strerror or e}.",
                               "Free disk space or choose a writable weights folder (TOTALSEG_WEIGHTS_PATH).")
 
@@ -494,3 +473,17 @@ def _sleep(seconds, report):
             return
         time.sleep(min(left, 0.1))
 
+
+def ensure_models(models, weights_dir=None, download=True, license_key=None, progress=None, mirror=None):
+    """Return the model folders, downloading what is missing when allowed."""
+    missing = [m for m in models if not is_installed(m, weights_dir)]
+    if missing and download:
+        download_models(missing, weights_dir=weights_dir, license_key=license_key, progress=progress, mirror=mirror)
+        missing = [m for m in models if not is_installed(m, weights_dir)]
+    if missing:
+        names = ", ".join(m.folder for m in missing)
+        raise WeightsMissingError(
+            f"Model weights not installed: {names} (looked in {resolve_weights_dir(weights_dir)}).",
+            "Download them (python -m SegmentationLogic download-weights --task ...), or import a zip or folder "
+            "you downloaded elsewhere (python -m SegmentationLogic import-weights PATH).")
+    return [model_dir(m, weights_dir) for m in models]
