@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputImageError
+from .imaging.read import load_image
 
 _MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 
@@ -129,8 +130,6 @@ def label_table(img):
 
 
 def _read(path):
-    from .image_io import load_image
-
     path = Path(path)
     if path.is_dir():
         masks = {}
@@ -147,8 +146,6 @@ def _read(path):
 
 def _mask_loader(img, masks, names):
     """Function name -> boolean mask, for a labelmap (with value->name) or a folder."""
-    from .image_io import load_image
-
     shape = {}
 
     def get(name):

@@ -19,7 +19,6 @@ Arrays are (x, y, z) in the image's voxel order, as nibabel gives them.
 """
 import numpy as np
 import nibabel as nib
-from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
 
@@ -100,25 +99,6 @@ def uncrop(data, shape, bbox):
     out = np.zeros(shape, dtype=data.dtype)
     out[bbox_slices(bbox)] = data
     return out
-
-
-# -- orientation ---------------------------------------------------------------------
-
-def to_canonical(data, affine):
-    """RAS+ voxel order (nibabel as_closest_canonical); views, no copy."""
-    ornt = io_orientation(affine)
-    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
-        return data, np.asarray(affine, dtype=np.float64)
-    new_affine = np.asarray(affine, dtype=np.float64).dot(inv_ornt_aff(ornt, data.shape))
-    return apply_orientation(data, ornt), new_affine
-
-
-def from_canonical(data, original_affine):
-    """Back from RAS+ to the voxel order of `original_affine` (official undo_canonical)."""
-    ornt = ornt_transform(axcodes2ornt("RAS"), io_orientation(original_affine))
-    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
-        return data
-    return apply_orientation(data, ornt)
 
 
 # -- resampling ------------------------------------------------------------------------

@@ -28,6 +28,9 @@ import nibabel as nib
 
 from . import geometry, outputs
 from .catalogue import load_catalogue
+from .imaging.modality import check_modality
+from .imaging.orientation import from_canonical, to_canonical
+from .imaging.read import open_input
 from .errors import Cancelled, InputImageError, OutOfMemoryError, SegmentationError, UnknownTaskError
 from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebrae, remove_labels,
                              remove_outside_of_mask, remove_small_blobs as remove_blobs, vertebrae_pp)
@@ -65,51 +68,16 @@ OOM_FIX = ("Use --fast (3 mm) or --fastest (6 mm), crop the image to the region 
 
 # -- input -----------------------------------------------------------------------------------
 
-def _image_io():
-    try:
-        from . import image_io
-    except ImportError:  # a minimal installation: NIfTI only
-        return None
-    return image_io
-
-
-def load_input(input, progress=None, target_spacing=None, n_classes=None):
-    """The input as the official tool sees it (a Nifti1Image), checked.
-
-    Paths go through image_io (NIfTI, NRRD, DICOM folder or zip, read as the official
-    tool reads them); a nibabel image is used as it is (trailing 1-length axes dropped).
-    The checks refuse what cannot be segmented (2D/4D, sheared axes, NaN, far too large)
-    with a cause and a fix; their warnings go to the progress log."""
-    io = _image_io()
-    if io is not None:
-        img = io.load_image(input, progress=progress)
-        warnings = io.check_image(img, target_spacing=target_spacing, n_classes=n_classes)
-        for w in warnings or ():
-            if progress is not None:
-                progress.log(w, "warning")
-        return img
-    if isinstance(input, nib.spatialimages.SpatialImage):
-        img = input if isinstance(input, nib.Nifti1Image) else nib.Nifti1Image.from_image(input)
-    else:
-        path = Path(input)
-        if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
-            raise InputImageError(f"Cannot read {path.name}: this installation reads NIfTI (.nii, .nii.gz) only.",
-                                  "Convert the image to NIfTI, or install the full package with image_io.")
-        try:
-            img = nib.load(str(path))
-        except Exception as e:  # noqa: BLE001 - nibabel raises many types for broken files
-            raise InputImageError(f"Cannot read {path}: {e}", "Check that the file is a valid NIfTI image.") from e
-    if len(img.shape) != 3:
-        raise InputImageError(f"The image has {len(img.shape)} dimensions ({img.shape}); a 3D volume is needed.",
-                              "Give a single 3D volume (for 4D series pick one time point).")
+def load_input(input, progress, target_spacing=None, n_classes=None):
+    """The input as the official tool sees it (a Nifti1Image), checked; warnings go to the log."""
+    img, warnings = open_input(input, progress=progress, target_spacing=target_spacing, n_classes=n_classes)
+    for w in warnings:
+        progress.log(w, "warning")
     return img
 
 
 def _check_modality(img, spec, progress):
-    io = _image_io()
-    if io is None:
-        return
-    warning = io.check_modality(img, spec.name, spec.modality)  # raises for a CT task on an MR-like volume
+    warning = check_modality(img, spec.name, spec.modality)  # raises for a CT task on an MR-like volume
     if warning:
         progress.log(warning, "warning")
 
@@ -352,7 +320,7 @@ class Segmenter:
             data, crop_affine = geometry.crop(values, affine, bbox)
         else:
             data, crop_affine = values, np.asarray(affine, dtype=np.float64)
-        data, can_affine = geometry.to_canonical(data, crop_affine)
+        data, can_affine = to_canonical(data, crop_affine)
         canonical_shape = data.shape
         loaded = [run.model(m) for m in models]
         can_zooms = geometry.header_zooms(can_affine)
@@ -445,7 +413,7 @@ class Segmenter:
             stats = basic_statistics(pred, data, zooms, spec.classes, roi_subset)
         if resampled:
             pred = geometry.resample_labels_to_shape(pred, canonical_shape)
-        pred = geometry.from_canonical(pred, affine)
+        pred = from_canonical(pred, affine)
         if bbox is not None:
             pred = geometry.uncrop(pred, shape, bbox)
         run.timed("postprocess", time.time() - t)

@@ -9,7 +9,9 @@ for everything, so a result can be read by the user's group as any other file th
 import contextlib
 import json
 import os
+import re
 import secrets
+import stat
 import time
 from pathlib import Path
 
@@ -102,3 +104,17 @@ def file_lock(path, report=None, waiting_message=""):
         except OSError:
             pass
         f.close()  # closing releases an flock
+
+
+def zip_member_problem(info):
+    """Why a zip entry must not be extracted (it could land outside the target folder), or None."""
+    name = info.filename.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    if ".." in name.split("/"):
+        return "a '..' path"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "a symbolic link"
+    if info.flag_bits & 0x1:
+        return "an encrypted file"
+    return None

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputImageError
+from ..imaging import orientation
 from ..system import files
 from ..system.files import atomic_path
 
@@ -84,22 +85,13 @@ def check_same_grid(ref_img, img, ref_path, path, what):
 
 def to_canonical(img):
     """(array in RAS-canonical axis order, canonical affine, spacing) of a 3D image."""
-    import nibabel as nib
-
-    can = nib.as_closest_canonical(img)
-    data = np.asanyarray(can.dataobj)
-    spacing = np.linalg.norm(can.affine[:3, :3], axis=0)
-    return data, can.affine, spacing
+    data, affine = orientation.to_canonical(np.asanyarray(img.dataobj), img.affine)
+    return data, affine, np.linalg.norm(affine[:3, :3], axis=0)
 
 
 def from_canonical(data, ref_img):
     """Array in canonical order back to the axis order of `ref_img`."""
-    import nibabel as nib
-    from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
-
-    ornt = io_orientation(ref_img.affine)
-    back = ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
-    return apply_orientation(data, back)
+    return orientation.from_canonical(data, ref_img.affine)
 
 
 def ras_to_ijk(points_ras, affine):

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import stat
 import tempfile
 import time
 import zipfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from ..catalogue import load_catalogue
 from ..errors import InvalidWeightsError, WeightsFolderError
 from ..progress import Reporter
-from ..system.files import file_lock
+from ..system.files import file_lock, zip_member_problem
 from .locate import resolve_weights_dir
 from .verify import DATASET_RE, SUBDIR_RE, verify_dataset_folder
 
@@ -110,19 +109,6 @@ def staging_dir(weights_dir):
 
 # -- zip archives ------------------------------------------------------------------------
 
-def _member_problem(info):
-    name = info.filename.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return "an absolute path"
-    if ".." in name.split("/"):
-        return "a '..' path"
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return "a symbolic link"
-    if info.flag_bits & 0x1:
-        return "an encrypted file"
-    return None
-
-
 def open_zip(path):
     """Open a zip and refuse it, before anything is extracted, if any entry could escape its folder."""
     try:
@@ -132,7 +118,7 @@ def open_zip(path):
             f"{path} is not a valid zip archive ({e}): the file is damaged or incomplete.",
             "Download it again; check that the whole file was copied (its size should match the download page).") \
             from None
-    bad = [(info.filename, why) for info in zf.infolist() if (why := _member_problem(info))]
+    bad = [(info.filename, why) for info in zf.infolist() if (why := zip_member_problem(info))]
     if bad:
         zf.close()
         shown = ", ".join(f"'{n}' ({why})" for n, why in bad[:3])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from SegmentationLogic import geometry, postprocessing
+from SegmentationLogic.imaging.orientation import to_canonical
 from SegmentationLogic.errors import (Cancelled, DeviceError, InputImageError, OutOfMemoryError,
                                       UnknownTaskError, WeightsMissingError)
 from SegmentationLogic.catalogue import load_catalogue
@@ -188,11 +189,11 @@ def test_ct_task_on_an_mr_volume_is_refused_unless_the_user_insists(segmenter, e
 
 
 def test_mr_task_on_a_ct_volume_runs_with_a_warning(example):
-    from SegmentationLogic.image_io import check_modality, load_image
+    from SegmentationLogic.imaging import check_modality, load_image
 
     ct = load_image(example(CT))
     warning = check_modality(ct, "total_mr", "MR")
-    assert "looks like CT" in warning and "'total_mr' is made for MR" in warning
+    assert "looks like CT" in warning and "'total_mr' is for MR" in warning  # the one modality-warning text
     assert check_modality(ct, "total", "CT") is None
     assert check_modality(load_image(example("example_mr_sm.nii.gz")), "total_mr", "MR") is None
 
@@ -332,7 +333,7 @@ def test_in_memory_reader_equals_nnunet_reading_the_file(test_weights, example):
     angle = np.deg2rad(7.0)
     rot = np.eye(4)
     rot[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    data, affine = geometry.to_canonical(geometry.exact_values(img), rot @ img.affine)
+    data, affine = to_canonical(geometry.exact_values(img), rot @ img.affine)
     data, affine, _ = geometry.resample_to_spacing(data, affine, (3.7, 3.3, 4.1))
     zooms = geometry.header_zooms(affine)
     in_memory = inference.preprocess(model, data, zooms, affine)
