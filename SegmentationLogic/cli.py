@@ -159,7 +159,7 @@ def cmd_worker(args):
 
 
 def cmd_evaluate(args):
-    from .evaluation import dice_per_class_files
+    from .outputs.evaluation import dice_per_class_files
 
     scores = dice_per_class_files(args.prediction, args.reference, task=args.task)
     print(json.dumps(scores, indent=1))

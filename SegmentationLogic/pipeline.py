@@ -26,13 +26,16 @@ from pathlib import Path
 import numpy as np
 import nibabel as nib
 
-from . import geometry, outputs
+from . import geometry
+from .outputs import labelmap as labelmaps, writer as writers
+from .outputs.preview import render_preview
+from .outputs.statistics import basic_statistics
 from .catalogue import load_catalogue
 from .imaging.modality import check_modality
 from .imaging.orientation import from_canonical, to_canonical
 from .imaging.read import open_input
 from .errors import Cancelled, InputImageError, OutOfMemoryError, SegmentationError, UnknownTaskError
-from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebrae, remove_labels,
+from .postprocessing import (blob_threshold, body_derived_masks, body_postprocessing, refine_vertebrae, remove_labels,
                              remove_outside_of_mask, remove_small_blobs as remove_blobs, vertebrae_pp)
 from .progress import CancelToken, Progress
 from .request import SegmentRequest, SegmentResult
@@ -191,14 +194,12 @@ class Segmenter:
             class_map = {k: v for k, v in spec.classes.items() if roi_subset is None or v in roi_subset}
             t = time.time()
             progress("postprocess", 0.9, "building the labelmap")
-            labelmap = outputs.multilabel_image(labels, img, class_map)
+            labelmap = labelmaps.multilabel_image(labels, img, class_map)
             stats = None
             if statistics:
                 if want_fast_stats:
                     stats = fast_stats
                 else:
-                    from .statistics import basic_statistics
-
                     stats = basic_statistics(labels, values, img.header.get_zooms(), spec.classes, roi_subset)
             run.timed("postprocess", time.time() - t)
             note = "; ".join(sorted(run.notes)) or None
@@ -408,8 +409,6 @@ class Segmenter:
             remove_blobs(pred, sorted(spec.classes), blob_threshold(SMALL_BLOB_MM3, pred_zooms))
         stats = None
         if fast_stats:
-            from .statistics import basic_statistics
-
             stats = basic_statistics(pred, data, zooms, spec.classes, roi_subset)
         if resampled:
             pred = geometry.resample_labels_to_shape(pred, canonical_shape)
@@ -440,16 +439,16 @@ class Segmenter:
                progress):
         output = Path(output)
         out_dir = output.parent if ml else output
-        writer = outputs.AtomicWriter()
+        writer = writers.AtomicWriter()
         progress("save", 0.0, f"writing {output}")
         try:
             if ml:
-                outputs.write_multilabel(writer, labelmap, output)
+                writers.write_multilabel(writer, labelmap, output)
             else:
-                outputs.write_per_class(writer, labels, img, class_map, output)
+                writers.write_per_class(writer, labels, img, class_map, output)
                 if spec.postprocessing == "body":
-                    outputs.write_body_derived(writer, labels, img, values, spec.classes, output)
-            writer.json(outputs.sidecar(spec.name, class_map, note), outputs.sidecar_path(output, ml))
+                    writers.write_masks(writer, body_derived_masks(labels, values, spec.classes), img, output)
+            writer.json(labelmaps.sidecar(spec.name, class_map, note), labelmaps.sidecar_path(output, ml))
             if stats is not None:
                 writer.json(stats, out_dir / "statistics.json")
             if preview:
@@ -463,12 +462,6 @@ class Segmenter:
 
     @staticmethod
     def _preview(writer, labelmap, class_map, png, note, title, progress):
-        try:
-            from .preview import render_preview
-        except ImportError:
-            progress.log("Preview skipped: the preview renderer (SegmentationLogic.preview) is not installed.",
-                         "warning")
-            return
         tmp = png.with_name(f".{png.name}.part{os.getpid()}.png")
         png.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -83,6 +83,23 @@ def body_postprocessing(seg, class_map, zooms):
     return seg
 
 
+def body_derived_masks(labels, values, class_map):
+    """The official extra masks of task 'body' (per-class output): {"body": mask, "skin": mask}.
+
+    Skin: one voxel outside the body minus three inside, at soft-tissue intensities
+    (-200..250 HU), specks of 5 voxels or less removed."""
+    inv = {v: k for k, v in class_map.items()}
+    body = np.isin(labels, [inv["body_trunc"], inv["body_extremities"]]).astype(np.uint8)
+    outer = ndimage.binary_dilation(body, iterations=1).astype(np.uint8)
+    inner = ndimage.binary_erosion(outer, iterations=3).astype(np.uint8)
+    skin = outer - inner
+    ct = np.asarray(values, dtype=np.float64)
+    skin[~((ct > -200) & (ct < 250))] = 0
+    skin = skin.astype(np.uint8)
+    remove_small_blobs(skin, [1], 5)
+    return {"body": body, "skin": skin}
+
+
 def remove_outside_of_mask(seg, mask, dilation_voxels):
     """Zero every label outside `mask` dilated by `dilation_voxels` (6-connected steps;
     0 dilates until nothing changes, as scipy's binary_dilation). In place."""

@@ -143,7 +143,7 @@ def main(argv=None):
     label = result.model_note or note
     if preview is None or (note and not result.model_note):
         # the engine did not draw (or did not label) the preview: draw it, labelled
-        from SegmentationLogic.preview import render_preview
+        from SegmentationLogic.outputs.preview import render_preview
 
         preview = render_preview(result.labelmap, class_map, out_dir / f"preview_{TASK}.png", note=label,
                                  title=f"TotalSegmentator {TASK} --{QUALITY}")

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputImageError, OutOfMemoryError
-from ..system.memory import available_memory, format_bytes
+from ..system.memory import available_memory, format_bytes, limit_note
 
 # Orthonormality tolerance on the unit direction vectors: float32-rounded NIfTI headers
 # are ~1e-7 off; a 0.1 degree gantry tilt is ~2e-3.
@@ -49,11 +49,12 @@ def estimate_memory_bytes(shape, zooms, target_spacing=None, n_classes=None):
 def check_fits(shape, bytes_per_voxel, available_bytes, what):
     """Refuse to read an image whose voxels alone do not fit in memory (before reading them)."""
     avail = available_memory() if available_bytes is None else available_bytes
+    note = limit_note(avail) if available_bytes is None and avail is not None else ""
     need = float(np.prod(shape)) * bytes_per_voxel
     if avail is not None and need > avail:
         raise ImageTooLargeError(
             f"{what} is {'x'.join(map(str, shape))} voxels: reading it needs {format_bytes(need)}, "
-            f"but only {format_bytes(avail)} of memory is available.",
+            f"but only {format_bytes(avail)} of memory is available{note}.",
             "Crop or downsample the volume first (Slicer: Crop Volume module), or run on a machine "
             "with more memory.")
 
@@ -128,11 +129,12 @@ def check_image(img, target_spacing=None, n_classes=None, available_bytes=None):
             warnings.append("The NIfTI sform and qform disagree; the sform is used (as the official tool "
                             "and nibabel do); other programs may place the image elsewhere.")
     avail = available_memory() if available_bytes is None else available_bytes
+    note = limit_note(avail) if available_bytes is None and avail is not None else ""
     need = estimate_memory_bytes(shape, zooms, target_spacing, n_classes)
     if avail is not None and need > avail:
         raise ImageTooLargeError(
             f"The image ({'x'.join(map(str, shape[:3]))} voxels) needs about {format_bytes(need)} of memory to "
-            f"segment, but only {format_bytes(avail)} is available.",
+            f"segment, but only {format_bytes(avail)} is available{note}.",
             "Use a faster/coarser quality (--fast or --fastest), segment a region (crop the volume, "
             "Slicer: Crop Volume), close other programs, or use a machine with more memory.")
     if avail is not None and need > 0.7 * avail:

@@ -82,6 +82,12 @@ def available_memory():
     return int(min(limits)) if limits else None
 
 
+def limit_note(available):
+    """' (TOTALSEG_MEMORY_LIMIT_GB=2 caps it)' when the user's cap is what `available` is, else ''."""
+    cap = _user_limit()
+    return f" ({LIMIT_ENV}={os.environ[LIMIT_ENV]} caps it)" if cap is not None and available >= int(cap) else ""
+
+
 def total_memory():
     """Bytes of RAM this machine has (for the device list), or None if unknown."""
     total = _meminfo("MemTotal")

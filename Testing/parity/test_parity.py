@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from reference import OfficialBatch
-from SegmentationLogic.outputs import read_label_table
+from SegmentationLogic.outputs.labelmap import read_label_table
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 

@@ -60,7 +60,7 @@ def test_demo_end_to_end_with_test_model(test_weights, example, tmp_path):
     assert summary["statistics"] and json.loads(Path(summary["statistics"]).read_text())
 
     from test_preview import read_png
-    from SegmentationLogic.preview import NOTE_BANNER_RGB
+    from SegmentationLogic.outputs.preview import NOTE_BANNER_RGB
 
     pixels = read_png(summary["preview"])
     banner = np.round(np.array(NOTE_BANNER_RGB) * 255).astype(int)

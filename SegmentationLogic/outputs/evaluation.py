@@ -11,13 +11,14 @@ a multilabel NIfTI/NRRD, or a folder of one mask file per class (`<class>.nii.gz
 official tool and `segment` without `--ml` write). Class names come from the task, or
 from the label table the official tool stores in the NIfTI header.
 """
-import re
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputImageError
-from .imaging.read import load_image
+from ..catalogue import load_catalogue
+from ..errors import InputImageError
+from ..imaging.read import load_image
+from .labelmap import read_label_table
 
 _MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 
@@ -117,18 +118,6 @@ def dice_per_class(pred, ref, class_map=None, all_classes=False):
 
 # -- files -------------------------------------------------------------------------
 
-def label_table(img):
-    """{value: name} from the label table the official tool writes into the NIfTI header
-    (CaretExtension XML), or {} if there is none."""
-    table = {}
-    for ext in getattr(img.header, "extensions", []):
-        content = ext.get_content()
-        if isinstance(content, bytes) and b"<LabelTable>" in content:
-            for key, name in re.findall(rb'<Label Key="(\d+)"[^>]*><!\[CDATA\[(.*?)\]\]></Label>', content, re.S):
-                table[int(key)] = name.decode("utf-8")
-    return table
-
-
 def _read(path):
     path = Path(path)
     if path.is_dir():
@@ -170,13 +159,11 @@ def dice_per_class_files(pred_path, ref_path, task=None):
     """
     class_map = None
     if task:
-        from .catalogue import load_catalogue
-
         class_map = dict(load_catalogue().task(task).classes)
     pred_img, pred_masks = _read(pred_path)
     ref_img, ref_masks = _read(ref_path)
     if pred_img is not None and ref_img is not None:
-        names = class_map or label_table(ref_img) or label_table(pred_img) or None
+        names = class_map or read_label_table(ref_img) or read_label_table(pred_img) or None
         scores = dice_per_class(pred_img, ref_img, names)
         counts = scores.counts
     else:
@@ -198,7 +185,7 @@ def _dice_by_name(pred_img, pred_masks, ref_img, ref_masks, class_map):
     value_of = {}
     for img in (ref_img, pred_img):
         if img is not None:
-            table = class_map or label_table(img)
+            table = class_map or read_label_table(img)
             if not table:
                 raise InputImageError(
                     "Cannot match class files to the label values of the multilabel file: it has no label "

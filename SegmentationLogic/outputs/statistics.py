@@ -11,8 +11,6 @@ All classes are done in one pass (bincount) instead of one full-volume mask per 
 the sums are sums of integers in float64 and therefore exact in any order, so the
 numbers, and the JSON text, are identical.
 """
-import json
-
 import numpy as np
 
 BORDER = 3
@@ -64,8 +62,3 @@ def basic_statistics(seg, values, zooms, class_map, roi_subset=None, exclude_mas
         entry["intensity"] = (np.float64(sums[label]) / np.float64(count)).round(5) if count > 0 else 0.0
         stats[name] = entry
     return stats
-
-
-def write_statistics(stats, path):
-    with open(path, "w") as f:
-        json.dump(stats, f, indent=4)

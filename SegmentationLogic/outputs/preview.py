@@ -8,8 +8,8 @@ given, a note in a red banner at the bottom (the engine uses it to label results
 with TEST models, so a picture can never pass for a real segmentation).
 
 Colours: an explicit {name: (r, g, b)} mapping, else the recommended colour of the
-standard terminology (`SegmentationLogic.terminology.recommended_color`, when that module
-is present), else a fixed colour derived from the class name, so a structure keeps its
+standard terminology (`SegmentationLogic.terminology.recommended_color`), else a fixed
+colour derived from the class name, so a structure keeps its
 colour across tasks and runs. Components may be 0..1 floats or 0..255 integers.
 
 Offscreen rendering needs no display: on Linux without $DISPLAY the EGL render window
@@ -25,14 +25,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .errors import SegmentationError
-from .system.files import atomic_path
+from .. import terminology
+from ..errors import SegmentationError
+from ..system.files import atomic_path
 
 NOTE_BANNER_RGB = (0.78, 0.08, 0.08)  # the note's background, kept out of the class palette
 BACKGROUND_RGB = (0.08, 0.09, 0.12)
 LEGEND_ENTRIES = 20
-LEGEND_WIDTH = 0.24
-_FORCE_FLYING_EDGES = False  # tests exercise the older-VTK path  # fraction of the width left of the views
+LEGEND_WIDTH = 0.24  # fraction of the width left of the views
 
 
 class PreviewError(SegmentationError):
@@ -57,25 +57,16 @@ def _normalise(rgb):
     return rgb
 
 
-def _terminology_color():
-    try:
-        from . import terminology
-    except ImportError:
-        return None
-    return getattr(terminology, "recommended_color", None)
-
-
 def class_colors(names, colors=None):
     """{name: (r, g, b) in 0..1} for `names`: explicit, terminology, then name-derived."""
-    recommended = _terminology_color()
     out = {}
     for name in names:
         rgb = None
         if colors and name in colors:
             rgb = colors[name]
-        elif recommended is not None:
+        else:
             try:
-                rgb = recommended(name)
+                rgb = terminology.recommended_color(name)
             except (KeyError, ValueError, LookupError):
                 rgb = None
         out[name] = _normalise(rgb) if rgb is not None else _name_color(name)
@@ -120,7 +111,7 @@ def _surfaces(data, spacing, origin, labels, smoothing):
     image.SetOrigin(*origin)
     scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(data.ravel(order="F")), deep=True)
     image.GetPointData().SetScalars(scalars)
-    if hasattr(vtk, "vtkSurfaceNets3D") and not _FORCE_FLYING_EDGES:
+    if hasattr(vtk, "vtkSurfaceNets3D"):
         nets = vtk.vtkSurfaceNets3D()  # VTK >= 9.3: all labels in one pass, shared faces
         nets.SetInputData(image)
         nets.SetBackgroundLabel(0)

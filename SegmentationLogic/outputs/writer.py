@@ -1,0 +1,77 @@
+"""Writing a run's result files, all or nothing.
+
+- Multilabel (`ml`): the labelmap (labelmap.py) as one NIfTI file.
+- Per class: `<output dir>/<class>.nii.gz` (uint8 0/1, input header, no extension) for
+  every selected class, empty ones too, as the official tool; task 'body' adds its
+  derived body and skin masks.
+- The label sidecar, statistics.json and the preview PNG beside them.
+
+Files are written under temporary names and renamed when all are complete
+(`AtomicWriter`), so a failure or cancel never leaves half a result behind.
+"""
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..system.files import dump_json, reserve_temp
+from .labelmap import output_header
+
+
+class AtomicWriter:
+    """Collects files under temporary names; `commit()` renames them all, `abort()` removes them."""
+
+    def __init__(self):
+        self._pending = []  # (tmp, final)
+        self.files = []
+
+    def path(self, final, suffix=""):
+        """A temporary path to write `final` to; it is renamed to `final` by `commit()`."""
+        tmp = reserve_temp(final, suffix)
+        self._pending.append((tmp, Path(final)))
+        return tmp
+
+    def nifti(self, img, final):
+        # nibabel picks compression from the name: keep the NIfTI suffix at the end of the temp name
+        nib.save(img, self.path(final, ".nii.gz" if str(final).endswith(".nii.gz") else ".nii"))
+
+    def json(self, data, final):
+        dump_json(data, self.path(final, ".json"))
+
+    def adopt(self, tmp, final):
+        """Take over a file someone else wrote to `tmp`."""
+        self._pending.append((Path(tmp), Path(final)))
+
+    def commit(self):
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+            self.files.append(final)
+        self._pending = []
+        return self.files
+
+    def abort(self):
+        for tmp, _ in self._pending:
+            try:
+                Path(tmp).unlink()
+            except OSError:
+                pass
+        self._pending = []
+
+
+def write_multilabel(writer, img, output):
+    writer.nifti(img, output)
+
+
+def write_per_class(writer, labels, reference, class_map, output_dir):
+    """One uint8 mask per class (all selected classes, empty ones too)."""
+    header = output_header(reference)
+    for value, name in class_map.items():
+        mask = (labels == value).astype(np.uint8)
+        writer.nifti(nib.Nifti1Image(mask, reference.affine, header), Path(output_dir) / f"{name}.nii.gz")
+
+
+def write_masks(writer, masks, reference, output_dir):
+    """Extra masks {file stem: 0/1 array} (e.g. task 'body''s body and skin) with the input's affine."""
+    for name, mask in masks.items():
+        writer.nifti(nib.Nifti1Image(mask.astype(np.uint8), reference.affine), Path(output_dir) / f"{name}.nii.gz")
