@@ -125,6 +125,18 @@ class Reporter:
             self.progress.log(message, level)
 
 
+def as_progress(progress=None, cancel=None):
+    """A Progress from what a caller gave: a Progress (given `cancel` if it has none), a
+    callable receiving event dicts, or None."""
+    if isinstance(progress, Progress):
+        if cancel is not None and progress.cancel is None:
+            progress.cancel = cancel
+        return progress
+    if cancel is not None and not hasattr(cancel, "check"):
+        raise TypeError("cancel must be a CancelToken")
+    return Progress(progress, cancel)
+
+
 def json_lines_writer(stream=None):
     """Callback that writes each event as one JSON line (flushed) to `stream` (stdout)."""
     lock = threading.Lock()

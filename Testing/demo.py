@@ -53,10 +53,10 @@ def download_failure_paragraph(error, folder, tried_download=True):
 
 def real_weights(no_download, progress):
     """Weights folder of the real models, or (None, reason) when they cannot be had."""
-    from SegmentationLogic.catalogue import load_catalogue
+    from SegmentationLogic.pipeline.plan import required_models
     from SegmentationLogic.weights import ensure_models, resolve_weights_dir
 
-    models = load_catalogue().models_for(TASK, QUALITY)
+    models = required_models(TASK, QUALITY)
     try:
         ensure_models(models, download=not no_download, progress=progress)
     except (SegmentationError, ImportError, OSError) as e:

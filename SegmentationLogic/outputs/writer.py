@@ -9,6 +9,7 @@
 Files are written under temporary names and renamed when all are complete
 (`AtomicWriter`), so a failure or cancel never leaves half a result behind.
 """
+import logging
 import os
 from pathlib import Path
 
@@ -16,7 +17,10 @@ import nibabel as nib
 import numpy as np
 
 from ..system.files import dump_json, reserve_temp
-from .labelmap import output_header
+from .labelmap import output_header, sidecar, sidecar_path
+from .preview import render_preview
+
+log = logging.getLogger(__name__)
 
 
 class AtomicWriter:
@@ -75,3 +79,44 @@ def write_masks(writer, masks, reference, output_dir):
     """Extra masks {file stem: 0/1 array} (e.g. task 'body''s body and skin) with the input's affine."""
     for name, mask in masks.items():
         writer.nifti(nib.Nifti1Image(mask.astype(np.uint8), reference.affine), Path(output_dir) / f"{name}.nii.gz")
+
+
+def write_result(request, result, reference, progress, extra_masks=None):
+    """Every file a run's `request` asks for, from its `result`; all written or none. Returns the paths.
+
+    `reference`: the input image (header and affine of per-class files); `extra_masks`:
+    {file stem: mask} written beside per-class files (task 'body''s body and skin)."""
+    output = Path(request.output)
+    out_dir = output.parent if request.ml else output
+    writer = AtomicWriter()
+    progress("save", 0.0, f"writing {output}")
+    try:
+        if request.ml:
+            write_multilabel(writer, result.labelmap, output)
+        else:
+            write_per_class(writer, np.asanyarray(result.labelmap.dataobj), reference, result.class_map, output)
+            write_masks(writer, extra_masks or {}, reference, output)
+        writer.json(sidecar(request.task, result.class_map, result.model_note), sidecar_path(output, request.ml))
+        if result.statistics is not None:
+            writer.json(result.statistics, out_dir / "statistics.json")
+        if request.preview:
+            title = f"TotalSegmentator {request.task}" + (f" --{request.quality}" if request.quality != "normal"
+                                                          else "")
+            _preview(writer, result, out_dir / f"preview_{request.task}.png", title, progress)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _preview(writer, result, png, title, progress):
+    tmp = reserve_temp(png, ".png")
+    try:
+        render_preview(result.labelmap, result.class_map, tmp, note=result.model_note, title=title)
+    except Exception as e:  # noqa: BLE001 - a picture must not cost the user the segmentation
+        tmp.unlink(missing_ok=True)
+        log.warning("preview failed", exc_info=True)
+        progress.log(f"Preview not written ({type(e).__name__}: {e}); the segmentation itself is complete.",
+                     "warning")
+        return
+    writer.adopt(tmp, png)

@@ -5,6 +5,7 @@ Accepted names: auto, cpu, cuda, cuda:N, gpu, gpu:N (the official spelling), mps
 is not there is an error that says what is available, not a silent fall-back to the CPU
 (the official tool falls back with a printed note, easy to miss in a GUI).
 """
+import contextlib
 import multiprocessing
 import os
 import re
@@ -86,14 +87,20 @@ def _choices_hint():
     return f"Use one of the available devices: {ids} (or 'auto')."
 
 
-def configure_threads(device):
-    """Thread settings as the official tool: all cores for torch on the CPU, one with CUDA.
+@contextlib.contextmanager
+def thread_settings(device):
+    """Thread settings as the official tool while a run uses `device`: all cores for torch on
+    the CPU, one with CUDA (mps: left as it is); the caller's settings again afterwards.
 
     nnU-Net then caps the threads of the prediction itself at nnUNet_def_n_proc (default 8),
     as it does under the official tool, so results and speed are comparable."""
     torch = _torch()
+    threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())
     elif device.type == "cuda":
         torch.set_num_threads(1)
-    # mps: left as it is, as the official tool does
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -12,12 +12,13 @@ from model_zips import assert_nothing_half_installed, copy_dataset, installed_da
 from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.cli import main
 from SegmentationLogic.errors import Cancelled, InvalidWeightsError, WeightsFolderError
+from SegmentationLogic.pipeline.plan import required_models
 from SegmentationLogic.progress import CancelToken, Progress
 from SegmentationLogic.weights import import_weights, is_installed, load_checkpoint
 
 CAT = load_catalogue()
-A = CAT.models_for("total", "fastest")[0]  # Dataset298
-B = CAT.models_for("total", "fast")[0]  # Dataset297
+A = required_models("total", "fastest")[0]  # Dataset298
+B = required_models("total", "fast")[0]  # Dataset297
 CKPT = "fold_0/checkpoint_final.pth"
 
 

@@ -10,13 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from SegmentationLogic import geometry, postprocessing
+from SegmentationLogic.pipeline import geometry, postprocessing
 from SegmentationLogic.imaging.orientation import to_canonical
 from SegmentationLogic.errors import (Cancelled, DeviceError, InputImageError, OutOfMemoryError,
                                       UnknownTaskError, WeightsMissingError)
 from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.outputs.labelmap import read_label_table
 from SegmentationLogic.pipeline import Segmenter
+from SegmentationLogic.pipeline.plan import plan_run, required_models
 from SegmentationLogic.progress import CancelToken, Progress
 
 CT = "example_ct_sm.nii.gz"
@@ -151,12 +152,11 @@ def test_every_task_plans_its_run_and_names_the_weights_it_lacks(task, example, 
     empty.mkdir()
     engine = Segmenter(device="cpu", weights_dir=empty, download=False)
     for quality in spec.qualities:
-        plan = engine._plan(cat, spec, spec.mode(quality), None, False, False)
-        ran = Segmenter._all_models(plan)
-        assert ran and sorted(m.folder for m in ran) == sorted(m.folder for m in cat.models_for(task, quality))
+        ran = plan_run(task, quality).all_models()
+        assert ran and sorted(m.folder for m in ran) == sorted(m.folder for m in required_models(task, quality))
     with pytest.raises(WeightsMissingError) as info:
         engine.segment(example(CT), tmp_path / "out" / "seg.nii.gz", task=task, quality=spec.qualities[0])
-    for model in cat.models_for(task, spec.qualities[0]):
+    for model in required_models(task, spec.qualities[0]):
         assert model.folder in info.value.cause
     assert not (tmp_path / "out").exists()
 
@@ -317,7 +317,7 @@ def test_in_memory_reader_equals_nnunet_reading_the_file(test_weights, example):
     file the official tool writes, on an oblique, resampled image that nnU-Net resamples again."""
     import torch
 
-    from SegmentationLogic import inference
+    from SegmentationLogic.pipeline import inference
     from SegmentationLogic.catalogue import load_catalogue
     from SegmentationLogic.weights import model_dir
 

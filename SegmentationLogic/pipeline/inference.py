@@ -30,9 +30,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-from .errors import Cancelled, InvalidWeightsError
+from ..errors import Cancelled, InvalidWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ IN_MEMORY_READERS = ("NibabelIOWithReorient", "NibabelIO")
 
 
 def _nnunet():
-    # Heavy imports only when a model is actually used.
+    # torch and nnU-Net are heavy (seconds): imported only when a model is really loaded
     import torch
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -50,6 +51,11 @@ def _nnunet():
 
     return (torch, nnUNetPredictor, PlansManager, get_network_from_plans, determine_num_input_channels,
             convert_predicted_logits_to_segmentation_with_correct_shape)
+
+
+def warm_up():
+    """Import torch and nnU-Net now (seconds), e.g. while a user still picks options."""
+    _nnunet()
 
 
 def _predictor_class():
@@ -241,8 +247,6 @@ def reader_input(data_xyz, zooms_xyz):
 
 
 def _file_round_trip_input(model, data_xyz, affine, workdir):
-    import nibabel as nib
-
     path = Path(workdir) / "s01_0000.nii.gz"
     nib.save(nib.Nifti1Image(data_xyz, affine), path)
     rw = model.plans_manager.image_reader_writer_class()
@@ -250,8 +254,6 @@ def _file_round_trip_input(model, data_xyz, affine, workdir):
 
 
 def _file_round_trip_output(model, seg, props, workdir):
-    import nibabel as nib
-
     rw = model.plans_manager.image_reader_writer_class()
     path = Path(workdir) / f"s01{model.dataset_json['file_ending']}"
     rw.write_seg(seg, str(path), props)
