@@ -369,11 +369,6 @@ def clean_small_node_islands(graph, node_label, min_size, protect=()):
     return label
 
 
-def _map_to_voxels(graph, vessels, node_values):
-    """Each vessel voxel takes the value of the node of its nearest skeleton voxel."""
-    return graph.voxel_index, graph.voxel_node, node_values[graph.voxel_node]
-
-
 # ---------------------------------------------------------------------------------------
 # voxel watershed (no skeleton)
 
