@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from SegmentationLogic.sample_data import example_path
+from sample_data import example_path
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -96,7 +96,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from SegmentationLogic.progress import Progress, text_writer
-    from SegmentationLogic.sample_data import example_path
+    from sample_data import example_path
 
     progress = Progress(text_writer(sys.stdout))
     try:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path[:0] = [str(REPO / "Testing"), str(REPO / "Testing" / "support")]
 
 from reference import make_home, official_kwargs, oracle_env  # noqa: E402
-from SegmentationLogic.sample_data import example_path  # noqa: E402
+from sample_data import example_path  # noqa: E402
 from testmodels import build_test_weights  # noqa: E402
 
 CASES = {

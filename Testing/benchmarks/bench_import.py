@@ -29,11 +29,11 @@ import nibabel as nib
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "Testing" / "support")]
 
 from SegmentationLogic import slicer_import as si  # noqa: E402
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
-from SegmentationLogic.sample_data import example_path  # noqa: E402
+from sample_data import example_path  # noqa: E402
 
 
 def upsampled_case(folder):

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
-from SegmentationLogic.sample_data import example_path  # noqa: E402
+from sample_data import example_path  # noqa: E402
 
 TEST_MODEL_MARKER = "TEST MODEL built by Testing/testmodels.py - not the real TotalSegmentator weights"
 

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "Testing" / "support")]
 
 from SegmentationLogic import slicer_import  # noqa: E402
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
-from SegmentationLogic.sample_data import example_path  # noqa: E402
+from sample_data import example_path  # noqa: E402
 
 SEE_THROUGH = ("liver", "colon", "stomach", "small_bowel", "duodenum", "spleen", "autochthon_left", "autochthon_right",
                "iliopsoas_left", "iliopsoas_right", "lung_lower_lobe_left", "lung_lower_lobe_right")

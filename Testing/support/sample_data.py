@@ -1,4 +1,4 @@
-"""Find the TotalSegmentator example images used by the demo, tests and benchmarks.
+"""Find the TotalSegmentator example images used by the demo, tests and benchmarks (test support, not product).
 
 They are not part of this project. Lookup order: `$TOTALSEG_EXAMPLES_DIR`, a
 `shared/data/totalseg_examples` folder next to (or above) the checkout, the user cache
@@ -9,7 +9,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .errors import WeightsDownloadError
+from SegmentationLogic.errors import WeightsDownloadError
 
 REPO_COMMIT = "0e65a448d557382b1e925276212b3bec7f5aff83"
 BASE_URL = f"https://raw.githubusercontent.com/wasserth/TotalSegmentator/{REPO_COMMIT}/tests/reference_files/"
