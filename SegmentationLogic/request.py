@@ -9,6 +9,8 @@ an argv round trip.
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
+import numpy as np
+
 from .errors import SegmentationError, UnknownTaskError
 
 QUALITIES = ("normal", "fast", "fastest")
@@ -105,8 +107,6 @@ class SegmentResult:
 
     @property
     def array(self):
-        import numpy as np
-
         return np.asanyarray(self.labelmap.dataobj)
 
     def to_json(self):

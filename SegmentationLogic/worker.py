@@ -36,6 +36,7 @@ import traceback
 from dataclasses import dataclass
 
 from .errors import Cancelled, SegmentationError, error_event
+from .pipeline import Segmenter, inference
 from .progress import CancelToken, Progress
 from .request import BadRequestError, SegmentRequest
 from .system.devices import available_devices
@@ -60,8 +61,9 @@ class CommandContext:
     progress: Progress  # events go to the client tagged with the request id; checks `cancel`
     worker: "Worker"
 
-    def segmenter(self, device="auto", weights_dir=None, download=True):
-        return self.worker.segmenter(device, weights_dir, download)
+    def segmenter(self, device="auto", weights_dir=None):
+        """The worker's model-keeping Segmenter for this device and weights folder, and whether it was warm."""
+        return self.worker.segmenter(device, weights_dir)
 
 
 class Worker:
@@ -150,22 +152,19 @@ class Worker:
     def _warm_up(self):
         """Import torch and nnU-Net now, while the user is still choosing options."""
         try:
-            # after "ready" on purpose: these imports take seconds
-            from .pipeline import inference
-
-            inference.warm_up()
+            inference.warm_up()  # after "ready" on purpose: torch and nnU-Net take seconds to import
         except Exception:  # reported properly by the first request that needs it
             traceback.print_exc(file=sys.stderr)
 
-    def segmenter(self, device, weights_dir, download):
-        """(the model-keeping Segmenter for this device and weights folder, whether it was warm)."""
-        from .pipeline import Segmenter  # heavy (numpy, nibabel, scipy...): after "ready", on first use
+    def segmenter(self, device, weights_dir):
+        """(the model-keeping Segmenter for this device and weights folder, whether it was warm).
 
-        key = (device, str(weights_dir), bool(download))
+        It may download; each request says whether it allows that."""
+        key = (device, str(weights_dir))
         if key in self._segmenters:
             return self._segmenters[key], True
         self._segmenters.clear()  # another device or weights folder: free the old models first
-        self._segmenters[key] = Segmenter(device=device, weights_dir=weights_dir, download=download)
+        self._segmenters[key] = Segmenter(device=device, weights_dir=weights_dir)
         return self._segmenters[key], False
 
 
@@ -188,7 +187,7 @@ def _segment(message, context):
     except BadRequestError as e:
         raise BadRequestError(f"Invalid segment request: {e.cause}", e.fix) from None
     started = time.perf_counter()
-    segmenter, warm = context.segmenter(request.device, request.weights_dir, request.download)
+    segmenter, warm = context.segmenter(request.device, request.weights_dir)
     result = segmenter.run(request, context.progress, context.cancel)
     return {**result.to_json(), "seconds": round(time.perf_counter() - started, 3), "warm": warm}
 

@@ -81,13 +81,13 @@ def _as_image(labelmap):
 
 def _render_window(size):
     """An offscreen render window; EGL directly when there is no display (no X warning)."""
-    import vtk
+    import vtk  # heavy (all of VTK): only when a preview is drawn
 
     window = None
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         for cls in ("vtkEGLRenderWindow", "vtkOSOpenGLRenderWindow"):
             try:
-                import vtkmodules.vtkRenderingOpenGL2 as gl
+                import vtkmodules.vtkRenderingOpenGL2 as gl  # offscreen windows live here, not in `vtk`
 
                 window = getattr(gl, cls)()
                 break
@@ -102,7 +102,7 @@ def _render_window(size):
 
 def _surfaces(data, spacing, origin, labels, smoothing):
     """One smoothed surface mesh for all labels, with per-face label (first non-background)."""
-    import vtk
+    import vtk  # heavy (all of VTK): only when a preview is drawn
     from vtk.util import numpy_support
 
     image = vtk.vtkImageData()
@@ -153,7 +153,7 @@ def _surfaces(data, spacing, origin, labels, smoothing):
 
 
 def _legend(renderer, entries, size):
-    import vtk
+    import vtk  # heavy (all of VTK): only when a preview is drawn
 
     legend = vtk.vtkLegendBoxActor()
     legend.SetNumberOfEntries(len(entries))
@@ -175,7 +175,7 @@ def _legend(renderer, entries, size):
 
 
 def _text(renderer, text, x, y, font_size, color=(1, 1, 1), background=None, bold=False, anchor_top=False):
-    import vtk
+    import vtk  # heavy (all of VTK): only when a preview is drawn
 
     actor = vtk.vtkTextActor()
     actor.SetInput(text)
@@ -205,7 +205,7 @@ def render_preview(labelmap, class_map, png_path, colors=None, note=None, size=(
     banner (TEST-model runs); `title` at the top (e.g. "TotalSegmentator total --fast").
     The PNG is written to a temporary name and renamed, so no half-written file remains.
     """
-    import vtk
+    import vtk  # heavy (all of VTK): only when a preview is drawn
     from vtk.util import numpy_support
 
     png_path = Path(png_path)

@@ -9,6 +9,7 @@ superior) and the outputs are written back in the vessel file's own orientation.
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from ..errors import InputImageError
@@ -41,8 +42,6 @@ class VesselInputError(InputImageError):
 
 def load_image(path, what):
     """nibabel image of a 3D mask; clear errors for a missing, unreadable, 2D or 4D file."""
-    import nibabel as nib
-
     path = Path(path)
     name = SUPPORT_NAMES.get(what, what)
     if not path.exists():
@@ -130,8 +129,6 @@ def load_masks(vessels, liver=None, portal_trunk=None, ivc=None):
         if what != "vessels":
             check_same_grid(ref, img, vessels, path, what)
         raw = vessel_array(img, path, notes) if what == "vessels" else np.asanyarray(img.dataobj) > 0
-        import nibabel as nib
-
         data, can, spacing = to_canonical(nib.Nifti1Image(raw.astype(np.uint8), img.affine))
         arrays[what] = data > 0
     return ref, arrays, spacing, can, notes
@@ -142,8 +139,6 @@ def load_masks(vessels, liver=None, portal_trunk=None, ivc=None):
 
 def write_nifti(data, ref_img, path, dtype=np.uint8):
     """Write `data` (in ref_img's axis order) with ref_img's geometry, atomically."""
-    import nibabel as nib
-
     path = Path(path)
     header = ref_img.header.copy()
     header.set_data_dtype(dtype)

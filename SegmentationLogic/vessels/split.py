@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+from skimage.segmentation import watershed
 
+from .io import VesselInputError
 from .qc import split_qc
 from .seeds import HEPATIC, PORTAL, Seeds, find_seeds
-from .skeleton import _ragged, build_skeleton_graph
+from .skeleton import _components, _ragged, build_skeleton_graph
 
 GAP_SEARCH_MM = 12.0
 GAP_DECAY_MM = 6.0
@@ -343,8 +345,6 @@ def clean_small_islands(labels, vessels, min_size, protect=None):
 def clean_small_node_islands(graph, node_label, min_size, protect=()):
     """Graph version: per class, groups of same-label nodes carrying fewer than min_size
     voxels join the other class if they touch it, else are cleared."""
-    from .skeleton import _components
-
     label = node_label.copy()
     if min_size <= 1 or not label.any():
         return label
@@ -373,8 +373,6 @@ def clean_small_node_islands(graph, node_label, min_size, protect=()):
 # voxel watershed (no skeleton)
 
 def _voxel_watershed(vessels, spacing, seeds_vox):
-    from skimage.segmentation import watershed
-
     box, _ = _crop_box(vessels, pad=2)
     sub = vessels[box]
     dt = ndimage.distance_transform_edt(sub, sampling=spacing)
@@ -406,8 +404,6 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
     Support masks may be None. Returns a SplitResult with labels and QC. The liver mask
     is not needed by the split itself (vessels are expected inside it already).
     """
-    from .io import VesselInputError
-
     vessels = np.asarray(vessels) > 0
     spacing = np.asarray(spacing, float)
     if not vessels.any():

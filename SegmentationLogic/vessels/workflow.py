@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SegmentationError
+from ..pipeline import segment
+from ..progress import Progress
 from .enhancement import enhance, no_liver_error
 from .io import (OUTPUT_FILES, SUPPORT_FILES, VesselInputError, check_same_grid, from_canonical, load_image,
                  load_masks, mask_metadata, ras_to_ijk, read_metadata, write_json, write_nifti, write_split_files)
@@ -101,16 +103,6 @@ def _support_warnings(arrays):
 # ---------------------------------------------------------------------------------------
 # the pipeline on a CT
 
-def _engine():
-    try:
-        from ..pipeline import segment
-    except ImportError as e:
-        raise SegmentationError("The segmentation engine (SegmentationLogic.pipeline) is not available.",
-                                "Install the complete extension; split existing masks with split-vessels "
-                                "meanwhile.") from e
-    return segment
-
-
 def _write_classes(result, ref_img, out_dir, names):
     """Write the named classes of an engine result as one mask file each; returns paths."""
     arr = np.asanyarray(result.labelmap.dataobj)
@@ -145,12 +137,9 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
         raise SegmentationError(f"The portal/hepatic split needs --mode enhanced_liver, not {mode}.",
                                 "Drop --mode (enhanced_liver is the default), or run split-vessels on your masks.")
     if cancel is not None and progress is None:  # our own steps check the token too
-        from ..progress import Progress
-
         progress = Progress(None, cancel=cancel)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    segment = _engine()
     common = dict(device=device, robust_crop=robust_crop, weights_dir=weights_dir, progress=progress, cancel=cancel,
                   check_modality=check_modality)
     if mode == "standard":
