@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..system.files import dump_json, reserve_temp
+from ..system.files import dump_json, refuse_overwriting, reserve_temp
 from .labelmap import output_header, sidecar, sidecar_path
 from .preview import render_preview
 
@@ -24,14 +24,18 @@ log = logging.getLogger(__name__)
 
 
 class AtomicWriter:
-    """Collects files under temporary names; `commit()` renames them all, `abort()` removes them."""
+    """Collects files under temporary names; `commit()` renames them all, `abort()` removes them.
 
-    def __init__(self):
+    `protect`: files that must never be replaced (the input image)."""
+
+    def __init__(self, protect=()):
         self._pending = []  # (tmp, final)
         self.files = []
+        self.protect = tuple(protect)
 
     def path(self, final, suffix=""):
         """A temporary path to write `final` to; it is renamed to `final` by `commit()`."""
+        refuse_overwriting(final, self.protect)
         tmp = reserve_temp(final, suffix)
         self._pending.append((tmp, Path(final)))
         return tmp
@@ -45,6 +49,7 @@ class AtomicWriter:
 
     def adopt(self, tmp, final):
         """Take over a file someone else wrote to `tmp`."""
+        refuse_overwriting(final, self.protect)
         self._pending.append((Path(tmp), Path(final)))
 
     def commit(self):
@@ -88,7 +93,7 @@ def write_result(request, result, reference, progress, extra_masks=None):
     {file stem: mask} written beside per-class files (task 'body''s body and skin)."""
     output = Path(request.output)
     out_dir = output.parent if request.ml else output
-    writer = AtomicWriter()
+    writer = AtomicWriter(protect=[request.input])
     progress("save", 0.0, f"writing {output}")
     try:
         if request.ml:

@@ -25,6 +25,7 @@ from ..outputs.writer import write_result
 from ..progress import as_progress
 from ..request import SegmentRequest, SegmentResult
 from ..system.devices import parse_device, resolve_device, thread_settings
+from ..system.files import refuse_overwriting
 from ..weights import ensure_models
 from . import geometry
 from .inference import ModelCache
@@ -64,8 +65,11 @@ class Segmenter:
         device = self.device if request.device in (None, "auto") else request.device
         weights_dir = request.weights_dir if request.weights_dir is not None else self.weights_dir
         parse_device(device)
-        if not isinstance(request.input, nib.spatialimages.SpatialImage) and not Path(request.input).exists():
-            raise InputImageError(f"Input not found: {request.input}", "Check the path.")
+        if not isinstance(request.input, nib.spatialimages.SpatialImage):
+            if not Path(request.input).exists():
+                raise InputImageError(f"Input not found: {request.input}", "Check the path.")
+            if request.output is not None and request.ml:  # before any work (the writer checks every file)
+                refuse_overwriting(request.output, [request.input])
         # before torch starts: a missing model is a quick, clear error
         ensure_models(plan.all_models(), weights_dir, download=request.download and self.download, progress=progress)
         ctx = RunContext(self.models, resolve_device(device), weights_dir, progress)

@@ -15,10 +15,28 @@ import stat
 import time
 from pathlib import Path
 
+from ..errors import SegmentationError
+
 if os.name == "nt":
     import msvcrt
 else:
     import fcntl
+
+
+class OutputPathError(SegmentationError):
+    """An output path that must not be written (it would replace the input)."""
+
+    kind = "output"
+
+
+def refuse_overwriting(final, protected):
+    """Raise OutputPathError if writing `final` would replace one of the `protected` files (the input)."""
+    final = Path(final)
+    for source in protected:
+        if isinstance(source, (str, os.PathLike)) and Path(source).exists() and final.exists() \
+                and os.path.samefile(final, source):
+            raise OutputPathError(f"The output {final} is the input image: writing it would destroy the input.",
+                                  "Choose another output file or folder.")
 
 
 def reserve_temp(final, suffix="", private=False):

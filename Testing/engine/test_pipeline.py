@@ -12,7 +12,7 @@ import pytest
 
 from SegmentationLogic.pipeline import geometry, postprocessing
 from SegmentationLogic.imaging.orientation import to_canonical
-from SegmentationLogic.errors import (Cancelled, DeviceError, InputImageError, OutOfMemoryError,
+from SegmentationLogic.errors import (Cancelled, DeviceError, InputImageError, OutOfMemoryError, SegmentationError,
                                       UnknownTaskError, WeightsMissingError)
 from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.outputs.labelmap import read_label_table
@@ -159,6 +159,16 @@ def test_every_task_plans_its_run_and_names_the_weights_it_lacks(task, example, 
     for model in required_models(task, spec.qualities[0]):
         assert model.folder in info.value.cause
     assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_the_input_is_refused_and_the_input_kept(segmenter, example, tmp_path):
+    ct = tmp_path / "ct.nii.gz"
+    ct.write_bytes(Path(example(CT)).read_bytes())
+    before = ct.read_bytes()
+    with pytest.raises(SegmentationError) as info:
+        segmenter.segment(ct, ct, quality="fastest")
+    assert "the input image" in info.value.cause and info.value.fix
+    assert ct.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
 
 
 def test_missing_input_and_4d_input(segmenter, example, tmp_path):
