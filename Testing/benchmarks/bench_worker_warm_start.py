@@ -24,13 +24,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "Testing"), str(REPO / "Testing" / "support"), str(REPO / "TotalSegmentatorModule")]
 
-from SegmentationLogic.sample_data import example_path  # noqa: E402
+from sample_data import example_path  # noqa: E402
+from SegmentationLogic.request import SegmentRequest, flags_for_quality  # noqa: E402
 from TotalSegmentatorLib.runner import ProcessRun, WorkerEngine, engine_command, engine_environment  # noqa: E402
 
 
 def segment_argv(source, output, task, quality, device):
     argv = ["-i", str(source), "-o", str(output), "--task", task, "--ml", "--device", device]
-    return argv + ([f"--{quality}"] if quality != "normal" else [])
+    return argv + flags_for_quality(quality)
+
+
+def segment_request(source, output, task, quality, device):
+    return SegmentRequest(input=str(source), output=str(output), task=task, quality=quality, device=device).to_json()
 
 
 def timed(run):
@@ -76,8 +81,8 @@ def main():
             worker.start()
             for i in (1, 2, 3):
                 out = Path(tmp) / f"worker{i}.nii.gz"
-                run = worker.submit("segment", argv=segment_argv(source, out, args.task, args.quality, args.device),
-                                    tmpdir=tmp)
+                run = worker.submit("segment", request=segment_request(source, out, args.task, args.quality,
+                                                                       args.device), tmpdir=tmp)
                 seconds = timed(run)
                 if i == 1:
                     seconds = time.perf_counter() - started  # includes the worker's start-up, as the user sees it

@@ -24,7 +24,7 @@ def test_worker_answers_requests_in_one_process(worker):
 
 
 def test_bad_requests_get_an_error_and_the_worker_stays(worker):
-    bad = worker.submit("segment", argv=["--task", "total"]).wait(timeout=120)  # no -i/-o
+    bad = worker.submit("segment", request={"task": "total"}).wait(timeout=120)  # no input
     assert bad.outcome == "failed" and "Invalid segment request" in bad.error["cause"]
     unknown = worker.submit("explode").wait(timeout=30)
     assert unknown.outcome == "failed" and "Unknown worker command" in unknown.error["cause"]
