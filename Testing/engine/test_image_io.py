@@ -458,3 +458,17 @@ def test_guess_modality_soft_tissue_crop_and_warning(example):
     assert warning.startswith("This volume looks like MR") and "the task is for CT" in warning
     assert modality_warning("total_mr", "MR", guess_modality(mr)) is None
     assert modality_warning("total", "CT", guess_modality(ct)) is None
+
+
+def test_modality_guess_and_warning_need_only_numpy():
+    """The Slicer panel warns before the engine's dependencies are installed: the guess and
+    its text work without nibabel, SimpleITK or scipy."""
+    code = ("import sys\n"
+            "for name in ('nibabel', 'SimpleITK', 'scipy', 'torch'): sys.modules[name] = None  # not installed\n"
+            "import numpy as np\n"
+            "from SegmentationLogic.imaging.modality import guess_modality, modality_warning\n"
+            "mr = np.random.default_rng(0).uniform(0, 400, (40, 40, 20))\n"
+            "print(modality_warning('total', 'CT', guess_modality(mr)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("This volume looks like MR") and "'total' is for CT" in out.stdout
