@@ -83,8 +83,7 @@ class Segmenter:
                 if is_out_of_memory(e):
                     raise OutOfMemoryError(f"Ran out of memory during the segmentation ({e}).", OOM_FIX) from e
                 raise
-            result = self._result(plan, ctx, img, image, labels, fast_stats if request.statistics else None,
-                                  request.statistics)
+            result = self._result(plan, ctx, img, image, labels, fast_stats, request.statistics)
             if request.output is not None:
                 t = time.time()
                 extra = body_derived_masks(labels, image.values, plan.spec.classes) \
@@ -123,12 +122,13 @@ class Segmenter:
         t = time.time()
         ctx.progress("postprocess", 0.9, "building the labelmap")
         class_map = {k: v for k, v in spec.classes.items() if roi_subset is None or v in roi_subset}
+        labelmap = multilabel_image(labels, img, class_map)
         stats = None
         if statistics:  # the official --fast statistics are taken at model resolution
             stats = fast_stats if plan.fast_statistics else basic_statistics(labels, image.values, image.zooms,
                                                                              spec.classes, roi_subset)
         ctx.timed("postprocess", time.time() - t)
-        return SegmentResult(labelmap=multilabel_image(labels, img, class_map), class_map=class_map, statistics=stats,
+        return SegmentResult(labelmap=labelmap, class_map=class_map, statistics=stats,
                              model_note="; ".join(sorted(ctx.notes)) or None, timings=ctx.timings)
 
 
