@@ -166,3 +166,29 @@ def test_test_support_is_not_in_the_product():
     for module in MODULES:
         for name, node, _ in imports(module):
             assert name.split(".")[0] not in {"testmodels", "sample_data", "pytest"}, (module, node.lineno)
+
+
+def _imported_engine_modules(path):
+    """(line, dotted name) of every SegmentationLogic module a file imports by absolute name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [n for n in names if n in MODULES] or [node.module]
+        for name in names:
+            if name.split(".")[0] == "SegmentationLogic":
+                yield node.lineno, name
+
+
+def test_every_engine_import_names_a_module_that_exists():
+    """A stale path (a module that moved) must fail here, even where an editable install of
+    another checkout would still find the old file."""
+    stale = [f"{path.relative_to(REPO)}:{node.lineno} {name}" for module, (path, _) in MODULES.items()
+             for name, node, _ in imports(module) if name.split(".")[0] == "SegmentationLogic" and name not in MODULES]
+    for path in sorted((REPO / "Testing").rglob("*.py")):
+        stale += [f"{path.relative_to(REPO)}:{line} {name}" for line, name in _imported_engine_modules(path)
+                  if name not in MODULES]
+    assert not stale, stale
