@@ -184,6 +184,11 @@ def write_json(data, path):
     return path
 
 
+def json_safe(data):
+    """`data` with numpy scalars and arrays as plain JSON values (for the worker's events and node attributes)."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
 def _json_default(o):
     if isinstance(o, (np.integer,)):
         return int(o)

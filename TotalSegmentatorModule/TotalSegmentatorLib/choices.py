@@ -70,6 +70,15 @@ def structure_items(task_name, catalogue=None):
     return [StructureItem(v, task.classes[v], task.classes[v].replace("_", " ")) for v in sorted(task.classes)]
 
 
+def selection_text(selected, total):
+    """What the structure list's label says about the selection."""
+    if not total:
+        return ""
+    if selected:
+        return f"{selected} of {total} selected: only these are segmented"
+    return f"None selected: all {total} structures are segmented"
+
+
 def filter_structures(items, text):
     """Items whose name contains every word of `text` (case-insensitive; '_' and ' ' alike)."""
     words = text.lower().replace("_", " ").split()
