@@ -210,7 +210,9 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         if VERSION_PROBLEM:
-            self.layout.addWidget(qt.QLabel(VERSION_PROBLEM))
+            label = qt.QLabel(VERSION_PROBLEM)
+            label.setWordWrap(True)
+            self.layout.addWidget(label)
             return
         uiWidget = slicer.util.loadUI(resourcePath("UI", "TotalSegmentator.ui"))
         self.layout.addWidget(uiWidget)

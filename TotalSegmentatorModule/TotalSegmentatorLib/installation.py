@@ -53,8 +53,8 @@ def restart_packages(plan, imported_modules=None):
 class InstallOperation(Steps):
     """Install what `plan` lists, in the background; result["restart"]: see restart_packages()."""
 
-    def __init__(self, plan, python=None, env=None):
-        self.plan = plan
+    def __init__(self, plan, python=None, env=None, imported_modules=None):
+        self.plan, self.imported_modules = plan, imported_modules
         self.workdir = tempfile.mkdtemp(prefix="TotalSegmentator-install-")  # the pip constraints file
         steps = []
         if plan.needs_torch:
@@ -67,7 +67,7 @@ class InstallOperation(Steps):
     def _finish(self, outcome, result=None, error=None):
         shutil.rmtree(self.workdir, ignore_errors=True)
         if outcome == "succeeded":
-            result = {**(result or {}), "restart": restart_packages(self.plan)}
+            result = {**(result or {}), "restart": restart_packages(self.plan, self.imported_modules)}
         super()._finish(outcome, result=result, error=error)
 
 
