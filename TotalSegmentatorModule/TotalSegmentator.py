@@ -13,10 +13,11 @@ Python console:
 """
 import logging
 import os
+import shutil
 import sys
 import tempfile
+from types import SimpleNamespace
 
-import ctk
 import qt
 import vtk
 
@@ -42,9 +43,11 @@ from TotalSegmentatorLib import startup  # noqa: E402
 VERSION_PROBLEM = compat.version_problem(compat.slicer_version())
 if VERSION_PROBLEM is None:
     from SegmentationLogic import terminology  # noqa: E402
+    from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
     from SegmentationLogic.errors import SegmentationError  # noqa: E402
+    from SegmentationLogic.mrml.segmentation_import import import_labelmap  # noqa: E402
     from SegmentationLogic.mrml.terminology import register_with_slicer  # noqa: E402
-    from TotalSegmentatorLib import choices, sections  # noqa: E402
+    from TotalSegmentatorLib import choices, sections, selftest  # noqa: E402
     from TotalSegmentatorLib.logic import TotalSegmentatorLogic  # noqa: E402
     from TotalSegmentatorLib.operation import CANCELLED  # noqa: E402
 
@@ -515,8 +518,6 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
             test()
 
     def _phantomVolume(self):
-        from TotalSegmentatorLib import selftest
-
         hu, labels, affine = selftest.phantom()
         return slicer.util.addVolumeFromArray(hu.transpose(2, 1, 0), affine, name="Phantom CT"), labels, affine
 
@@ -544,12 +545,6 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
 
     def test_ImportPhantomLabels(self):
         """The import path of every run, without the engine (works where its packages are missing)."""
-        from types import SimpleNamespace
-
-        from SegmentationLogic.catalogue import load_catalogue
-        from SegmentationLogic.mrml.segmentation_import import import_labelmap
-        from TotalSegmentatorLib import selftest
-
         volume, labels, affine = self._phantomVolume()
         classes = load_catalogue().task(selftest.TASK).classes
         labelmap = SimpleNamespace(dataobj=labels, affine=affine)  # what nibabel gives, without nibabel
@@ -561,11 +556,6 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
 
     def test_SegmentPhantom(self):
         """The real engine on the phantom with the self-test model: segment, re-run, cancel, errors, scene close."""
-        import shutil
-
-        from SegmentationLogic.catalogue import load_catalogue
-        from TotalSegmentatorLib import selftest
-
         plan = TotalSegmentatorLogic().dependencyPlan()
         if not plan.nothing_to_do:
             self.delayDisplay("Engine test skipped: the engine's Python packages are not installed:\n" + plan.summary())
@@ -601,7 +591,7 @@ class TotalSegmentatorTest(ScriptedLoadableModuleTest):
 
     def test_RealWeights(self):
         """Optional: the real TotalSegmentator weights on Slicer's CTChest sample (network, minutes)."""
-        import SampleData
+        import SampleData  # Slicer's sample data module: only this optional test downloads
 
         volume = SampleData.downloadSample("CTChest")
         node = sharedLogic().process(volume, task="total", quality="fast")

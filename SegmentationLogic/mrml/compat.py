@@ -13,6 +13,10 @@ the middle of an import after a long inference.
   context" names (LoadRegionContextFromFile, GetLoadedRegionContextNames): 5.10+; the
   "anatomic context" spellings are deprecated there and are the only ones before.
 """
+import vtk
+
+import slicer
+
 MINIMUM_VERSION = (5, 10)
 SUPPORTED = "Slicer 5.10, 5.12 and the current preview"
 
@@ -21,10 +25,6 @@ SUPPORTED = "Slicer 5.10, 5.12 and the current preview"
 def slicer_version(app=None):
     """(major, minor) of the running Slicer application, None outside it (slicer-core, plain Python)."""
     if app is None:
-        try:
-            import slicer
-        except ImportError:
-            return None
         app = getattr(slicer, "app", None)
     if app is None:
         return None
@@ -52,7 +52,6 @@ def set_segment_terminology(segment, text):
 def segment_terminology(segment):
     if hasattr(segment, "GetTerminology"):
         return segment.GetTerminology()
-    import vtk
 
     value = vtk.reference("")
     segment.GetTag(segment.GetTerminologyEntryTagName(), value)
@@ -68,8 +67,6 @@ def set_auto_generated(segment, name, color):
 
 # -- terminology contexts -----------------------------------------------------------------
 def _names(getter):
-    import vtk
-
     names = vtk.vtkStringArray()
     getter(names)
     return [names.GetValue(i) for i in range(names.GetNumberOfValues())]

@@ -1,6 +1,10 @@
 """Voxel lattices between numpy, VTK and MRML: matrices, alignment onto a volume's lattice,
 oriented images and Slicer's serialised reference geometry."""
 import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+import slicer
 
 from ..errors import SceneImportError
 
@@ -10,8 +14,6 @@ def matrix_to_numpy(matrix):
 
 
 def numpy_to_matrix(array):
-    import vtk
-
     matrix = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
@@ -21,8 +23,6 @@ def numpy_to_matrix(array):
 
 def ijk_to_ras(volume_node):
     """The volume's voxel-to-RAS affine in its own frame (a parent transform not applied)."""
-    import vtk
-
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     return matrix_to_numpy(matrix)
@@ -79,22 +79,18 @@ def check_overlap(data_shape, affine, offset, reference_volume_node):
                                "Import the result onto the volume it was computed from.")
 
 
-VTK_TYPES = {np.dtype(np.uint8): "VTK_UNSIGNED_CHAR", np.dtype(np.uint16): "VTK_UNSIGNED_SHORT",
-             np.dtype(np.int32): "VTK_INT"}
+VTK_TYPES = {np.dtype(np.uint8): vtk.VTK_UNSIGNED_CHAR, np.dtype(np.uint16): vtk.VTK_UNSIGNED_SHORT,
+             np.dtype(np.int32): vtk.VTK_INT}
 
 
 def oriented_image(data, extent_start, image_to_world):
     """vtkOrientedImageData sharing nothing with numpy: `data` indexed [i, j, k] at extent_start."""
-    import slicer
-    import vtk
-    from vtk.util import numpy_support
-
     image = slicer.vtkOrientedImageData()
     start = [int(s) for s in extent_start]
     image.SetExtent(start[0], start[0] + data.shape[0] - 1, start[1], start[1] + data.shape[1] - 1,
                     start[2], start[2] + data.shape[2] - 1)
     scalars = numpy_support.numpy_to_vtk(data.ravel(order="F"), deep=1,
-                                         array_type=getattr(vtk, VTK_TYPES[data.dtype]))
+                                         array_type=VTK_TYPES[data.dtype])
     scalars.SetName("ImageScalars")
     image.GetPointData().SetScalars(scalars)
     image.SetImageToWorldMatrix(numpy_to_matrix(image_to_world))
@@ -103,8 +99,6 @@ def oriented_image(data, extent_start, image_to_world):
 
 def reference_geometry_string(shape, offset, affine):
     """Slicer's serialised geometry of a labelmap lattice (shape at index offset, voxel-to-RAS affine)."""
-    import slicer
-
     image = slicer.vtkOrientedImageData()
     image.SetExtent(int(offset[0]), int(offset[0]) + shape[0] - 1, int(offset[1]), int(offset[1]) + shape[1] - 1,
                     int(offset[2]), int(offset[2]) + shape[2] - 1)

@@ -8,19 +8,16 @@ import os
 import tempfile
 from pathlib import Path
 
+import vtk
+
+import slicer
+
 from ..errors import InputImageError, SceneImportError
 
 _HEADLESS = {}  # scene address -> (scene, application logic, {name: logic}) for slicer-core scenes
 
 
-def _slicer():
-    import slicer  # Slicer's own module, or slicer-core's
-
-    return slicer
-
-
 def in_slicer_app(scene):
-    slicer = _slicer()
     return getattr(slicer, "app", None) is not None and scene is getattr(slicer, "mrmlScene", None)
 
 
@@ -28,7 +25,6 @@ def _headless_logics(scene):
     """Module logics bound to a scene outside the Slicer application (slicer-core)."""
     key = scene.GetAddressAsString("vtkMRMLScene")
     if key not in _HEADLESS:
-        slicer = _slicer()
         app = slicer.vtkSlicerApplicationLogic()
         app.SetMRMLScene(scene)
         logics = {}
@@ -47,14 +43,13 @@ def _headless_logics(scene):
 def module_logic(scene, name):
     """The logic of Slicer module `name` ("Volumes", "Segmentations", "Colors") for this scene."""
     if in_slicer_app(scene):
-        return getattr(_slicer().modules, name.lower()).logic()
+        return getattr(slicer.modules, name.lower()).logic()
     return _headless_logics(scene)[name]
 
 
 def ensure_converter_rules():
     """Register the labelmap <-> surface conversion rules (Slicer's Segmentations module
     does this at start-up; slicer-core has none until someone registers them)."""
-    slicer = _slicer()
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     rules = factory.GetConverterRules()
     have = {rules[i].GetName() for i in range(len(rules))} if isinstance(rules, (list, tuple)) else set()
@@ -68,7 +63,7 @@ def ensure_converter_rules():
 def new_scene():
     """An empty MRML scene with the logics this package needs (for slicer-core, batch, tests)."""
     ensure_converter_rules()
-    scene = _slicer().vtkMRMLScene()
+    scene = slicer.vtkMRMLScene()
     _headless_logics(scene)
     return scene
 
@@ -84,7 +79,7 @@ def singleton_parameter_node(scene, module_name):
     ScriptedLoadableModuleLogic.getParameterNode does in Slicer."""
     node = scene.GetSingletonNode(module_name, "vtkMRMLScriptedModuleNode")
     if node is None:
-        node = _slicer().vtkMRMLScriptedModuleNode()
+        node = slicer.vtkMRMLScriptedModuleNode()
         node.SetSingletonTag(module_name)
         node.SetName(scene.GenerateUniqueName(module_name))
         node.SetAttribute("ModuleName", module_name)
@@ -95,8 +90,6 @@ def singleton_parameter_node(scene, module_name):
 # -- files -------------------------------------------------------------------------------
 def load_volume(scene, path, name=None):
     """Load a NIfTI/NRRD/... file, or a folder holding one DICOM series, as a scalar volume node."""
-    import vtk
-
     path = Path(path)
     files = vtk.vtkStringArray()
     if path.is_dir():
@@ -124,7 +117,7 @@ def export_volume(volume_node, path):
     not applied: the result comes back into the same frame, under the same transform)."""
     if volume_node is None or volume_node.GetImageData() is None:
         raise InputImageError("The input volume has no image data.", "Select a loaded volume as input.")
-    storage = _slicer().vtkMRMLVolumeArchetypeStorageNode()
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
     storage.SetUseCompression(0)  # a temp file: speed over size
     if not storage.WriteData(volume_node):
@@ -143,7 +136,7 @@ def save_segmentation(node, path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-9]}.", suffix=".seg.nrrd", dir=path.parent)
     os.close(fd)
     try:
-        storage = _slicer().vtkMRMLSegmentationStorageNode()
+        storage = slicer.vtkMRMLSegmentationStorageNode()
         storage.SetFileName(tmp)
         storage.SetUseCompression(1)
         if not storage.WriteData(node):
@@ -157,7 +150,6 @@ def save_segmentation(node, path):
 
 def load_segmentation(scene, path, name=None):
     """Read a `.seg.nrrd` into a new segmentation node."""
-    slicer = _slicer()
     ensure_converter_rules()
     path = Path(path)
     node = slicer.vtkMRMLSegmentationNode()

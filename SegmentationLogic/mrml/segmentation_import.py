@@ -27,6 +27,8 @@ import os
 
 import numpy as np
 
+import slicer
+
 from .. import terminology
 from ..errors import SceneImportError
 from . import compat, geometry, surfaces
@@ -47,7 +49,7 @@ def _report(progress, fraction, message):
 
 def read_labelmap(labelmap):
     """(integer array indexed [i, j, k], 4x4 voxel-to-RAS affine) from a nibabel image or a path."""
-    import nibabel as nib
+    import nibabel as nib  # installed on first use, not with Slicer: a labelmap can arrive without it
 
     if isinstance(labelmap, (str, os.PathLike)):
         try:
@@ -110,7 +112,6 @@ def import_labelmap(scene, labelmap, class_map, reference_volume_node=None, segm
     Each segment: name, recommended colour, terminology tag, label value = official value,
     ID = class name, tags TotalSegmentator.ClassName (and .Task when `task` is given).
     """
-    import slicer
 
     ensure_converter_rules()
     class_map = _normalise_class_map(class_map)
@@ -195,8 +196,6 @@ def import_labelmap(scene, labelmap, class_map, reference_volume_node=None, segm
 
 def _commit(scene, staging, segmentation_node, reference_volume_node, name):
     """Swap the staged segmentation into the target node; put everything back if that fails."""
-    import slicer
-
     created = segmentation_node is None
     if created:
         segmentation_node = slicer.vtkMRMLSegmentationNode()
@@ -259,8 +258,6 @@ def _discard(segmentation):
 
 def _place_in_hierarchy(scene, segmentation_node, volume_node):
     """Put the segmentation in the volume's study/folder (ready for DICOM SEG export)."""
-    import slicer
-
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     if sh is None:
         return

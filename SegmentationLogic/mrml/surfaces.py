@@ -7,14 +7,14 @@ name the same method, so a surface Slicer regenerates after an edit looks the sa
 Without vtkSurfaceNets3D (old VTK) callers fall back to Slicer's standard conversion.
 """
 import numpy as np
+import vtk
+from vtk.util import numpy_support
 
 SMOOTHING_FACTOR = 0.5  # Slicer's default closed-surface smoothing factor
 
 
 def surface_nets_available():
     """vtkSurfaceNets3D with the multi-label API used here (VTK >= 9.3, Slicer >= 5.6)."""
-    import vtk
-
     nets = getattr(vtk, "vtkSurfaceNets3D", None)
     return nets is not None and all(hasattr(nets, m) for m in ("SetOutputMeshTypeToTriangles", "SetSmoothing",
                                                                "SetNumberOfIterations", "SetValue"))
@@ -35,9 +35,6 @@ def _iterations(smoothing_factor):
 
 def surfaces_by_label(data, extent_start, image_to_world, labels, smoothing_factor=SMOOTHING_FACTOR):
     """{label: vtkPolyData closed surface in RAS} for `data` indexed [i, j, k] at extent_start."""
-    import vtk
-    from vtk.util import numpy_support
-
     padded = np.zeros(np.add(data.shape, 2), dtype=data.dtype, order="F")  # closes surfaces cut by the border
     padded[1:-1, 1:-1, 1:-1] = data
     image = vtk.vtkImageData()
@@ -88,9 +85,6 @@ def surfaces_by_label(data, extent_start, image_to_world, labels, smoothing_fact
 
 
 def _polydata(points, triangles):
-    import vtk
-    from vtk.util import numpy_support
-
     vtk_points = vtk.vtkPoints()
     vtk_points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points), deep=1))
     offsets = np.arange(0, 3 * len(triangles) + 1, 3, dtype=np.int64)

@@ -19,6 +19,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import vtk
+
+import slicer
 
 from ..vessels import qc as qc_module
 from ..vessels.io import OUTPUT_FILES, json_safe, read_metadata, write_json, write_split_files
@@ -86,9 +89,6 @@ def support_masks(segmentation_node):
 
 def current_labels(node):
     """(labels 0/1/2 in the reference volume's IJK order, IJK-to-RAS affine) of the node."""
-    import slicer
-    import vtk
-
     ref = _reference(node)
     ids = _segment_ids(node)
     scene = node.GetScene()
@@ -128,7 +128,7 @@ def load_split(scene, labeled_path_or_array, reference_volume_node, segmentation
     the whole enhanced_liver_vessels_metadata.json content (its inputs are kept for re-runs).
     An existing `segmentation_node` is replaced in one step.
     """
-    import nibabel as nib
+    import nibabel as nib  # installed on first use, not with Slicer
 
     if reference_volume_node is None or reference_volume_node.GetImageData() is None:
         raise ReviewError("No reference volume: the split is shown on the CT it was computed from.",
@@ -180,7 +180,7 @@ def _import(scene, image, reference_volume_node, segmentation_node):
 
 def apply_labels(node, labels, affine, qc):
     """Show edited labels (0/1/2 on the reference grid) and store their QC on the node."""
-    import nibabel as nib
+    import nibabel as nib  # installed on first use, not with Slicer
 
     _import(node.GetScene(), nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), affine), _reference(node), node)
     _set_json(node, ATTR_QC, qc)
@@ -212,7 +212,7 @@ def save_review(segmentation_node, out_dir, seg_nrrd=True):
     """Write the reviewed split: liver_vessels_labeled.nii.gz, portal_vein_branches.nii.gz,
     hepatic_veins.nii.gz (CT geometry), the QC into enhanced_liver_vessels_metadata.json,
     and the segmentation as liver_vessels_split.seg.nrrd. Returns the paths."""
-    import nibabel as nib
+    import nibabel as nib  # installed on first use, not with Slicer
 
     labels, affine = current_labels(segmentation_node)
     ref_img = nib.Nifti1Image(np.zeros(labels.shape, np.uint8), affine)

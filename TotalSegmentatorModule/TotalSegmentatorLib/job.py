@@ -25,7 +25,9 @@ from pathlib import Path
 
 from SegmentationLogic.catalogue import QUALITIES, load_catalogue
 from SegmentationLogic.errors import InputImageError, SegmentationError
+from SegmentationLogic.mrml import vessel_review
 from SegmentationLogic.mrml.scene import export_volume
+from SegmentationLogic.mrml.segmentation_import import import_result
 from SegmentationLogic.request import SegmentRequest, SegmentResult
 
 from .choices import best_quality, validate_roi_subset
@@ -191,8 +193,6 @@ class SegmentationJob(Operation):
             if self.split_liver_vessels:
                 node = self._import_vessels(scene, payload)
             else:
-                from SegmentationLogic.mrml.segmentation_import import import_result
-
                 # Names a new node "<volume> segmentation", replaces the segments of an existing
                 # one, follows the volume's transform and study; all or nothing.
                 node = import_result(scene, SegmentResult.from_json(payload), labelmap=str(self.output),
@@ -222,8 +222,6 @@ class SegmentationJob(Operation):
                     "message": message})
 
     def _import_vessels(self, scene, payload):
-        from SegmentationLogic.mrml import vessel_review
-
         # The whole metadata: its QC for the panel, its inputs (support masks) for re-runs.
         path = self.output / "enhanced_liver_vessels_metadata.json"
         metadata = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

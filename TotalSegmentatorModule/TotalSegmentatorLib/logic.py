@@ -16,9 +16,12 @@ import os
 import shutil
 import tempfile
 
+import slicer
+from SegmentationLogic import weights
 from SegmentationLogic.errors import SegmentationError
 from SegmentationLogic.mrml import scene as mrml_scene
 from SegmentationLogic.mrml import vessel_review
+from SegmentationLogic.mrml.geometry import ijk_to_ras
 
 from . import dependencies, installation
 from .job import SegmentationJob
@@ -74,10 +77,7 @@ class TotalSegmentatorLogic:
 
     def getParameterNode(self, scene=None):
         """The module's parameter node (vtkMRMLScriptedModuleNode) in `scene` (default: Slicer's scene)."""
-        if scene is None:
-            import slicer
-
-            scene = slicer.mrmlScene
+        scene = scene if scene is not None else slicer.mrmlScene
         return mrml_scene.singleton_parameter_node(scene, MODULE_NAME)
 
     # -- engine worker ----------------------------------------------------------------------
@@ -166,10 +166,8 @@ class TotalSegmentatorLogic:
         """("CT" | "MR", confidence, reason) guessed from the intensities, or None (for the panel's warning)."""
         try:
             import nibabel as nib  # installed on first use: no guess before that
-            import slicer.util
 
-            from SegmentationLogic.image_io import guess_modality
-            from SegmentationLogic.mrml.geometry import ijk_to_ras
+            from SegmentationLogic.image_io import guess_modality  # it needs nibabel too
         except ImportError:
             return None
         if volumeNode is None or volumeNode.GetImageData() is None:
@@ -218,15 +216,11 @@ class TotalSegmentatorLogic:
         return self._engineRun("import-weights", path, description="import weights")
 
     def setLicense(self, key):
-        from SegmentationLogic import weights
-
         return weights.set_license(key)
 
     def licenseDisplay(self):
         """The stored licence key, masked (never the key itself), or None."""
         try:
-            from SegmentationLogic import weights
-
             return weights.get_license()
         except Exception:
             return None
@@ -237,10 +231,7 @@ class TotalSegmentatorLogic:
         default Slicer's scene)."""
         node = self._reviewPointNodes.get(name)
         if node is None or node.GetScene() is None:
-            if scene is None:
-                import slicer
-
-                scene = slicer.mrmlScene
+            scene = scene if scene is not None else slicer.mrmlScene
             node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"TotalSegmentator {name}")
             node.CreateDefaultDisplayNodes()
             node.GetDisplayNode().SetSelectedColor(*color)
