@@ -76,6 +76,11 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def json_safe(data):
+    """`data` with numpy values and paths as plain JSON values (worker events, MRML node attributes)."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
 def dump_json(data, path, indent=4):
     """Write `data` as JSON to `path` as it is (the caller makes it atomic)."""
     with open(path, "w", encoding="utf-8") as f:

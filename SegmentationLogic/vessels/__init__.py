@@ -5,8 +5,9 @@
     run_liver_vessels("ct.nii.gz", "out", split_portal_hepatic=True)   # needs the engine
 
 Modules: skeleton (centreline graph), seeds (where each tree enters the liver), split
-(the labelling), qc, enhancement, io, workflow (files in, files out), review (Slicer
-segmentation nodes, works with slicer-core), cli (the two subcommands).
+(the labelling), qc, enhancement, io, workflow (files in, files out), review (corrections on label
+arrays, also as engine-worker commands; shown on Slicer nodes by mrml.vessel_review),
+cli (the two subcommands).
 """
 
 

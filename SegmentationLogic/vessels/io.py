@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputImageError
 from ..imaging import orientation
 from ..system import files
-from ..system.files import atomic_path
+from ..system.files import atomic_path, json_safe  # noqa: F401 (json_safe: vessel review)
 
 OUTPUT_FILES = {
     "portal": "portal_vein_branches.nii.gz",

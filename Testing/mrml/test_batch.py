@@ -60,14 +60,15 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
     assert "[4/4] series" in proc.stdout and "[predict" in proc.stdout  # progress lines on stdout
     assert sorted(p.name for p in out.iterdir()) == ["ct.seg.nrrd", "series.seg.nrrd", "summary.csv"]
 
-    from SegmentationLogic import slicer_import as si
+    from SegmentationLogic.mrml import scene as mrml_scene
+    from SegmentationLogic.mrml import segmentation_import as si
     from SegmentationLogic import terminology as T
     from SegmentationLogic.catalogue import load_catalogue
 
     total = load_catalogue().task("total").classes
-    scene = si.new_scene()
+    scene = mrml_scene.new_scene()
     for case, source in (("ct", cases / "ct.nii.gz"), ("series", cases / "series")):
-        node = si.load_segmentation(scene, out / f"{case}.seg.nrrd")
+        node = mrml_scene.load_segmentation(scene, out / f"{case}.seg.nrrd")
         seg = node.GetSegmentation()
         assert seg.GetNumberOfSegments() == int(rows[case]["segments"]) > 0
         for i in range(seg.GetNumberOfSegments()):
@@ -75,7 +76,7 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
             class_name = total[s.GetLabelValue()]
             assert s.GetName() == T.standard_name(class_name) and s.GetTerminology() == T.terminology_string(class_name)
         # the result lies on the input image: every labelled voxel maps into the volume
-        volume = si.load_volume(scene, source)
+        volume = mrml_scene.load_volume(scene, source)
         image = seg.GetNthSegment(0).GetRepresentation(si.BINARY)
         import vtk
 
@@ -89,4 +90,4 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
             ras = to_ras.MultiplyPoint((*corner, 1.0))
             ijk = from_ras.MultiplyPoint(ras)
             assert all(-0.5 <= ijk[a] <= dims[a] - 0.5 for a in range(3)), (case, ijk)
-    si.release_scene(scene)
+    mrml_scene.release_scene(scene)

@@ -16,10 +16,6 @@ HEAVY = {"torch", "nnunetv2", "vtk", "vtkmodules", "SimpleITK", "pydicom", "high
 LAZY_ENGINE_IMPORTS = {
     ("vessels/cli.py", "SegmentationLogic.vessels.workflow"): "scikit-image and scipy, only for the vessel commands",
 }
-# Until the Slicer-module work moves them into SegmentationLogic/mrml/ (they import slicer).
-SLICER_FILES_OUTSIDE_MRML = {"slicer_import.py", "vessels/review.py"}
-
-
 def engine_modules():
     """{dotted module name: (path, is package __init__)} of every engine source file."""
     out = {}
@@ -125,7 +121,7 @@ def test_only_the_mrml_package_imports_slicer():
     offenders = []
     for module, (path, _) in MODULES.items():
         rel = path.relative_to(ENGINE).as_posix()
-        if rel.startswith("mrml/") or rel in SLICER_FILES_OUTSIDE_MRML:
+        if rel.startswith("mrml/"):
             continue
         offenders += [f"{rel}:{node.lineno}" for name, node, _ in imports(module) if name.split(".")[0] == "slicer"]
     assert not offenders, f"only SegmentationLogic/mrml/ may import slicer: {offenders}"
@@ -144,8 +140,6 @@ def test_function_level_imports_are_heavy_dependencies_with_a_reason():
     offenders = []
     for module, (path, _) in MODULES.items():
         rel = path.relative_to(ENGINE).as_posix()
-        if rel in SLICER_FILES_OUTSIDE_MRML:
-            continue
         lines = path.read_text(encoding="utf-8").splitlines()
         for name, node, func in imports(module):
             if func is None:

@@ -6,6 +6,7 @@ widget only copies it into Qt widgets and tests can check it without Qt.
 from dataclasses import dataclass
 
 from SegmentationLogic.catalogue import QUALITIES, load_catalogue
+from SegmentationLogic.imaging.modality import modality_warning as engine_modality_warning
 
 PRIMARY_TASKS = ("total", "total_mr")  # listed first: what most users run
 QUALITY_LABELS = {"normal": "Normal (1.5 mm)", "fast": "Fast (3 mm)", "fastest": "Fastest (6 mm)"}
@@ -70,6 +71,15 @@ def structure_items(task_name, catalogue=None):
     return [StructureItem(v, task.classes[v], task.classes[v].replace("_", " ")) for v in sorted(task.classes)]
 
 
+def selection_text(selected, total):
+    """What the structure list's label says about the selection."""
+    if not total:
+        return ""
+    if selected:
+        return f"{selected} of {total} selected: only these are segmented"
+    return f"None selected: all {total} structures are segmented"
+
+
 def filter_structures(items, text):
     """Items whose name contains every word of `text` (case-insensitive; '_' and ' ' alike)."""
     words = text.lower().replace("_", " ").split()
@@ -119,19 +129,13 @@ def device_items(detected=None):
     return items
 
 
-def modality_warning(task_name, guess, catalogue=None, min_confidence=0.7):
+def modality_warning(task_name, guess, catalogue=None):
     """Panel text when the volume looks like another modality than the task expects, else None.
 
-    `guess`: ("CT" | "MR", confidence, reason) from the engine's `image_io.guess_modality`.
+    `guess`: ("CT" | "MR", confidence, reason) from the engine's `guess_modality`; the text and
+    the confidence it needs are the engine's own (imaging/modality.py, numpy only).
     """
     if not guess:
         return None
-    modality, confidence, reason = (tuple(guess) + (1.0, ""))[:3] if isinstance(guess, (tuple, list)) \
-        else (guess, 1.0, "")
     task = (catalogue or load_catalogue()).task(task_name)
-    if not modality or modality.upper() == task.modality.upper() or confidence < min_confidence:
-        return None
-    other = "total_mr" if task.modality == "CT" else "total"
-    return (f"This volume looks like {modality.upper()}, but task '{task_name}' is for {task.modality}: the result "
-            f"will probably be wrong. Choose a task made for {modality.upper()} (e.g. '{other}') or check the volume."
-            + (f"\n({reason})" if reason else ""))
+    return engine_modality_warning(task_name, task.modality, tuple(guess))

@@ -9,6 +9,9 @@ In plain Python (with the `slicer-core` package for MRML):
 Cases are the NIfTI / NRRD / MetaImage files, zips of one DICOM series, and folders
 holding one DICOM series, directly inside D. Each case runs the engine, imports the
 result with standard names, colours and terminology, and writes O/<case>.seg.nrrd.
+The same typed request as every other front door
+(`SegmentRequest`, run by one `Segmenter` that keeps the models loaded from case to case)
+and the same way into the scene as the Slicer module (`SegmentationLogic.mrml`).
 A failing case is reported and the others still run. O/summary.csv gets one row per
 case as it finishes (case, status, seconds, segments, error, output, note: e.g. that a
 test model ran instead of the real weights). Progress lines
@@ -90,20 +93,22 @@ def _say(message):
     print(message, flush=True)
 
 
-def run_case(scene, path, output, args, progress):
+def run_case(scene, segmenter, path, output, args, progress):
     """Segment one case and write its .seg.nrrd; returns (number of segments, model note)."""
-    from SegmentationLogic import slicer_import
-    from SegmentationLogic.pipeline import segment
+    from SegmentationLogic.mrml.scene import save_segmentation
+    from SegmentationLogic.mrml.segmentation_import import import_result
+    from SegmentationLogic.request import SegmentRequest
 
-    result = segment(path, task=args.task, quality=args.quality, roi_subset=args.roi_subset, device=args.device,
-                     weights_dir=args.weights_dir, progress=progress, check_modality=not args.ignore_modality)
+    request = SegmentRequest(input=str(path), task=args.task, quality=args.quality, roi_subset=args.roi_subset,
+                             device=args.device, weights_dir=str(args.weights_dir) if args.weights_dir else None,
+                             check_modality=not args.ignore_modality)
+    result = segmenter.run(request, progress=progress)
     if result.model_note:
         _say(f"  note: {result.model_note}")
-    node = slicer_import.import_labelmap(scene, result.labelmap, result.class_map, create_surfaces=False,
-                                         use_standard_names=not args.class_names, task=args.task,
-                                         name=output.name[: -len(".seg.nrrd")], progress=progress)
+    node = import_result(scene, result, create_surfaces=False, use_standard_names=not args.class_names,
+                         task=args.task, name=output.name[: -len(".seg.nrrd")], progress=progress)
     try:
-        slicer_import.save_segmentation(node, output)
+        save_segmentation(node, output)
         return node.GetSegmentation().GetNumberOfSegments(), result.model_note or ""
     finally:
         scene.RemoveNode(node)
@@ -125,8 +130,9 @@ def main(argv=None):
         return EXIT_USAGE
 
     _add_package_path()
-    from SegmentationLogic import slicer_import
     from SegmentationLogic.errors import Cancelled, SegmentationError
+    from SegmentationLogic.mrml.scene import new_scene
+    from SegmentationLogic.pipeline import Segmenter
     from SegmentationLogic.progress import Progress, text_writer
 
     if _in_slicer_app():
@@ -134,7 +140,8 @@ def main(argv=None):
 
         scene = slicer.mrmlScene
     else:
-        scene = slicer_import.new_scene()
+        scene = new_scene()
+    segmenter = Segmenter(device=args.device, weights_dir=args.weights_dir)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     summary_path = args.summary or args.output_dir / "summary.csv"
     failed = 0
@@ -152,7 +159,7 @@ def main(argv=None):
                 _say("  skipped: output exists")
             else:
                 try:
-                    row["segments"], row["note"] = run_case(scene, path, output, args,
+                    row["segments"], row["note"] = run_case(scene, segmenter, path, output, args,
                                                             Progress(text_writer(sys.stdout)))
                     row.update(status="ok", output=str(output))
                     _say(f"  done: {row['segments']} segments -> {output.name} ({time.time() - start:.1f} s)")
