@@ -25,7 +25,6 @@ from pathlib import Path
 
 from SegmentationLogic.catalogue import QUALITIES, load_catalogue
 from SegmentationLogic.errors import InputImageError, SegmentationError
-from SegmentationLogic.mrml import vessel_review
 from SegmentationLogic.mrml.scene import export_volume
 from SegmentationLogic.mrml.segmentation_import import import_result
 from SegmentationLogic.request import SegmentRequest, SegmentResult
@@ -222,6 +221,7 @@ class SegmentationJob(Operation):
                     "message": message})
 
     def _import_vessels(self, scene, payload):
+        from SegmentationLogic.mrml import vessel_review  # reads NIfTI: nibabel is installed on first use
         # The whole metadata: its QC for the panel, its inputs (support masks) for re-runs.
         path = self.output / "enhanced_liver_vessels_metadata.json"
         metadata = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

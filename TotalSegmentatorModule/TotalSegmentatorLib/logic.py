@@ -21,7 +21,6 @@ from SegmentationLogic import weights
 from SegmentationLogic.errors import SegmentationError
 from SegmentationLogic.imaging.modality import guess_modality
 from SegmentationLogic.mrml import scene as mrml_scene
-from SegmentationLogic.mrml import vessel_review
 
 from . import dependencies, installation
 from .job import SegmentationJob
@@ -272,4 +271,5 @@ class TotalSegmentatorLogic:
 
     def saveReview(self, segmentationNode, folder):
         """Write the reviewed split (NIfTI files, metadata with QC, .seg.nrrd); returns the paths."""
+        from SegmentationLogic.mrml import vessel_review  # reads NIfTI: nibabel is installed on first use
         return vessel_review.save_review(segmentationNode, folder)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from SegmentationLogic.errors import SegmentationError
-from SegmentationLogic.mrml import vessel_review
 
 from .operation import Operation
 
@@ -33,6 +32,7 @@ class ReviewEdit(Operation):
         self._stopping = None  # the cancel error while the worker is stopping
 
     def start(self):
+        from SegmentationLogic.mrml import vessel_review  # reads NIfTI: nibabel is installed on first use
         import nibabel as nib  # installed on first use, not at Slicer start-up
 
         self.tmpdir = Path(tempfile.mkdtemp(prefix="TotalSegmentator-review-edit-"))
@@ -52,6 +52,7 @@ class ReviewEdit(Operation):
         return self
 
     def _step(self):
+        from SegmentationLogic.mrml import vessel_review  # reads NIfTI: nibabel is installed on first use
         if self.node.GetScene() is None and self._stopping is None:
             self.cancel(NODE_REMOVED)
             return
