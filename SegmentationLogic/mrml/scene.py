@@ -4,8 +4,6 @@ In Slicer the scene is `slicer.mrmlScene` and the module logics are Slicer's own
 the `slicer-core` package (batch runs, tests) `new_scene()` makes a scene and binds the
 logics this package needs to it, as Slicer does at start-up.
 """
-import os
-import tempfile
 from pathlib import Path
 
 import vtk
@@ -13,6 +11,7 @@ import vtk
 import slicer
 
 from ..errors import InputImageError, SceneImportError
+from ..system.files import atomic_path
 
 _HEADLESS = {}  # scene address -> (scene, application logic, {name: logic}) for slicer-core scenes
 
@@ -132,19 +131,12 @@ def save_segmentation(node, path):
     if not str(path).endswith(".seg.nrrd"):
         raise SceneImportError(f"{path.name}: a segmentation is saved as .seg.nrrd.",
                                "Use a file name ending in .seg.nrrd.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-9]}.", suffix=".seg.nrrd", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".seg.nrrd") as tmp:  # umask permissions, as every output
         storage = slicer.vtkMRMLSegmentationStorageNode()
-        storage.SetFileName(tmp)
+        storage.SetFileName(str(tmp))
         storage.SetUseCompression(1)
         if not storage.WriteData(node):
             raise SceneImportError(f"Could not write {path}.", "Check free disk space and write permission.")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

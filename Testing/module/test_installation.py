@@ -12,7 +12,7 @@ from TotalSegmentatorLib import dependencies, installation
 
 def plan_needing_torch(imported=None):
     return dependencies.plan_install(requirements=(), torch_requirement="torch>=2.1.2",
-                                     version_of=lambda name: None, imported_modules=imported or {})
+                                     installed={}, imported_modules=imported or {})
 
 
 def test_pytorch_is_installed_as_the_pytorch_extension_does():
@@ -31,7 +31,7 @@ def test_restart_only_for_what_this_session_had_loaded():
 
 def test_a_plan_of_conflicts_only_is_refused_before_anything_runs():
     plan = dependencies.plan_install(requirements=("numpy>=99",), torch_requirement="torch>=0",
-                                     version_of=lambda name: {"numpy": "2.0.2", "torch": "2.5.0"}.get(name),
+                                     installed={"numpy": "2.0.2", "torch": "2.5.0"},
                                      imported_modules={})
     assert plan.conflicts and not plan.pip_packages
     with pytest.raises(SegmentationError, match="do not fit"):

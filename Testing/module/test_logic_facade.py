@@ -1,6 +1,7 @@
 """The documented Python entry point, `TotalSegmentatorLogic().process(...)`, with no stand-ins at all:
 the logic imports no Qt and needs no Slicer application, so it runs here as it does in the console.
 MRML is real (slicer-core), the engine is real (background worker, test models)."""
+import os
 import sys
 from pathlib import Path
 
@@ -20,8 +21,9 @@ def test_the_logic_imports_no_qt():
 
     code = ("import sys, TotalSegmentatorLib.logic; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'PythonQt', 'PySide6')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=engine_environment())
+    env = engine_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "TotalSegmentatorModule"), env["PYTHONPATH"]])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
 
 

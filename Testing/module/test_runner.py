@@ -166,7 +166,7 @@ def test_wait_timeout_cancels():
 def test_engine_environment_makes_the_engine_importable_and_uses_the_temp_dir(tmp_path):
     env = engine_environment(tmp_path, {"TOTALSEG_WEIGHTS_PATH": "/w"})
     run = ProcessRun(
-        [sys.executable, "-c", "import SegmentationLogic, TotalSegmentatorLib, tempfile, os, json; "
+        [sys.executable, "-c", "import SegmentationLogic, tempfile, os, json; "
          "print(json.dumps({'event': 'result', 'tmp': tempfile.gettempdir(), 'w': os.environ['TOTALSEG_WEIGHTS_PATH'],"
          " 'pkg': SegmentationLogic.__file__}))"], env=env, cwd=str(tmp_path)).wait(timeout=30)
     assert run.outcome == "succeeded", run.error

@@ -5,7 +5,8 @@ widget only copies it into Qt widgets and tests can check it without Qt.
 """
 from dataclasses import dataclass
 
-from SegmentationLogic.catalogue import QUALITIES, load_catalogue
+from SegmentationLogic.catalogue import load_catalogue
+from SegmentationLogic.errors import SegmentationError
 from SegmentationLogic.imaging.modality import modality_warning as engine_modality_warning
 
 PRIMARY_TASKS = ("total", "total_mr")  # listed first: what most users run
@@ -48,12 +49,12 @@ def qualities_for(task_name, catalogue=None):
 
 
 def best_quality(task_name, wanted, catalogue=None):
-    """`wanted` if the task has it, else the nearest one it has (fastest -> fast -> normal)."""
-    available = qualities_for(task_name, catalogue)
-    if wanted in available:
-        return wanted
-    order = QUALITIES[: QUALITIES.index(wanted) + 1][::-1] if wanted in QUALITIES else ()
-    return next((q for q in order if q in available), available[0])
+    """The quality that runs when `wanted` is asked for: the engine's one rule (TaskSpec.run_quality);
+    where the engine would refuse it (e.g. --fast for a task without a fast model), 'normal'."""
+    try:
+        return (catalogue or load_catalogue()).task(task_name).run_quality(wanted)
+    except SegmentationError:
+        return "normal"
 
 
 @dataclass(frozen=True)

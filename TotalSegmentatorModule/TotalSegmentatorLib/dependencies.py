@@ -44,6 +44,8 @@ except ImportError:  # a Slicer without `packaging`: pip always carries a copy
     from pip._vendor.packaging.utils import canonicalize_name
     from pip._vendor.packaging.version import InvalidVersion, Version
 
+from SegmentationLogic.errors import error_event
+
 
 @dataclass(frozen=True)
 class Need:
@@ -452,13 +454,13 @@ def diagnose_pip(returncode, lines):
             conflict_lines = [line.strip() for line in lines if " depends on " in line or "requested " in line]
             if kind == "conflict" and conflict_lines:
                 detail = ": " + "; ".join(conflict_lines[:4])
-            return {"event": "error", "kind": kind, "type": "InstallError", "cause": cause.format(detail=detail),
-                    "fix": fix, "returncode": returncode, "details": lines[-20:]}
+            return error_event(kind=kind, type="InstallError", cause=cause.format(detail=detail), fix=fix,
+                               returncode=returncode, details=lines[-20:])
     last = next((line for line in reversed(lines) if line.strip()), "")
-    return {"event": "error", "kind": "install", "type": "InstallError",
-            "cause": f"Installing Python packages failed (pip exit code {returncode}): {last}",
-            "fix": "See the log; then use Advanced > Reinstall dependencies, or report the log.",
-            "returncode": returncode, "details": lines[-20:]}
+    return error_event(kind="install", type="InstallError",
+                       cause=f"Installing Python packages failed (pip exit code {returncode}): {last}",
+                       fix="See the log; then use Advanced > Reinstall dependencies, or report the log.",
+                       returncode=returncode, details=lines[-20:])
 
 
 def install(plan, workdir, python=None, pip_args=(), env=None):

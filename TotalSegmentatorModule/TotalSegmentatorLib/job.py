@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from SegmentationLogic.catalogue import QUALITIES, load_catalogue
-from SegmentationLogic.errors import InputImageError, SegmentationError
+from SegmentationLogic.errors import InputImageError, SegmentationError, error_event
 from SegmentationLogic.mrml.scene import export_volume
 from SegmentationLogic.mrml.segmentation_import import import_result
 from SegmentationLogic.request import SegmentRequest, SegmentResult
@@ -200,12 +200,11 @@ class SegmentationJob(Operation):
                                      create_surfaces=self.create_surfaces, task=self.task,
                                      progress=self._import_progress)
         except SegmentationError as e:
-            self._fail({"event": "error", **e.to_dict()}, "failed")
+            self._fail(error_event(e), "failed")
             return
         except Exception as e:  # import bugs must still leave a clear message and a clean scene
-            self._fail({"event": "error", "kind": "import", "type": type(e).__name__,
-                        "cause": f"Importing the result into the scene failed: {e}",
-                        "fix": "See the log; the scene was left unchanged."}, "failed")
+            self._fail(error_event(e, kind="import", cause=f"Importing the result into the scene failed: {e}",
+                                   fix="See the log; the scene was left unchanged."), "failed")
             return
         self.segmentation_node = node
         self.timings["import"] = time.perf_counter() - t
@@ -240,7 +239,7 @@ class SegmentationJob(Operation):
             self.review_dir = None
         self.timings["total"] = time.perf_counter() - self._t0 if self._t0 else 0.0
         self._end()
-        self._emit(error if error.get("event") else {"event": "error", **error})
+        self._emit(error_event(error))
         self._finish(outcome or "failed", error=error)
 
     def _end(self):

@@ -14,7 +14,9 @@ Qt waits) as in plain Python.
 """
 import time
 
-CANCELLED = {"event": "error", "kind": "cancelled", "type": "Cancelled", "cause": "Cancelled by the user.", "fix": ""}
+from SegmentationLogic.errors import Cancelled, error_event
+
+CANCELLED = error_event(Cancelled())
 
 
 def cancelled(cause=None):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from SegmentationLogic.errors import SegmentationError
+from SegmentationLogic.errors import SegmentationError, error_event
 
 from .operation import Operation
 
@@ -73,7 +73,7 @@ class ReviewEdit(Operation):
             qc = vessel_review.apply_labels(self.node, np.asanyarray(image.dataobj), image.affine,
                                             self.run.result.get("qc") or {})
         except SegmentationError as e:
-            self._end("failed", error={"event": "error", **e.to_dict()})
+            self._end("failed", error=error_event(e))
             return
         self._end("succeeded", result={"event": "result", "qc": qc})
 
@@ -88,7 +88,7 @@ class ReviewEdit(Operation):
     def _end(self, outcome, result=None, error=None):
         self._cleanup()
         if error is not None:
-            self._emit(error if error.get("event") else {"event": "error", **error})
+            self._emit(error_event(error))
         self._finish(outcome, result=result, error=error)
 
     def _cleanup(self):

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from SegmentationLogic.errors import error_event
+
 from .diagnosis import diagnose, refine
 from .operation import Operation, Steps, cancelled
 from .process import BackgroundProcess
@@ -195,8 +197,8 @@ class WorkerEngine:
 
     def start(self):
         if not self.alive:
-            self._end_runs("failed", {"event": "error", "kind": "crash", "type": "EngineStopped",
-                                      "cause": "The segmentation engine stopped; run again.", "fix": ""})
+            self._end_runs("failed", error_event(kind="crash", type="EngineStopped",
+                                                  cause="The segmentation engine stopped; run again."))
             self._cleanup_tmpdir()
             self._tmpdir = tempfile.mkdtemp(prefix="TotalSegmentator-worker-")
             argv = engine_command("worker", *[a for p in WORKER_PLUGINS for a in ("--plugin", p)],
