@@ -250,6 +250,9 @@ def build_parser():
     from .vessels.cli import add_commands as add_vessel_commands  # liver-vessels, split-vessels
 
     add_vessel_commands(sub, _common, _progress_from_args, _emit_result)
+    from .server.cli import add_commands as add_server_commands  # serve; segment --server/--token_file/--ca_cert
+
+    add_server_commands(sub, _progress_from_args, _emit_result)
     return ap
 
 

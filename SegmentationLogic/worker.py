@@ -113,6 +113,10 @@ class Worker:
 
     def _warm_up(self):
         """Import torch and nnU-Net now, while the user is still choosing options."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:  # a client of a remote server only: nothing to warm up
+            return
         try:
             from . import pipeline  # noqa: F401
         except Exception:  # reported properly by the first request that needs it
@@ -127,6 +131,10 @@ class Worker:
         return {"devices": available_devices()}
 
     def _segment(self, request, token):
+        if request.get("remote"):  # run on a segmentation server (server/client.py): no torch needed here
+            from .server.client import run_worker_request
+
+            return run_worker_request(request, lambda event: self.send(event, request.get("id")), token)
         from .cli import build_parser, result_payload, segment_options
 
         try:
