@@ -90,11 +90,16 @@ def create_app(queue, checker, config):
         if exc.status_code == 404:
             return error_response(404, "request", f"No such address on this server: {request.url.path}",
                                   "Check the server URL (it ends at the host and port).", "NotFound")
-        return error_response(exc.status_code, "request", str(exc.detail), "", "HTTPError")
+        if exc.status_code == 405:
+            return error_response(405, "request", f"{request.method} is not allowed on {request.url.path}.",
+                                  "Use the client of the same version as the server.", "MethodNotAllowed")
+        return error_response(exc.status_code, "request", str(exc.detail),
+                              "Use the client of the same version as the server.", "HTTPError")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc):
-        return error_response(422, "request", f"Invalid request: {exc.errors()[:3]}", "", "ValidationError")
+        return error_response(422, "request", f"Invalid request: {exc.errors()[:3]}",
+                              "Use the client of the same version as the server.", "ValidationError")
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc):
@@ -158,8 +163,8 @@ def create_app(queue, checker, config):
         except BaseException:
             queue.discard(job, None)
             raise
-        position = queue.submit(job, request_obj)
         log.info("job %s uploaded (%.1f MB)", job.id, received / 2**20)
+        position = queue.submit(job, request_obj)
         return {"id": job.id, "position": position, "events": f"{API}/jobs/{job.id}/events",
                 "result": f"{API}/jobs/{job.id}/result"}
 

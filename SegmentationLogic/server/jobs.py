@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import threading
 import time
 import traceback
@@ -56,6 +55,7 @@ class Job:
         self.queued_at = self.started_at = None
         self.listeners = 0
         self.wakeups = set()  # callables the queue calls after each new event (the app's streams)
+        self.busy = False  # the worker thread has it: only the worker may delete its folder now
         self.discard = False  # delete everything as soon as the worker lets go of it
         self.result_path = None
 
@@ -174,7 +174,7 @@ class JobQueue:
                 job.state = CANCELLED
                 self._error(job, Cancelled().to_dict())
                 self._positions_changed()
-            if job.state == RUNNING:
+            if job.busy:
                 job.discard = True  # the worker deletes it when the engine has stopped
                 return
             del self._jobs[job.id]
@@ -207,11 +207,15 @@ class JobQueue:
                     if job.state == QUEUED:
                         self._fifo.remove(job)
                         job.state = CANCELLED
-                        self._error(job, {"kind": "server", "type": "ServerShutdown", "cause": reason,
-                                          "fix": "Run again when the server is back."})
-                    else:
+                        self._error(job, self._shutdown_error())
+                    else:  # its client hears it now, not when the engine reaches its next progress report
                         job.token.cancel()
+                        self._error(job, self._shutdown_error())
         return jobs
+
+    def _shutdown_error(self):
+        return {"kind": "server", "type": "ServerShutdown", "cause": self._stopping,
+                "fix": "Run again when the server is back."}
 
     def close(self, wait=30.0):
         """After shut_down: wait for the engine to stop, then delete every job's folder."""
@@ -248,6 +252,7 @@ class JobQueue:
                 return None
             job = self._fifo.popleft()
             job.state = RUNNING
+            job.busy = True
             job.started_at = time.monotonic()
             self._current = job
             return job
@@ -262,6 +267,7 @@ class JobQueue:
             finally:
                 with self._lock:
                     self._current = None
+                    job.busy = False
                     job.touched = time.monotonic()
                     gone = job.discard
                     if gone:
@@ -285,9 +291,7 @@ class JobQueue:
             job.token.check()
             names = _pack(job.output_dir, result.files, job.folder / RESULT_ZIP)
         except Cancelled as e:
-            self._finish(job, CANCELLED, e.to_dict() if not self._stopping else {
-                "kind": "server", "type": "ServerShutdown", "cause": self._stopping,
-                "fix": "Run again when the server is back."}, started)
+            self._finish(job, CANCELLED, e.to_dict() if not self._stopping else self._shutdown_error(), started)
             return
         except SegmentationError as e:
             self._finish(job, FAILED, e.to_dict(), started)
@@ -306,8 +310,12 @@ class JobQueue:
         payload["files"] = names
         payload["timings"] = {**payload.get("timings", {}), "queued": round(waited, 3)}
         with self._lock:
-            job.state = DONE
-            job.result_path = job.folder / RESULT_ZIP
+            stopped = job.terminal  # the server began to shut down as the run ended: its client was told
+            job.state = CANCELLED if stopped else DONE
+            job.result_path = None if stopped else job.folder / RESULT_ZIP
+        if stopped:
+            _remove(job.folder / RESULT_ZIP)
+            return
         self._event(job, {"event": "result", **payload})
         log.info("job %s done in %.1f s (waited %.1f s)", job.id, time.monotonic() - started, waited)
 
@@ -316,7 +324,8 @@ class JobQueue:
             job.state = state
         _remove(job.output_dir)
         _remove(job.folder / RESULT_ZIP)
-        self._error(job, error)
+        if not job.terminal:  # a shutdown told the client already
+            self._error(job, error)
         log.info("job %s %s after %.1f s (%s)", job.id, state, time.monotonic() - started, error.get("kind"))
 
 
@@ -349,15 +358,20 @@ def _remove(path):
     if path is None:
         return
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for _ in range(3):  # a second pass for files the engine was still writing
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                return
+            time.sleep(0.1)
+        log.error("could not delete a job folder %s", path.name)
+        return
     try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        path.unlink()
     except FileNotFoundError:
         pass
     except OSError as e:
-        print(f"could not delete a job file ({type(e).__name__})", file=sys.stderr)
+        log.error("could not delete a job file (%s)", type(e).__name__)
 
 
 def prepare_root(root):

@@ -4,7 +4,7 @@ import pytest
 from serve_process import ServeProcess
 from tls_certs import TestCA
 
-UPLOAD_LIMIT_MB = 1  # the example CT (0.5 MB as .nii.gz) fits, its uncompressed float copy does not
+UPLOAD_LIMIT_MB = 4  # the example CT (0.5 MB as .nii.gz) and its DICOM series (zipped) fit
 TIMEOUT_S = 3  # unattended jobs and unfetched results go after this
 
 

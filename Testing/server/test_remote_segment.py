@@ -38,17 +38,18 @@ def _same_outputs(local_root, remote_root):
         assert a == b, name
 
 
-@pytest.mark.parametrize("options", [
-    dict(task="total", roi_subset=["liver"], statistics=True),  # crop model + main model, multilabel, statistics
-    dict(task="total", quality="fastest", ml=False, roi_subset=["liver", "spleen", "kidney_left"]),  # per class
-], ids=["multilabel+statistics", "per-class"])
-def test_remote_result_is_identical_to_the_local_one(options, remote, remote_server, local_segmenter, example,
-                                                     tmp_path):
+@pytest.mark.parametrize("source, options", [
+    (CT, dict(task="total", quality="fast", roi_subset=["liver"], statistics=True)),  # crop + main model, statistics
+    (CT, dict(task="total", quality="fastest", ml=False, roi_subset=["liver", "spleen", "kidney_left"])),  # per class
+    ("example_ct_dicom", dict(task="total", quality="fastest")),  # a DICOM folder: zipped by the client
+], ids=["multilabel+statistics", "per-class", "dicom-folder"])
+def test_remote_result_is_identical_to_the_local_one(source, options, remote, remote_server, local_segmenter,
+                                                     example, tmp_path):
     out = "seg.nii.gz" if options.get("ml", True) else "seg"
-    local = local_segmenter.run(SegmentRequest(input=str(example(CT)), output=str(tmp_path / "local" / out),
+    local = local_segmenter.run(SegmentRequest(input=str(example(source)), output=str(tmp_path / "local" / out),
                                                device="cpu", **options))
     events = []
-    result = remote.run(SegmentRequest(input=str(example(CT)), output=str(tmp_path / "remote" / out), **options),
+    result = remote.run(SegmentRequest(input=str(example(source)), output=str(tmp_path / "remote" / out), **options),
                         progress=events.append)
     _same_outputs(tmp_path / "local", tmp_path / "remote")
     assert result.class_map == local.class_map and result.statistics == local.statistics
@@ -113,6 +114,12 @@ def test_two_clients_at_once_are_queued_and_both_succeed(remote, remote_server, 
 
 
 def test_cancel_mid_run_stops_the_job_and_frees_the_server(remote, remote_server, example, tmp_path):
+    token = CancelToken()
+    token.cancel()  # before or during the upload: nothing is sent (the server drops what it got)
+    with pytest.raises(Cancelled):
+        remote.run(SegmentRequest(input=str(example(CT)), output=str(tmp_path / "early" / "seg.nii.gz")), cancel=token)
+    assert not (tmp_path / "early").exists() and remote_server.wait_no_jobs() == []
+
     token = CancelToken()
     seen = []
 

@@ -62,7 +62,7 @@ def test_missing_or_wrong_token_is_refused(remote_server, test_ca, example, tmp_
     assert remote_server.token not in log and wrong not in log  # tokens are never logged
 
 
-def test_oversized_upload_is_refused(remote_server, test_ca, example, tmp_path):
+def test_oversized_upload_is_refused(remote_server, test_ca, tmp_path):
     import nibabel as nib
     import numpy as np
 
@@ -77,12 +77,12 @@ def test_oversized_upload_is_refused(remote_server, test_ca, example, tmp_path):
     response = conn.getresponse()
     assert response.status == 413
     body = json.loads(response.read())
-    assert "larger than this server accepts (1 MB)" in body["cause"] and "--max_upload_mb" in body["fix"]
+    assert "larger than this server accepts (4 MB)" in body["cause"] and "--max_upload_mb" in body["fix"]
     conn.close()
 
     # not announced (chunked): cut off at the limit, and nothing of it stays
     def chunks():
-        for _ in range(3):
+        for _ in range(10):
             yield b"\0" * (512 << 10)
 
     try:
@@ -93,13 +93,12 @@ def test_oversized_upload_is_refused(remote_server, test_ca, example, tmp_path):
     assert remote_server.wait_no_jobs() == []
 
     # the client knows the limit and says so before sending anything
-    img = nib.load(str(example(CT)))
-    big = tmp_path / "big.nii"  # uncompressed float: 1.4 MB
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine), str(big))
+    big = tmp_path / "big.nii"  # uncompressed float64: 6.4 MB
+    nib.save(nib.Nifti1Image(np.zeros((200, 200, 20)), np.eye(4)), str(big))
     client = RemoteSegmenter(remote_server.url, token_file=remote_server.token_file, ca_cert=test_ca.cert_path)
     with pytest.raises(InputImageError) as e:
         client.run(SegmentRequest(input=str(big), output=str(tmp_path / "seg.nii.gz")))
-    assert "larger than the server accepts (1 MB)" in e.value.cause and ".nii.gz" in e.value.fix
+    assert "larger than the server accepts (4 MB)" in e.value.cause and ".nii.gz" in e.value.fix
     assert remote_server.jobs() == []
 
 
@@ -154,6 +153,7 @@ def test_bad_options_unknown_jobs_and_client_paths_are_refused(remote_server, te
     for method, path in (("GET", "/v1/jobs/nosuchjob/events"), ("GET", "/v1/jobs/nosuchjob/result"),
                          ("DELETE", "/v1/jobs/nosuchjob"), ("GET", "/v1/jobs/../../etc/passwd/result")):
         assert _refusal(_http(remote_server, test_ca, method, path), 404)["kind"] == "request"
+    assert "PUT is not allowed" in _refusal(_http(remote_server, test_ca, "PUT", "/v1/jobs"), 405)["cause"]
     # the client turns the same refusal into the engine's own error
     with pytest.raises(UnknownTaskError, match="totl"):
         remote.run(SegmentRequest(input=str(example(CT)), output=str(tmp_path / "seg.nii.gz"), task="totl"))
@@ -248,3 +248,23 @@ def test_insecure_allows_a_network_address_without_tls_or_token_and_warns(capsys
     monkeypatch.delenv("TOTALSEG_SERVER_TOKEN", raising=False)
     assert check_settings(Namespace(host="0.0.0.0", token_file=None, tls_cert=None, tls_key=None, insecure=True)) == []
     assert "WARNING: --insecure" in capsys.readouterr().err
+
+
+def test_a_stored_token_is_private_used_by_default_and_never_shown(remote_server, test_ca, monkeypatch, tmp_path):
+    from SegmentationLogic.server.tokens import TokenError, mask_token, store_token
+
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
+    monkeypatch.delenv("TOTALSEG_SERVER_TOKEN", raising=False)
+    path = store_token(remote_server.token)  # what the module's masked token field will call
+    assert path == tmp_path / "home" / "server_token" and oct(path.stat().st_mode & 0o777) == "0o600"
+    client = RemoteSegmenter(remote_server.url, ca_cert=test_ca.cert_path)  # no token given: the stored one
+    assert client.info()["api"] == 1
+    assert remote_server.token not in repr(client) + mask_token(remote_server.token)
+    monkeypatch.setenv("TOTALSEG_SERVER_TOKEN", "from-the-environment-" + "z" * 10)  # the variable wins
+    with pytest.raises(ServerAuthError):
+        RemoteSegmenter(remote_server.url, ca_cert=test_ca.cert_path).info()
+    path.chmod(0o644)
+    monkeypatch.delenv("TOTALSEG_SERVER_TOKEN")
+    with pytest.raises(TokenError, match="chmod 600") as e:
+        RemoteSegmenter(remote_server.url, ca_cert=test_ca.cert_path)
+    assert remote_server.token not in str(e.value)
