@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -179,10 +180,9 @@ def create_app(queue, checker, config):
         def wakeup():
             loop.call_soon_threadsafe(changed.set)
 
-        queue.attach(job, wakeup)
-
         async def stream():
             sent, saw_end = 0, False
+            queue.attach(job, wakeup)  # here, not before: a stream that never starts never detaches
             try:
                 while True:
                     changed.clear()
@@ -217,17 +217,14 @@ def create_app(queue, checker, config):
                                       jobstates.QUEUED, jobstates.RUNNING, jobstates.UPLOADING)
                                   else "Its events say why; run it again.", "NoResult")
         size = path.stat().st_size
-        handle = open(path, "rb")
 
         async def send_and_delete():
             try:
-                while True:
-                    chunk = handle.read(CHUNK)
-                    if not chunk:
-                        break
-                    yield chunk
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(CHUNK):
+                        job.touched = time.monotonic()  # a slow download is not an abandoned result
+                        yield chunk
             finally:  # fetched (or the client gave up half way): either way it is gone now
-                handle.close()
                 queue.discard(job, None)
 
         return StreamingResponse(send_and_delete(), media_type="application/zip",

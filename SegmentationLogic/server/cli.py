@@ -36,6 +36,9 @@ class ServeConfig:
 
 def check_settings(args):
     """The tokens to accept; ServerConfigError for every setting `serve` refuses."""
+    for name in ("max_upload_mb", "timeout", "max_jobs"):
+        if getattr(args, name, 1) <= 0:
+            raise ServerConfigError(f"--{name} must be more than 0.", f"Give a positive --{name}.")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ServerConfigError("TLS needs both a certificate (--tls_cert) and its private key (--tls_key).",
                                 "Give both files.")
@@ -67,6 +70,9 @@ def check_settings(args):
 
 def cmd_serve(args):
     if args.generate_token:
+        if Path(args.generate_token).expanduser().exists():
+            raise ServerConfigError(f"{args.generate_token} exists already; it is not overwritten.",
+                                    "Give a new file name, or delete the old token file first.")
         path = write_token_file(args.generate_token)
         print(f"New token written to {path} (readable by you only). Give it to the server's users over a "
               "channel you trust; start the server with --token_file.", file=sys.stderr)
@@ -81,8 +87,7 @@ def cmd_serve(args):
 
     queue = JobQueue(config.jobs_dir, lambda: Segmenter(device=config.device, weights_dir=config.weights_dir,
                                                          download=config.download),
-                     timeout=config.timeout, max_jobs=config.max_jobs, device=config.device,
-                     download=config.download).start()
+                     timeout=config.timeout, max_jobs=config.max_jobs).start()
     try:
         return _run_uvicorn(queue, TokenChecker(tokens), config, args.log_level)
     finally:

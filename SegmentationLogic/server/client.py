@@ -30,7 +30,7 @@ from ..errors import (Cancelled, DeviceError, InputImageError, LicenseError, Out
 from ..progress import CancelToken, Progress
 from ..request import BadRequestError, SegmentRequest, SegmentResult
 from .protocol import (API, API_VERSION, FORMAT_HEADER, INPUT_FORMATS, LABELMAP_NAME, OUTPUT_HEADER, REQUEST_HEADER,
-                       SERVER_FIELDS, TERMINAL_EVENTS, input_format, is_loopback)
+                       SERVER_FIELDS, input_format, is_loopback)
 from .tokens import token_from
 
 CONNECT_TIMEOUT = 15.0
@@ -170,12 +170,12 @@ class RemoteSegmenter:
         out_fmt = "nii.gz" if output is None or str(output).endswith(".nii.gz") else "nii"
         timings = {}
         with tempfile.TemporaryDirectory(prefix="totalseg-remote-") as tmp, self._session() as session:
-            upload, fmt = _upload_file(source, Path(tmp))
-            with self._call(session, "GET", f"{API}/info") as response:
+            with self._call(session, "GET", f"{API}/info") as response:  # URL, TLS, token: before any packing
                 info = response.json()
             if info.get("api") != API_VERSION:
                 raise RemoteError(f"The server speaks protocol version {info.get('api')}, this client {API_VERSION}.",
                                   "Use the same version of the extension on both sides.", "server")
+            upload, fmt = _upload_file(source, Path(tmp), progress)
             size = upload.stat().st_size
             limit = info.get("max_upload_bytes")
             if limit is not None and size > limit:
@@ -219,8 +219,12 @@ class RemoteSegmenter:
                     for line in response.iter_lines():
                         if not line.strip():
                             continue  # keep-alive
-                        event = json.loads(line)
-                        kind = event.get("event")
+                        try:
+                            event = json.loads(line)
+                        except ValueError:
+                            raise RemoteError("The server sent something that is not a progress event.",
+                                              "Check that the URL is the segmentation server's.", "server") from None
+                        kind = event.get("event") if isinstance(event, dict) else None
                         if kind == "result":
                             return event
                         if kind == "error":
@@ -292,15 +296,18 @@ def _check_request(request):
     return source, (Path(output).expanduser() if output is not None else None)
 
 
-def _upload_file(source, tmp):
+def _upload_file(source, tmp, progress):
     """(file to send, format): the image file as it is, a DICOM folder zipped (into `tmp`, removed after)."""
     if source.is_dir():
         zip_path = tmp / "series.zip"
         files = sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
             raise InputImageError(f"The folder {source} holds no files.", "Give the folder of a DICOM series.")
+        progress("upload", 0.0, f"packing {len(files)} DICOM files")
         with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for i, p in enumerate(files):
+                if progress.cancel is not None:
+                    progress.cancel.check()
                 zf.write(p, f"{i:06d}.dcm")  # the server needs no file names (they may name the patient)
         return zip_path, "zip"
     fmt = input_format(source.name)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import Cancelled, SegmentationError
 from ..progress import CancelToken, Progress
-from .protocol import LABELMAP_NAME, TERMINAL_EVENTS
+from .protocol import TERMINAL_EVENTS
 
 log = logging.getLogger("SegmentationLogic.server")
 
@@ -71,12 +71,11 @@ class Job:
 class JobQueue:
     """Jobs by id, the FIFO of queued ones and the one worker thread that runs them."""
 
-    def __init__(self, root, segmenter_factory, timeout=60.0, max_jobs=16, device=None, download=True):
+    def __init__(self, root, segmenter_factory, timeout=60.0, max_jobs=16):
         self.root = Path(root)
-        self.segmenter_factory = segmenter_factory
+        self.segmenter_factory = segmenter_factory  # called once, in the worker thread: the one warm engine
         self.timeout = float(timeout)
         self.max_jobs = int(max_jobs)
-        self.device, self.download = device, download
         self._jobs = {}
         self._fifo = collections.deque()
         self._lock = threading.RLock()

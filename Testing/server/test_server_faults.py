@@ -5,14 +5,13 @@ trace of the patient's images.
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
-import ssl
 import threading
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from SegmentationLogic.errors import SegmentationError

@@ -219,6 +219,8 @@ def test_serve_refuses_a_network_address_without_tls_and_token(tmp_path, test_ca
     token = tmp_path / "token"
     assert _serve("--generate_token", str(token)).returncode == 0
     assert oct(token.stat().st_mode & 0o777) == "0o600" and len(token.read_text().strip()) >= 32
+    r = _serve("--generate_token", str(token))
+    assert r.returncode == 1 and "not overwritten" in r.stderr and token.read_text().strip() not in r.stderr
     cert, key = test_ca.server_cert(tmp_path / "tls")
     cases = [
         (("--host", "0.0.0.0", "--token_file", str(token)), "without TLS"),
