@@ -9,6 +9,8 @@ Protocol: one JSON request per stdin line, answered with the CLI's JSON-lines ev
 (`python -m SegmentationLogic segment --progress json`), each tagged with the request id:
     {"id": "1", "command": "segment", "argv": ["-i", IN, "-o", OUT, "--task", "total", "--ml"],
      "tmpdir": DIR}                                        -> progress/log events, then result or error
+    {"id": "4", "command": "segment", "argv": [...], "remote": {"url": URL, "token_file": F, "ca_cert": F}}
+                                                           -> the same, run on a segmentation server (server/client.py)
     {"id": "2", "command": "devices"}                      -> result {"devices": [...]}
     {"id": "3", "command": "ping"}                         -> result {"pid": ...}
     {"command": "cancel", "id": "1"}   stops request 1 at its next progress report, or drops it if it is

@@ -60,8 +60,8 @@ def read_tokens(path):
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise TokenError(f"Token file not found: {path}",
-                         "Check the path, or create one with: python -m SegmentationLogic serve --generate_token "
-                         f"{path}") from None
+                         "Check the path. Users: save the token the server's admin gave you in that file (chmod 600); "
+                         "admins: python -m SegmentationLogic serve --generate_token FILE makes one.") from None
     except (OSError, UnicodeDecodeError) as e:
         raise TokenError(f"Cannot read the token file {path} ({type(e).__name__}).",
                          "Check that it is a readable text file.") from None
