@@ -143,3 +143,27 @@ def test_cancel_mid_run_stops_the_job_and_frees_the_server(remote, remote_server
     assert (tmp_path / "next" / "seg.nii.gz").is_file()
     log = remote_server.log_text()
     assert " cancelled after " in log and log.rindex(" cancelled after ") < log.rindex(" started")
+
+
+def test_sigterm_to_the_cli_cancels_the_job_on_the_server(remote_server, test_ca, example, tmp_path):
+    import signal
+
+    out = tmp_path / "out" / "seg.nii.gz"
+    argv = ["segment", "-i", str(example(CT)), "-o", str(out), "--fast", "--ml", "--progress", "json", "--server",
+            remote_server.url, "--token_file", str(remote_server.token_file), "--ca_cert", str(test_ca.cert_path)]
+    cli = subprocess.Popen([sys.executable, "-m", "SegmentationLogic", *argv], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        for line in cli.stdout:
+            event = json.loads(line)
+            if event.get("stage") == "predict":
+                cli.send_signal(signal.SIGTERM)  # what a batch system or the Slicer module does to stop it
+                break
+        rest = [json.loads(line) for line in cli.stdout]
+        assert cli.wait(60) == 130
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert rest[-1]["event"] == "error" and rest[-1]["kind"] == "cancelled"
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    assert remote_server.wait_no_jobs() == []

@@ -110,6 +110,7 @@ def test_a_client_that_goes_away_leaves_nothing_on_the_server(remote_server, tes
             deadline = time.monotonic() + 10
             while not remote_server.jobs() and time.monotonic() < deadline:  # the upload has begun
                 time.sleep(0.05)
+            assert remote_server.jobs()
     assert remote_server.wait_no_jobs() == []
 
     # 3. never came back for its result, or never listened at all: deleted after the time-out
