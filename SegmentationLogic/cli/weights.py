@@ -2,13 +2,14 @@
 import getpass
 import sys
 
-from ..pipeline.plan import required_models
 from ..request import quality_from_flags
 from ..weights import ensure_models, import_weights, mask_license, set_license, validate_license
 from .common import add_common, add_quality_flags, emit_result, print_paths, progress_from_args
 
 
 def cmd_download_weights(args):
+    from ..pipeline.plan import required_models  # the engine (numpy, nibabel, torch): imported when the command runs
+
     models = required_models(args.task, quality_from_flags(args.fast, args.fastest), roi_subset=args.roi_subset,
                              body_seg=args.body_seg)
     paths = ensure_models(models, weights_dir=args.weights_dir, download=True, progress=progress_from_args(args),

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,3 +142,23 @@ def zip_member_problem(info):
     if info.flag_bits & 0x1:
         return "an encrypted file"
     return None
+
+
+@contextlib.contextmanager
+def temporary_dir(path):
+    """Point tempfile (and child processes, through TMPDIR) at `path` while the block runs; the
+    caller owns and removes the folder. None: leave both as they are."""
+    if not path:
+        yield
+        return
+    saved = (tempfile.tempdir, os.environ.get("TMPDIR"))
+    tempfile.tempdir = str(path)
+    os.environ["TMPDIR"] = str(path)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
