@@ -17,7 +17,8 @@ def request_from_args(args):
 
 def cmd_segment(args):
     request, progress = request_from_args(args), progress_from_args(args)
-    if getattr(args, "server", None):  # on a segmentation server: no torch, nnU-Net or nibabel needed here
+    if getattr(args, "server", None):
+        # on a segmentation server: the client needs no torch, nnU-Net or nibabel here
         from ..server.cli import sigterm_interrupts
         from ..server.client import RemoteSegmenter
 

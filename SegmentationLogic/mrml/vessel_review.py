@@ -18,6 +18,7 @@ import datetime
 import json
 from pathlib import Path
 
+import nibabel as nib  # the vessel files are NIfTI (the module imports this file only after the first Apply)
 import numpy as np
 import vtk
 
@@ -128,8 +129,6 @@ def load_split(scene, labeled_path_or_array, reference_volume_node, segmentation
     the whole enhanced_liver_vessels_metadata.json content (its inputs are kept for re-runs).
     An existing `segmentation_node` is replaced in one step.
     """
-    import nibabel as nib  # installed on first use, not with Slicer
-
     if reference_volume_node is None or reference_volume_node.GetImageData() is None:
         raise ReviewError("No reference volume: the split is shown on the CT it was computed from.",
                           "Pass the CT volume node.")
@@ -180,8 +179,6 @@ def _import(scene, image, reference_volume_node, segmentation_node):
 
 def apply_labels(node, labels, affine, qc):
     """Show edited labels (0/1/2 on the reference grid) and store their QC on the node."""
-    import nibabel as nib  # installed on first use, not with Slicer
-
     _import(node.GetScene(), nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), affine), _reference(node), node)
     _set_json(node, ATTR_QC, qc)
     return get_qc(node)
@@ -212,8 +209,6 @@ def save_review(segmentation_node, out_dir, seg_nrrd=True):
     """Write the reviewed split: liver_vessels_labeled.nii.gz, portal_vein_branches.nii.gz,
     hepatic_veins.nii.gz (CT geometry), the QC into enhanced_liver_vessels_metadata.json,
     and the segmentation as liver_vessels_split.seg.nrrd. Returns the paths."""
-    import nibabel as nib  # installed on first use, not with Slicer
-
     labels, affine = current_labels(segmentation_node)
     ref_img = nib.Nifti1Image(np.zeros(labels.shape, np.uint8), affine)
     out_dir = Path(out_dir)

@@ -18,12 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..catalogue import load_catalogue
 from ..errors import SegmentationError
 from ..request import BadRequestError, SegmentRequest
 from . import jobs as jobstates
 from .jobs import QueueFullError, _scrub
 from .protocol import (API, API_VERSION, FORMAT_HEADER, HEARTBEAT_SECONDS, INPUT_FORMATS, LABELMAP_NAME,
                        OUTPUT_FORMATS, OUTPUT_HEADER, REQUEST_HEADER, SERVER_FIELDS, TERMINAL_EVENTS)
+from .uploads import probe
 
 log = logging.getLogger("SegmentationLogic.server")
 
@@ -251,8 +253,6 @@ def _options(text):
         raise BadRequestError(f"The server decides {', '.join(server)}; a client may not send them.",
                               f"Leave out {', '.join(server)} (the upload is the input; the result comes back).")
     SegmentRequest.from_json({"input": "-", **data})  # unknown fields, wrong types, quality
-    from ..catalogue import load_catalogue
-
     spec = load_catalogue().task(data.get("task", "total"))
     spec.mode(data.get("quality", "normal"))
     spec.check_roi_subset(data.get("roi_subset"))
@@ -279,8 +279,6 @@ async def _receive(request, path, config):
 
 
 def _probe(path, fmt):
-    from .uploads import probe
-
     probe(path, fmt)
 
 

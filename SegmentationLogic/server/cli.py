@@ -5,10 +5,13 @@ before it imports the engine, so a refusal is immediate; then it loads the engin
 serves until SIGTERM/Ctrl+C, when running jobs are stopped, their clients told why, and
 every job folder deleted.
 """
+import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,10 +82,9 @@ def cmd_serve(args):
         return 0
     tokens = check_settings(args)
     config = ServeConfig(args)
-    import logging
-
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
-    from ..pipeline import Segmenter  # the engine (torch, nnU-Net): imported now, so the first job starts warm
+    # the engine (torch, nnU-Net): imported now that the settings are checked, so the first job starts warm
+    from ..pipeline import Segmenter
     from .jobs import JobQueue
 
     queue = JobQueue(config.jobs_dir, lambda: Segmenter(device=config.device, weights_dir=config.weights_dir,
@@ -96,12 +98,9 @@ def cmd_serve(args):
 
 
 def _run_uvicorn(queue, checker, config, log_level):
-    import ssl
-    import threading
+    import uvicorn  # the server's own dependencies (the `server` extra): only `serve` needs them
 
-    import uvicorn
-
-    from .app import create_app
+    from .app import create_app  # FastAPI
 
     def tls_context(cfg, default_factory):
         ctx = default_factory()

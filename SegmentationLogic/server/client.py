@@ -15,6 +15,7 @@ Needs the standard library and requests only (Slicer ships both): no torch, nnU-
 nibabel or numpy is imported here. TLS is always verified (`ca_cert` for a certificate
 from the organisation's own authority); plain http is refused except to this machine.
 """
+import gzip
 import json
 import os
 import re
@@ -24,6 +25,8 @@ import time
 import urllib.parse
 import zipfile
 from pathlib import Path
+
+import requests  # Slicer ships it
 
 from ..errors import (Cancelled, DeviceError, InputImageError, LicenseError, OutOfMemoryError, SegmentationError,
                       UnknownTaskError, WeightsMissingError)
@@ -80,12 +83,6 @@ def error_from(data):
     return err
 
 
-def _requests():
-    import requests  # Slicer ships it; imported on use so that `import SegmentationLogic` stays light
-
-    return requests
-
-
 def check_url(url):
     """The server's base URL; refuses what would leak the token or the images (http off this machine)."""
     parts = urllib.parse.urlsplit(str(url).strip())
@@ -118,7 +115,6 @@ class RemoteSegmenter:
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _session(self):
-        requests = _requests()
         token = self._token
 
         class Bearer(requests.auth.AuthBase):  # an auth object: requests then never swaps in ~/.netrc credentials
@@ -134,7 +130,6 @@ class RemoteSegmenter:
 
     def _call(self, session, method, path, **kw):
         """One request; every failure becomes a SegmentationError with cause and fix."""
-        requests = _requests()
         kw.setdefault("timeout", self.timeouts)
         kw["verify"] = self.ca_cert or True  # per request: a session's verify loses to $REQUESTS_CA_BUNDLE
         try:
@@ -209,7 +204,6 @@ class RemoteSegmenter:
 
     def _follow(self, session, job, progress, token):
         """Relay the job's events until its result (returned) or error (raised)."""
-        requests = _requests()
         watcher = _CancelWatcher(token, lambda: self._cancel(job))
         watcher.start()
         try:
@@ -241,7 +235,6 @@ class RemoteSegmenter:
             watcher.stop()
 
     def _fetch(self, session, job, zip_path, progress, token):
-        requests = _requests()
         response = self._call(session, "GET", f"{API}/jobs/{job}/result", stream=True)
         total = int(response.headers.get("Content-Length") or 0)
         got = 0
@@ -259,7 +252,6 @@ class RemoteSegmenter:
 
     def _cancel(self, job):
         """Best effort, quick: tell the server to drop the job (it also drops it when we disconnect)."""
-        requests = _requests()
         try:
             with self._session() as s:
                 s.delete(f"{self.url}{API}/jobs/{job}", timeout=(5, 5), allow_redirects=False,
@@ -390,9 +382,7 @@ def _result(payload, zip_path, output, ml):
             if zf.testzip() is not None:
                 raise zipfile.BadZipFile("CRC mismatch")
             if output is None:
-                import gzip
-
-                import nibabel as nib
+                import nibabel as nib  # not shipped with Slicer: only a run that keeps the labelmap in memory
 
                 data = zf.read(f"{LABELMAP_NAME}.nii.gz")
                 result.labelmap = nib.Nifti1Image.from_bytes(gzip.decompress(data))

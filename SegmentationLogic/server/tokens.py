@@ -33,7 +33,7 @@ class TokenError(SegmentationError):
 
 def default_token_file():
     """~/.totalsegmentator/server_token (or under $TOTALSEG_HOME_DIR), next to the licence key."""
-    from ..weights import totalseg_home
+    from ..weights import totalseg_home  # the weights package needs numpy: the client does without it
 
     return totalseg_home() / TOKEN_FILE_NAME
 

@@ -8,6 +8,8 @@ server read a file of its own disk (another job's upload, /etc/...) as pixel dat
 """
 import zipfile
 
+import nibabel as nib
+
 from ..errors import InputImageError
 
 FIX = "Send the image as NIfTI (.nii.gz), NRRD (.nrrd), MetaImage (.mha) or a zip of one DICOM series."
@@ -90,15 +92,13 @@ def probe(path, fmt):
 def _read_header(path, fmt, head):
     """The engine's readers on the header only (the pixels are read when the job runs)."""
     if fmt in ("nii.gz", "nii"):
-        import nibabel as nib
-
         try:
             img = nib.load(str(path))  # lazy: header only
             img.header.get_data_shape()
         except Exception as e:  # noqa: BLE001 - nibabel raises many types for broken files
             _refuse(fmt, head, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable header'}")
         return
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # NRRD / MetaImage only (seconds to import)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

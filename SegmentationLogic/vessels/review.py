@@ -13,11 +13,17 @@ same functions in-process for scripts and shows the result on segmentation nodes
 """
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
+from scipy.spatial import cKDTree
 
 from ..errors import SegmentationError
 from . import qc as qc_module
 from .io import SUPPORT_NAMES, from_canonical, json_safe, load_image, ras_to_ijk, to_canonical
+from .skeleton import build_skeleton_graph
+from .split import split_vessels
 
 PORTAL, HEPATIC = 1, 2
 CLASS_IDS = {PORTAL: "portal_vein_branches", HEPATIC: "hepatic_veins"}
@@ -59,8 +65,6 @@ def _report(progress, fraction, message):
 # reassign a branch
 
 def _graph(labels, affine):
-    from .skeleton import build_skeleton_graph
-
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     graph = build_skeleton_graph(labels > 0, spacing)
     if graph is None:
@@ -70,8 +74,6 @@ def _graph(labels, affine):
 
 def _branch_at(graph, point_ijk):
     """The branch node nearest to a point (junction voxels excluded)."""
-    from scipy.spatial import cKDTree
-
     branch_vox = np.nonzero(~graph.is_junction[graph.node])[0]
     if not len(branch_vox):
         branch_vox = np.arange(len(graph.coords))
@@ -94,9 +96,6 @@ def subtree(graph, node_labels, start):
     """Nodes of `start`'s subtree away from the root of its tree: the root is the widest node
     of the same-class piece (vessels widen towards their root); the subtree is what hangs
     beyond `start` on the shortest paths from that root."""
-    from scipy import sparse
-    from scipy.sparse import csgraph
-
     cls = node_labels[start]
     e = graph.edges
     same = (node_labels[e[:, 0]] == cls) & (node_labels[e[:, 1]] == cls)
@@ -180,10 +179,6 @@ def resplit(labels, affine, masks=None, portal_points_ras=(), hepatic_points_ras
     masks: {"liver", "portal_trunk", "ivc"} -> None, a path or an array on the CT grid.
     vessels: the vessel mask (path or array); by default the union of the two classes.
     Returns (new labels, the split's QC with the manual-edit count kept)."""
-    import nibabel as nib
-
-    from .split import split_vessels
-
     labels = np.asarray(labels)
     shape = labels.shape
     given = {key: mask_input((masks or {}).get(key), key, shape, affine) for key in SUPPORT_KEYS}
@@ -222,15 +217,11 @@ def warnings(qc):
 # engine worker commands: labels in a NIfTI file on the CT grid, the new labels written back
 
 def _read_labels(request):
-    import nibabel as nib
-
     image = nib.load(str(request["labels"]))
     return np.asanyarray(image.dataobj), image.affine
 
 
 def _write_labels(labels, affine, path):
-    import nibabel as nib
-
     nib.save(nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), affine), str(path))
     return str(path)
 

@@ -31,7 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "Testing"), str(REPO / "Testing" / "suppor
 os.environ.setdefault("nnUNet_def_n_proc", "1")  # as the server process gets it (serve_process.py): same engine
 
 from SegmentationLogic.request import SegmentRequest  # noqa: E402
-from SegmentationLogic.sample_data import example_path  # noqa: E402
+from sample_data import example_path  # noqa: E402
 
 
 def make_ct(path, shape):
