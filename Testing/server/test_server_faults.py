@@ -128,16 +128,17 @@ def test_a_client_that_goes_away_leaves_nothing_on_the_server(remote_server, tes
 
 
 def test_the_worker_runs_requests_remotely_without_the_engine_libraries(remote_server, test_ca, example, tmp_path):
-    """The Slicer module's worker: a `segment` request with "remote" runs on the server, in the CLI's argv form
-    (what the module sends today) and as a SegmentRequest; cancel works as for a local run."""
+    """The Slicer module's worker: a `segment` request with "remote" runs its SegmentRequest on the server (an
+    argv message, the retired protocol, is refused with a clear error); cancel works as for a local run."""
     code = blocked_python("from SegmentationLogic.worker import serve\nsys.exit(serve())")
     worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     remote = {"url": remote_server.url, "token_file": str(remote_server.token_file), "ca_cert": str(test_ca.cert_path)}
     base = {"command": "segment", "remote": remote, "tmpdir": str(tmp_path)}
     requests_ = [
-        {**base, "id": "argv", "argv": ["-i", str(example(CT)), "-o", str(tmp_path / "a" / "seg.nii.gz"), "--ml",
-                                        "--fastest"]},
+        {**base, "id": "old", "argv": ["-i", str(example(CT)), "-o", str(tmp_path / "x" / "seg.nii.gz"), "--ml"]},
+        {**base, "id": "argv", "request": {"input": str(example(CT)), "output": str(tmp_path / "a" / "seg.nii.gz"),
+                                           "quality": "fastest"}},
         {**base, "id": "request", "request": {"input": str(example(CT)), "output": str(tmp_path / "b" / "seg.nii.gz"),
                                               "quality": "fastest", "statistics": True}},
         {**base, "id": "cancel", "request": {"input": str(example(CT)), "output": str(tmp_path / "c" / "seg.nii.gz"),
@@ -167,6 +168,7 @@ def test_the_worker_runs_requests_remotely_without_the_engine_libraries(remote_s
     finally:
         if worker.poll() is None:
             worker.kill()
+    assert ends["old"]["event"] == "error" and ends["old"]["kind"] == "request" and not (tmp_path / "x").exists()
     assert ends["argv"]["event"] == "result" and ends["argv"]["remote"] is True
     assert {Path(f).name for f in ends["argv"]["files"]} == {"seg.nii.gz", "seg.labels.json"}
     assert ends["argv"]["class_map"]["5"] == "liver"
