@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from .cohort.cli import add_commands as add_cohort_commands
 from .errors import SegmentationError
 
 EXIT_ERROR = 1
@@ -250,6 +251,7 @@ def build_parser():
     from .vessels.cli import add_commands as add_vessel_commands  # liver-vessels, split-vessels
 
     add_vessel_commands(sub, _common, _progress_from_args, _emit_result)
+    add_cohort_commands(sub, _common, _progress_from_args, _emit_result)  # cohort (Ray)
     return ap
 
 

@@ -12,6 +12,7 @@ import re
 from .errors import DeviceError
 
 _PATTERN = re.compile(r"^(auto|cpu|mps|cuda|gpu)(?::(\d+))?$")
+THREADS_ENV = "TOTALSEG_NUM_THREADS"  # a process's share of the cores (cohort actors, shared machines)
 
 
 def _torch():
@@ -94,14 +95,24 @@ def _choices_hint():
     return f"Use one of the available devices: {ids} (or 'auto')."
 
 
+def cpu_threads():
+    """Threads torch uses on the CPU: $TOTALSEG_NUM_THREADS when set (e.g. a cohort actor's
+    share of a machine), else every core, as the official tool."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return multiprocessing.cpu_count()
+
+
 def configure_threads(device):
-    """Thread settings as the official tool: all cores for torch on the CPU, one with CUDA.
+    """Thread settings as the official tool: all cores for torch on the CPU (or
+    $TOTALSEG_NUM_THREADS), one with CUDA.
 
     nnU-Net then caps the threads of the prediction itself at nnUNet_def_n_proc (default 8),
     as it does under the official tool, so results and speed are comparable."""
     torch = _torch()
     if device.type == "cpu":
-        torch.set_num_threads(multiprocessing.cpu_count())
+        torch.set_num_threads(cpu_threads())
     elif device.type == "cuda":
         torch.set_num_threads(1)
     # mps: left as it is, as the official tool does

@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path, PurePosixPath
@@ -729,8 +730,18 @@ def check_image(img, target_spacing=None, n_classes=None, available_bytes=None):
             "Slicer: Crop Volume), close other programs, or use a machine with more memory.")
     if need > 0.7 * avail:
         warnings.append(f"The run may need about {_gib(need)} of the {_gib(avail)} memory available.")
-    _check_values(np.asanyarray(img.dataobj).reshape(shape[:3]))
+    _check_values(_pixels(img).reshape(shape[:3]))
     return warnings
+
+
+def _pixels(img):
+    """The voxel values; a file whose pixel data ends early or is corrupt is an input error."""
+    try:
+        return np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, OSError, ValueError) as e:  # gzip/zlib/short reads, as nibabel raises them
+        raise InputImageError(f"The image's pixel data cannot be read: the file is truncated or corrupt ({e}).",
+                              "Copy or export the image again and check that the transfer finished "
+                              "(compare the file size with the original).") from e
 
 
 def _check_values(data):

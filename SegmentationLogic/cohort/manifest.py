@@ -1,0 +1,222 @@
+"""The output manifest: one JSON line per case, the record of what cohort runs did.
+
+`OUT/cohort_manifest.jsonl`, one object per line:
+  case, input, status (done | failed | cancelled), seconds (the engine's wall time),
+  attempts (engine runs of the case in the run that wrote the line: more than one when a
+  worker died), runs (engine runs of the case in all runs so far), error ({kind, type,
+  cause, fix} or null), outputs ([{path relative to OUT, sha256, bytes, mtime_ns}]),
+  request (the request fields that shape the outputs), engine (SegmentationLogic,
+  nnunetv2 and torch versions), models ([{folder, checkpoints: {file: sha256}}]), note
+  (e.g. that test models ran), device, host, finished (UTC).
+
+Lines are appended as cases finish, each flushed and fsynced, so a crash loses at most
+the line being written (a torn last line is ignored when reading); a case's last line
+wins. At the end of a run the file is rewritten (temporary file + rename) with one line
+per case, and `cohort_summary.csv` says the same for a spreadsheet.
+
+A rerun skips a case whose last line is `done` for the same input and request while each
+output is still there with its recorded SHA-256. A file whose size and modification time
+match the record counts as unchanged without reading it (as make and rsync decide);
+`verify=True` hashes every file again.
+"""
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import CohortError
+
+MANIFEST_NAME = "cohort_manifest.jsonl"
+SUMMARY_NAME = "cohort_summary.csv"
+LOCK_NAME = ".cohort.lock"
+SUMMARY_FIELDS = ("case", "status", "seconds", "attempts", "runs", "output", "sha256", "cause", "fix", "input",
+                  "finished")
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_output(path, out_dir):
+    """A manifest entry for a written file: path relative to the output folder, hash, size, time."""
+    path = Path(path)
+    stat = path.stat()
+    try:
+        rel = path.resolve().relative_to(Path(out_dir).resolve()).as_posix()
+    except ValueError:  # not under OUT (cannot happen for cohort outputs; kept absolute to stay honest)
+        rel = str(path)
+    return {"path": rel, "sha256": sha256_file(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def outputs_intact(record, out_dir, verify=False):
+    """(True, "") when every recorded output exists with its recorded content, else (False, why)."""
+    outputs = record.get("outputs") or []
+    if not outputs:
+        return False, "no outputs recorded"
+    for entry in outputs:
+        path = Path(out_dir) / entry["path"]
+        try:
+            stat = path.stat()
+        except OSError:
+            return False, f"{entry['path']} is missing"
+        unchanged = stat.st_size == entry.get("bytes") and stat.st_mtime_ns == entry.get("mtime_ns")
+        if verify or not unchanged:
+            if stat.st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+                return False, f"{entry['path']} has changed since it was written"
+    return True, ""
+
+
+def is_done(record, case_input, request, out_dir, verify=False):
+    """Whether a rerun may skip a case: done for this input and request, outputs intact."""
+    if not record or record.get("status") != "done":
+        return False
+    if record.get("input") != str(case_input) or record.get("request") != request:
+        return False
+    return outputs_intact(record, out_dir, verify)[0]
+
+
+class Manifest:
+    """The JSON-lines manifest of one output folder."""
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / MANIFEST_NAME
+        self._handle = None
+
+    def load(self):
+        """({case: last record}, [warnings about lines that could not be read])."""
+        records, warnings = {}, []
+        try:
+            f = open(self.path, encoding="utf-8")
+        except FileNotFoundError:
+            return records, warnings
+        with f:
+            lines = f.read().split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                records[record["case"]] = record
+            except (ValueError, KeyError, TypeError):
+                torn = number == len(lines) and not line.endswith("}")
+                warnings.append(f"{self.path.name} line {number} " + (
+                    "was cut short (a run was stopped while writing it); that case runs again." if torn else
+                    "is not a case record and was ignored."))
+        return records, warnings
+
+    def append(self, record):
+        """Add one record as a line, on disk before this returns."""
+        if self._handle is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8")
+            if self._handle.tell() and not self._ends_with_newline():
+                self._handle.write("\n")  # after a torn line: never glue a record onto it
+        self._handle.write(json.dumps(record, sort_keys=False, default=str) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def _ends_with_newline(self):
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def close(self):
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def rewrite(self, records):
+        """Replace the file by one line per case (temporary file + rename), and the summary CSV."""
+        self.close()
+        records = list(records)
+        _atomic_write(self.path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+        rows = []
+        for r in records:
+            error, first = r.get("error") or {}, (r.get("outputs") or [{}])[0]
+            rows.append({"case": r["case"], "status": r.get("status"), "seconds": r.get("seconds"),
+                         "attempts": r.get("attempts"), "runs": r.get("runs"), "output": first.get("path", ""),
+                         "sha256": first.get("sha256", ""), "cause": error.get("cause", ""),
+                         "fix": error.get("fix", ""), "input": r.get("input"), "finished": r.get("finished")})
+        _atomic_write(self.out_dir / SUMMARY_NAME, _csv_text(rows))
+
+
+def _csv_text(rows):
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _atomic_write(path, text):
+    tmp = path.with_name(f".{path.name}.part{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class OutputLock:
+    """One cohort run per output folder at a time (two would write the same cases twice)."""
+
+    def __init__(self, out_dir):
+        self.path = Path(out_dir) / LOCK_NAME
+        self._handle = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here; one run at a time is then the user's care
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            self._handle = None
+            raise CohortError(f"Another cohort run ({holder}) is writing to {self.path.parent}.",
+                              "Wait for it to finish or stop it (Ctrl+C), or choose another output folder.") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        import socket
+
+        self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self._handle.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self._handle is not None:
+            self._handle.close()  # closing releases the lock
+            self._handle = None
+
+
+def sweep_partials(folder, prefix=""):
+    """Remove the temporary files of writes that a killed process left (`.NAME.partPID...`)."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if name.startswith("." + prefix) and ".part" in name and entry.is_file(follow_symlinks=False):
+            tail = name.rsplit(".part", 1)[1]
+            if tail[:1].isdigit():
+                try:
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+                except OSError:
+                    pass
+    return removed
