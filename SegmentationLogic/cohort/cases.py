@@ -145,8 +145,8 @@ def read_manifest(path):
         known = ("case", "input") + OPTION_COLUMNS
         unknown = [h for h in header if h not in known]
         if "input" not in header or unknown or len(set(header)) != len(header):
-            what = (f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else
-                    "no 'input' column" if "input" not in header else "a column named twice")
+            what = ("no 'input' column" if "input" not in header else
+                    f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "a column named twice")
             raise CohortError(f"The manifest {path} has {what}.", f"Use the columns: {', '.join(known)} "
                               "('input' is required; empty option cells take the command line's value).")
         cases, lines = [], {}

@@ -65,19 +65,28 @@ def import_ray():
 
 
 class StopRequest:
-    """Set by signal handlers or a caller: the first request lets running cases finish and
-    starts no more; a second one cancels the running cases."""
+    """How far a run should stop: `stop()` lets the running cases finish and starts no
+    more; `cancel()` also cancels the running cases. `request` is the signal handler:
+    the first signal stops, a second one cancels."""
 
     def __init__(self):
         self.level = 0
         self._last = 0.0
 
+    def stop(self):
+        self.level = max(self.level, 1)
+
+    def cancel(self):
+        self.level = 2
+
     def request(self, *_):
         now = time.monotonic()
         # The same signal delivered twice at once (a wrapper such as `timeout` or srun
-        # forwarding it to the process group) is one request, not two.
-        if self.level == 0 or now - self._last > 1.0:
-            self.level = min(self.level + 1, 2)
+        # forwarding it to the process group as well) is one request, not two.
+        if self.level == 0:
+            self.stop()
+        elif now - self._last > 1.0:
+            self.cancel()
         self._last = now
 
     @property
@@ -435,6 +444,9 @@ class CohortRun:
         payload = {"case": job.case.case, "request": job.request, "out_dir": str(self.out_dir), "sweep": job.sweep}
         running[slot.handle.run_case.remote(payload)] = slot
         slot.state, slot.job, slot.started = "busy", job, time.monotonic()
+        self.events.progress("start", 0.0, f"{job.case.case}: started" + (f" (attempt {job.attempts})" if
+                             job.attempts > 1 else ""), case=job.case.case, actor=slot.index,
+                             pid=slot.info.get("pid"), host=slot.info.get("host"))
 
     def _hello(self, ray, slot, ref, hellos, make, replacements, n_slots):
         """An actor answered (or failed to start). Returns 1 when it was replaced."""
