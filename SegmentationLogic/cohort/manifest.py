@@ -23,6 +23,7 @@ import csv
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 
 from .errors import CohortError
@@ -81,45 +82,66 @@ def is_done(record, case_input, request, out_dir, verify=False):
 
 
 class Manifest:
-    """The JSON-lines manifest of one output folder."""
+    """The JSON-lines manifest of one output folder.
+
+    Only an index (case -> where its last line is) stays in memory; a record is read
+    back when needed, so the driver's memory does not grow with the records' size."""
 
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / MANIFEST_NAME
-        self._handle = None
+        self._index = {}  # case -> (offset, length) of its last line
+        self._writer = self._reader = None
 
     def load(self):
-        """({case: last record}, [warnings about lines that could not be read])."""
-        records, warnings = {}, []
+        """Index the file; returns warnings about lines that could not be read."""
+        self.close()
+        self._index, warnings = {}, []
         try:
-            f = open(self.path, encoding="utf-8")
+            f = open(self.path, "rb")
         except FileNotFoundError:
-            return records, warnings
+            return warnings
         with f:
-            lines = f.read().split("\n")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                records[record["case"]] = record
-            except (ValueError, KeyError, TypeError):
-                torn = number == len(lines) and not line.endswith("}")
-                warnings.append(f"{self.path.name} line {number} " + (
-                    "was cut short (a run was stopped while writing it); that case runs again." if torn else
-                    "is not a case record and was ignored."))
-        return records, warnings
+            offset = number = 0
+            for number, line in enumerate(f, start=1):
+                try:
+                    self._index[json.loads(line)["case"]] = (offset, len(line))
+                except (ValueError, KeyError, TypeError):
+                    if line.strip():
+                        torn = not line.endswith(b"\n")
+                        warnings.append(f"{self.path.name} line {number} " + (
+                            "was cut short (a run was stopped while writing it); that case runs again." if torn else
+                            "is not a case record and was ignored."))
+                offset += len(line)
+        return warnings
+
+    def cases(self):
+        """Every case with a record, in the order each first appeared."""
+        return list(self._index)
+
+    def get(self, case):
+        """The case's last record, or None."""
+        where = self._index.get(case)
+        if where is None:
+            return None
+        if self._reader is None:
+            self._reader = open(self.path, "rb")
+        self._reader.seek(where[0])
+        return json.loads(self._reader.read(where[1]))
 
     def append(self, record):
         """Add one record as a line, on disk before this returns."""
-        if self._handle is None:
+        if self._writer is None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", encoding="utf-8")
-            if self._handle.tell() and not self._ends_with_newline():
-                self._handle.write("\n")  # after a torn line: never glue a record onto it
-        self._handle.write(json.dumps(record, sort_keys=False, default=str) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+            self._writer = open(self.path, "ab")
+            if self._writer.tell() and not self._ends_with_newline():
+                self._writer.write(b"\n")  # after a torn line: never glue a record onto it
+        line = (json.dumps(record, default=str) + "\n").encode("utf-8")
+        offset = self._writer.tell()
+        self._writer.write(line)
+        self._writer.flush()
+        os.fsync(self._writer.fileno())
+        self._index[record["case"]] = (offset, len(line))
 
     def _ends_with_newline(self):
         with open(self.path, "rb") as f:
@@ -127,42 +149,52 @@ class Manifest:
             return f.read(1) == b"\n"
 
     def close(self):
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        for handle in (self._writer, self._reader):
+            if handle is not None:
+                handle.close()
+        self._writer = self._reader = None
 
-    def rewrite(self, records):
-        """Replace the file by one line per case (temporary file + rename), and the summary CSV."""
+    def rewrite(self, order):
+        """Replace the file by one line per case (the cases in `order`, then any others;
+        temporary file + rename), and write the summary CSV, one record at a time."""
         self.close()
-        records = list(records)
-        _atomic_write(self.path, "".join(json.dumps(r, default=str) + "\n" for r in records))
-        rows = []
-        for r in records:
-            error, first = r.get("error") or {}, (r.get("outputs") or [{}])[0]
-            rows.append({"case": r["case"], "status": r.get("status"), "seconds": r.get("seconds"),
-                         "attempts": r.get("attempts"), "runs": r.get("runs"), "output": first.get("path", ""),
-                         "sha256": first.get("sha256", ""), "cause": error.get("cause", ""),
-                         "fix": error.get("fix", ""), "input": r.get("input"), "finished": r.get("finished")})
-        _atomic_write(self.out_dir / SUMMARY_NAME, _csv_text(rows))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+        wanted = [c for c in order if c in self._index]
+        known = set(wanted)
+        wanted += [c for c in self._index if c not in known]
+        tmp, index, offset = _temp_name(self.path), {}, 0
+        csv_tmp = _temp_name(self.out_dir / SUMMARY_NAME)
+        with open(self.path, "rb") as source, open(tmp, "wb") as out, \
+                open(csv_tmp, "w", newline="", encoding="utf-8") as summary:
+            rows = csv.DictWriter(summary, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+            rows.writeheader()
+            for case in wanted:
+                start, length = self._index[case]
+                source.seek(start)
+                line = source.read(length)
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+                index[case] = (offset, len(line) + (0 if line.endswith(b"\n") else 1))
+                offset += index[case][1]
+                rows.writerow(_summary_row(json.loads(line)))
+            for handle in (out, summary):
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+        os.replace(csv_tmp, self.out_dir / SUMMARY_NAME)
+        self._index = index
 
 
-def _csv_text(rows):
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def _summary_row(r):
+    error, first = r.get("error") or {}, (r.get("outputs") or [{}])[0]
+    return {"case": r["case"], "status": r.get("status"), "seconds": r.get("seconds"), "attempts": r.get("attempts"),
+            "runs": r.get("runs"), "output": first.get("path", ""), "sha256": first.get("sha256", ""),
+            "cause": error.get("cause", ""), "fix": error.get("fix", ""), "input": r.get("input"),
+            "finished": r.get("finished")}
 
 
-def _atomic_write(path, text):
-    tmp = path.with_name(f".{path.name}.part{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _temp_name(path):
+    return path.with_name(f".{path.name}.part{os.getpid()}")
 
 
 class OutputLock:
@@ -190,8 +222,6 @@ class OutputLock:
                               "Wait for it to finish or stop it (Ctrl+C), or choose another output folder.") from None
         self._handle.seek(0)
         self._handle.truncate()
-        import socket
-
         self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         self._handle.flush()
         return self

@@ -47,7 +47,7 @@ RAY_MISSING_FIX = ('Install the cohort extra: pip install "totalsegmentator-slic
 DEFAULT_CPUS_PER_CPU_ACTOR = 4  # nnU-Net on the CPU gains little from more threads per case
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # only small records travel through it, never images
 POLL_S = 0.5  # how often the driver looks at running cases
-STATUS_EVERY_S = 1.0
+STATUS_RPCS_PER_S = 100  # progress questions to actors, at most (every 0.5 s with up to 50 actors)
 ABORT_GRACE_S = 30.0  # after a second stop request: how long cancelled cases may take to stop
 SLOW_START_S = 120.0  # warn when no actor has started by then (resources the cluster lacks)
 RESULT_FIELDS = ("task", "quality", "roi_subset", "body_seg", "force_split", "remove_small_blobs", "robust_crop",
@@ -170,8 +170,6 @@ class CohortRun:
         self.stop = stop or StopRequest()
         self.handle_signals = handle_signals
         self.manifest = Manifest(self.out_dir)
-        self.previous = {}
-        self.records = {}
         self.counts = {"done": 0, "failed": 0, "cancelled": 0, "skipped_done": 0, "not_started": 0}
 
     # -- preparation --------------------------------------------------------------------
@@ -221,10 +219,9 @@ class CohortRun:
         for case in cases:
             fingerprint = self._request_fields(case.options)
             output = output_path(self.out_dir, case.case, per_case_folder)
-            previous = self.previous.get(case.case)
+            previous = self.manifest.get(case.case)
             if case.problem is None and is_done(previous, case.input, fingerprint, self.out_dir, self.verify):
                 self.counts["skipped_done"] += 1
-                self.records[case.case] = previous
                 continue
             problem = case.problem
             if problem is None and output.resolve() == Path(case.input).resolve():
@@ -244,7 +241,7 @@ class CohortRun:
 
     # -- records ----------------------------------------------------------------------------
     def _record(self, case, fingerprint, outcome, attempts):
-        previous = self.previous.get(case.case) or {}
+        previous = self.manifest.get(case.case) or {}
         status = outcome["status"]
         record = {"case": case.case, "status": status, "seconds": outcome.get("seconds"), "attempts": attempts,
                   "runs": int(previous.get("runs") or 0) + attempts, "error": outcome.get("error"),
@@ -254,7 +251,6 @@ class CohortRun:
                 record[key] = outcome[key]
         record["finished"] = _utc_now()
         self.manifest.append(record)
-        self.records[case.case] = record
         self.counts[status] = self.counts.get(status, 0) + 1
         self.events.finished += 1
         error = record["error"] or {}
@@ -279,8 +275,7 @@ class CohortRun:
                               "Give a folder with images, DICOM folders or zips, or a CSV manifest with rows.")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with OutputLock(self.out_dir):
-            self.previous, warnings = self.manifest.load()
-            for w in warnings:
+            for w in self.manifest.load():
                 self.events.log(w, "warning")
             sweep_partials(self.out_dir)  # temporary files of a run that was killed mid-write
             try:
@@ -293,10 +288,7 @@ class CohortRun:
                 if jobs:
                     self._drive(jobs)
             finally:
-                order = [c.case for c in cases]
-                rest = [k for k in self.previous if k not in set(order)]
-                self.manifest.rewrite(self.records.get(k) or self.previous[k] for k in order + rest
-                                      if k in self.records or k in self.previous)
+                self.manifest.rewrite(c.case for c in cases)  # one line per case; earlier cases' lines kept
         return self.summary(len(cases), len(skipped))
 
     def summary(self, n_cases, n_skipped_files):
@@ -308,8 +300,9 @@ class CohortRun:
         if ray.is_initialized():  # the caller's session (e.g. a notebook or a test): keep it
             return False
         kwargs = {"log_to_driver": self.debug, "logging_level": logging.INFO if self.debug else logging.ERROR}
-        if self.address:
-            ray.init(address=self.address, **kwargs)
+        address = self.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job (ray job submit, KubeRay)
+        if address:
+            ray.init(address=address, **kwargs)
         else:  # a private local cluster: no dashboard, small object store
             ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
         return True
@@ -355,7 +348,8 @@ class CohortRun:
                 return remote.remote(device=device, weights_dir=self.weights_dir, download=self.download,
                                      threads=threads)
 
-            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+            address = self.address or os.environ.get("RAY_ADDRESS")
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
             self.events.log(f"{n} actor(s) x {cpus} CPU" + (f" + {gpus} GPU" if gpus else "") + f" on {where}")
             slots = [_Slot(i, make()) for i in range(n)]
             for job in jobs:
@@ -431,7 +425,7 @@ class CohortRun:
                     self._finished(ray, running.pop(ref), ref, queue, hellos)
                 elif ref in statuses:
                     self._status(ray, statuses.pop(ref), ref)
-            if time.monotonic() - last_status > STATUS_EVERY_S:
+            if time.monotonic() - last_status > max(POLL_S, len(slots) / STATUS_RPCS_PER_S):
                 last_status = time.monotonic()
                 polled = set(statuses.values())
                 for slot in slots:

@@ -89,15 +89,17 @@ def test_manifest_keeps_the_last_line_per_case_and_survives_a_torn_line(tmp_path
     manifest.close()
     with open(manifest.path, "a") as f:
         f.write('{"case": "c", "stat')  # a run killed while writing
-    records, warnings = manifest.load()
-    assert {k: r["status"] for k, r in records.items()} == {"a": "done", "b": "done"}
+    warnings = manifest.load()
+    assert {c: manifest.get(c)["status"] for c in manifest.cases()} == {"a": "done", "b": "done"}
     assert len(warnings) == 1 and "cut short" in warnings[0]
     manifest.append({"case": "c", "status": "done"})  # the next run appends on a line of its own
-    assert manifest.load()[0]["c"]["status"] == "done"
-    manifest.rewrite(records[k] for k in ("b", "a"))
-    lines = manifest.path.read_text().splitlines()
-    assert [json.loads(line)["case"] for line in lines] == ["b", "a"]
-    assert (tmp_path / "cohort_summary.csv").read_text().splitlines()[0].startswith("case,status,seconds")
+    assert manifest.get("c")["status"] == "done" and Manifest(tmp_path).load() == [
+        f"{manifest.path.name} line 4 is not a case record and was ignored."]
+    manifest.rewrite(["b", "a"])  # then the others (c), one line each
+    assert [json.loads(line)["case"] for line in manifest.path.read_text().splitlines()] == ["b", "a", "c"]
+    assert manifest.get("a")["status"] == "done"  # the index follows the rewritten file
+    rows = (tmp_path / "cohort_summary.csv").read_text().splitlines()
+    assert rows[0].startswith("case,status,seconds") and [r.split(",")[0] for r in rows[1:]] == ["b", "a", "c"]
 
 
 def test_a_done_case_is_skipped_only_while_its_outputs_are_unchanged(tmp_path):

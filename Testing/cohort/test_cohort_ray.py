@@ -174,16 +174,16 @@ def test_a_manifest_with_missing_files_and_per_case_options(ray_session, test_we
 def test_a_killed_actor_is_restarted_its_case_completes_and_a_case_that_keeps_killing_it_fails(
         ray_session, test_weights, example, first_run, tmp_path):
     """Case a: its worker is killed once (SIGKILL once it reports progress), the case runs again on
-    the restarted actor. Case c: its worker dies on every attempt, so it fails with the cause
-    after the retries. Case b runs in between, untouched."""
-    cases = make_cases(tmp_path / "in", example, names=("a", "b", "c"))
-    killed = {"a": [], "c": []}
+    the restarted actor. Case series (the DICOM series, the longest case): its worker dies on
+    every attempt, so it fails with the cause after the retries. Case b is left alone."""
+    cases = make_cases(tmp_path / "in", example, names=("a", "b"), dicom=True)
+    killed = {"a": [], "series": []}
 
     def kill(event):
         case = event.get("case")
         if not _engine_progress(event) or case not in killed or event["pid"] in killed[case]:
             return
-        if case == "c" or not killed["a"]:
+        if case == "series" or not killed["a"]:
             killed[case].append(event["pid"])
             os.kill(event["pid"], signal.SIGKILL)
 
@@ -197,8 +197,9 @@ def test_a_killed_actor_is_restarted_its_case_completes_and_a_case_that_keeps_ki
     assert (tmp_path / "out" / "a.nii.gz").read_bytes() == (first_run["cli"] / "ct.nii.gz").read_bytes()
     assert any(e.get("status") == "retry" and e.get("case") == "a" for e in events)
     assert records["b"]["status"] == "done" and records["b"]["attempts"] == 1
-    assert records["c"]["status"] == "failed" and records["c"]["attempts"] == 2 and len(killed["c"]) == 2
-    assert "worker process died" in records["c"]["error"]["cause"] and "dmesg" in records["c"]["error"]["fix"]
+    series = records["series"]
+    assert series["status"] == "failed" and series["attempts"] == 2 and len(killed["series"]) == 2
+    assert "worker process died" in series["error"]["cause"] and "dmesg" in series["error"]["fix"]
     assert summary["done"] == 2 and summary["failed"] == 1 and _leftovers(tmp_path / "out") == []
 
 
