@@ -61,7 +61,7 @@ class CaseRunner:
             self._status.setdefault("warnings", []).append(event.get("message", ""))
 
     def run_case(self, job):
-        """job: {"case", "request" (SegmentRequest JSON), "out_dir", "sweep": [folder, prefix] or None}
+        """job: {"case", "request" (SegmentRequest JSON), "out_dir", "sweep": [folder, file names or None] or None}
         -> the case's manifest fields (status, seconds, error, outputs, versions, ...)."""
         case, started = job["case"], time.time()
         token = self._cancel = CancelToken()

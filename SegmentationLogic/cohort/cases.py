@@ -198,8 +198,9 @@ def _manifest_case(manifest, row, line, lines):
 
 
 def load_cases(source, exclude=()):
-    """Cases from a folder or a `.csv` manifest: ([Case], skipped files)."""
-    source = Path(source).expanduser()
+    """Cases from a folder or a `.csv` manifest: ([Case], skipped files), with absolute paths
+    (the manifest of outputs compares inputs by path, from whichever folder a rerun starts)."""
+    source = Path(source).expanduser().absolute()
     if source.is_dir():
         return folder_cases(source, exclude)
     if source.is_file() and source.suffix.lower() == ".csv":

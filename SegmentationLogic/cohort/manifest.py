@@ -206,8 +206,8 @@ class OutputLock:
 
     def __enter__(self):
         try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks here; one run at a time is then the user's care
+            import fcntl  # POSIX only (Windows has none): advisory file locks
+        except ImportError:  # Windows: one run at a time is then the user's care
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "a+")
@@ -232,8 +232,9 @@ class OutputLock:
             self._handle = None
 
 
-def sweep_partials(folder, prefix=""):
-    """Remove the temporary files of writes that a killed process left (`.NAME.partPID...`)."""
+def sweep_partials(folder, names=None):
+    """Remove the temporary files that a killed write left in `folder` (`.NAME.partPID...`):
+    of every file, or only of the final file names in `names`."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -241,12 +242,13 @@ def sweep_partials(folder, prefix=""):
         return removed
     for entry in entries:
         name = entry.name
-        if name.startswith("." + prefix) and ".part" in name and entry.is_file(follow_symlinks=False):
-            tail = name.rsplit(".part", 1)[1]
-            if tail[:1].isdigit():
-                try:
-                    os.unlink(entry.path)
-                    removed.append(entry.path)
-                except OSError:
-                    pass
+        if not name.startswith(".") or ".part" not in name or not entry.is_file(follow_symlinks=False):
+            continue
+        final, tail = name[1:].rsplit(".part", 1)
+        if tail[:1].isdigit() and (names is None or final in names):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.path)
+            except OSError:
+                pass
     return removed

@@ -23,7 +23,9 @@ recorded as cancelled. A rerun continues where the manifest says.
 """
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections import deque
@@ -104,6 +106,7 @@ class _Job:
     request: dict  # SegmentRequest JSON
     fingerprint: dict
     output: Path
+    own_folder: bool  # OUT/<case>/ holds the case's files (statistics, preview)
     attempts: int = 0
     sweep: list = None
 
@@ -170,6 +173,7 @@ class CohortRun:
         self.stop = stop or StopRequest()
         self.handle_signals = handle_signals
         self.manifest = Manifest(self.out_dir)
+        self._session_dir = None  # the local Ray's folder, when this run started one
         self.counts = {"done": 0, "failed": 0, "cancelled": 0, "skipped_done": 0, "not_started": 0}
 
     # -- preparation --------------------------------------------------------------------
@@ -235,8 +239,9 @@ class CohortRun:
                 continue
             request = {"input": str(case.input), "output": str(output), "ml": True, "device": "auto",
                        "weights_dir": self.weights_dir, "download": self.download, **fingerprint}
-            jobs.append(_Job(case, request, fingerprint, output,
-                             sweep=[str(output.parent), case.case] if per_case_folder else None))
+            # a case's own folder is swept before each attempt; OUT itself once at the start of a run
+            jobs.append(_Job(case, request, fingerprint, output, per_case_folder,
+                             sweep=_sweep_spec(output, True) if per_case_folder else None))
         return jobs
 
     # -- records ----------------------------------------------------------------------------
@@ -297,15 +302,17 @@ class CohortRun:
 
     # -- Ray ----------------------------------------------------------------------------------
     def _connect(self, ray):
-        if ray.is_initialized():  # the caller's session (e.g. a notebook or a test): keep it
-            return False
+        if ray.is_initialized():  # the caller's session (e.g. a notebook or a test): use it, keep it
+            return
         kwargs = {"log_to_driver": self.debug, "logging_level": logging.INFO if self.debug else logging.ERROR}
         address = self.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job (ray job submit, KubeRay)
         if address:
             ray.init(address=address, **kwargs)
-        else:  # a private local cluster: no dashboard, small object store
-            ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
-        return True
+        else:  # a private local cluster: no dashboard, small object store, its own session folder
+            # (logs name the cases: the folder goes with the cluster unless --debug keeps it)
+            self._session_dir = tempfile.mkdtemp(prefix="tsray", dir=os.environ.get("RAY_TMPDIR") or _short_tmp())
+            ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                     _temp_dir=self._session_dir, **kwargs)
 
     def _actor_plan(self, ray):
         """(number of actors, CPUs, GPUs per actor, device inside the actor)."""
@@ -330,13 +337,18 @@ class CohortRun:
     def _drive(self, jobs):
         ray = import_ray()
         saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        started_ray = self._connect(ray)  # ray.init installs its own SIGTERM handler: ours go in after it
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for s in saved:
-                signal.signal(s, self.stop.request)
-        slots = []
+        ours, slots = not ray.is_initialized(), []
         try:
+            self._connect(ray)  # ray.init installs its own SIGTERM handler: ours go in after it
+            if self.handle_signals and threading.current_thread() is threading.main_thread():
+                for s in saved:
+                    signal.signal(s, self.stop.request)
             n, cpus, gpus, device = self._actor_plan(ray)
+            total = ray.cluster_resources()
+            if n * cpus > total.get("CPU", 0) or n * gpus > total.get("GPU", 0):
+                self.events.log(f"{n} actors need {n * cpus} CPUs" + (f" and {n * gpus:g} GPUs" if gpus else "") +
+                                f"; the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs: "
+                                "the others start when nodes join", "warning")
             options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": -1, "max_task_retries": 0,
                        "max_concurrency": 3}  # run_case, plus status and cancel while it runs
             if self.memory_gb:
@@ -361,8 +373,13 @@ class CohortRun:
                     ray.kill(slot.handle, no_restart=True)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-            if started_ray:
+            if ours and ray.is_initialized():
                 ray.shutdown()
+            if self._session_dir:
+                if self.debug:
+                    self.events.log(f"Ray's logs of this run: {self._session_dir}")
+                else:
+                    shutil.rmtree(self._session_dir, ignore_errors=True)
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 for s, handler in saved.items():
                     signal.signal(s, handler)
@@ -487,7 +504,7 @@ class CohortRun:
             elif job.attempts <= self.retries:
                 self.events.log(f"{job.case.case}: the worker died (attempt {job.attempts} of {self.retries + 1}); "
                                 f"running it again: {_first_line(e)}", "warning", case=job.case.case, status="retry")
-                job.sweep = [str(job.output.parent), job.case.case]
+                job.sweep = _sweep_spec(job.output, job.own_folder)
                 queue.appendleft(job)
             else:
                 self._record(job.case, job.fingerprint, {"status": "failed", "error": _crash_error(ray, e, job.attempts),
@@ -500,6 +517,19 @@ class CohortRun:
                                                      "fix": "Run it again; if it keeps failing, run it alone with "
                                                             "python -m SegmentationLogic segment."}}
         self._record(job.case, job.fingerprint, outcome, job.attempts)
+
+
+def _short_tmp():
+    """A temporary folder with a short path: Ray's socket paths must stay under 108 characters."""
+    return "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+
+
+def _sweep_spec(output, own_folder):
+    """What to clean before a case runs again: its own folder, or its own files in OUT (the
+    multilabel file and its `.labels.json` sidecar, as the engine names them)."""
+    if own_folder:  # OUT/<case>/<case>.nii.gz
+        return [str(output.parent), None]
+    return [str(output.parent), [output.name, output.name[: -len(".nii.gz")] + ".labels.json"]]
 
 
 def _first_line(exc):

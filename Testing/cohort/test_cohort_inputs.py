@@ -129,10 +129,14 @@ def test_verify_rehashes_outputs_whose_size_and_time_look_unchanged(tmp_path):
 
 def test_sweep_removes_only_the_temporary_files_of_killed_writes(tmp_path):
     keep = ["ct.nii.gz", ".cohort.lock", ".notes.partial", "a.part1.nii.gz"]
-    gone = [".ct.nii.gz.part1234.nii.gz", ".ct.labels.json.part99", ".preview_total.png.part7.png"]
-    for name in keep + gone:
+    other_case = [".ct2.nii.gz.part55.nii.gz"]  # another case's write, maybe running right now
+    mine = [".ct.nii.gz.part1234.nii.gz", ".ct.labels.json.part99"]
+    for name in keep + other_case + mine + [".preview_total.png.part7.png"]:
         (tmp_path / name).write_text("x")
-    assert sorted(os.path.basename(p) for p in sweep_partials(tmp_path)) == sorted(gone)
+    swept = sweep_partials(tmp_path, names=["ct.nii.gz", "ct.labels.json"])  # one case's files only
+    assert sorted(os.path.basename(p) for p in swept) == sorted(mine)
+    assert sorted(os.path.basename(p) for p in sweep_partials(tmp_path)) == sorted(
+        other_case + [".preview_total.png.part7.png"])  # at the start of a run: every leftover
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def _interrupted_run(cases, out, weights, case_to_interrupt, send, log):
     """Run the command; when `case_to_interrupt` has started, `send(process)`. Returns (exit code, events)."""
-    with private_ray_tmpdir(), open(log, "a") as stderr:
+    with private_ray_tmpdir() as ray_tmpdir, open(log, "a") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "SegmentationLogic", "cohort", "-i", str(cases), "-o", str(out), "--fastest",
              "--actors", "1", "--cpus_per_actor", "2", "--device", "cpu", "--weights_dir", str(weights),
@@ -39,6 +39,7 @@ def _interrupted_run(cases, out, weights, case_to_interrupt, send, log):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        assert not list(Path(ray_tmpdir).iterdir()), "Ray's session folder (logs naming the cases) was left behind"
     assert sent, f"{case_to_interrupt} never ran; log: {Path(log).read_text()[-2000:]}"
     return code, events
 

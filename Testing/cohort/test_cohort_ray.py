@@ -171,6 +171,16 @@ def test_a_manifest_with_missing_files_and_per_case_options(ray_session, test_we
     assert summary["done"] == 2 and summary["failed"] == 3
 
 
+def test_statistics_put_each_case_in_its_own_folder_as_the_cli_would(ray_session, test_weights, example,
+                                                                      first_run, tmp_path):
+    cases = make_cases(tmp_path / "in", example, names=("ct",))
+    _cohort(cases, tmp_path / "out", test_weights, actors=1, options={"statistics": True})
+    record = _records(tmp_path / "out")["ct"]
+    assert sorted(o["path"] for o in record["outputs"]) == ["ct/ct.labels.json", "ct/ct.nii.gz", "ct/statistics.json"]
+    assert (tmp_path / "out" / "ct" / "ct.nii.gz").read_bytes() == (first_run["cli"] / "ct.nii.gz").read_bytes()
+    assert "liver" in json.loads((tmp_path / "out" / "ct" / "statistics.json").read_text())
+
+
 def test_a_killed_actor_is_restarted_its_case_completes_and_a_case_that_keeps_killing_it_fails(
         ray_session, test_weights, example, first_run, tmp_path):
     """Case a: its worker is killed once (SIGKILL once it reports progress), the case runs again on
