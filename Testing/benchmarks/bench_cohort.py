@@ -6,8 +6,8 @@ On N copies of the example CT (same task, quality and weights for every method),
                  what a shell loop over the official CLI does)          <- the reference
   batch script   TotalSegmentatorScripts/batch.py in plain Python with slicer-core (one
                  process, models kept loaded; it also writes a .seg.nrrd per case)
-  cohort x1      `python -m SegmentationLogic cohort`, 1 actor with every core
-  cohort x2      2 actors, half the cores each
+  cohort x1      `python -m SegmentationLogic cohort`, 1 actor with every core (and the GPU)
+  cohort x2      2 actors, half the cores each (with --device cuda: two actors on the one GPU)
 
 Times are wall clock from command start to exit, start-up included (Ray's start, the
 actors' imports and model loading), as a user waits for them; "steady" is the rate between
@@ -71,8 +71,10 @@ def batch_script(cases, out, quality, device, weights):
 def cohort(cases, out, common, actors, cpus):
     started = time.perf_counter()
     finished = []
+    gpus = ["--gpus_per_actor", f"{1 / actors:g}"] if "cuda" in common else []  # one GPU: 2 actors share it
     proc = subprocess.Popen([sys.executable, "-m", "SegmentationLogic", "cohort", "-i", str(cases), "-o", str(out),
-                             "--actors", str(actors), "--cpus_per_actor", str(cpus), "--progress", "json", *common],
+                             "--actors", str(actors), "--cpus_per_actor", str(cpus), "--progress", "json", *gpus,
+                             *common],
                             env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if json.loads(line).get("status") == "done":
