@@ -307,7 +307,13 @@ class CohortRun:
         kwargs = {"log_to_driver": self.debug, "logging_level": logging.INFO if self.debug else logging.ERROR}
         address = self.address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job (ray job submit, KubeRay)
         if address:
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+                raise CohortError(f"Cannot connect to the Ray cluster at {address}: {_last_line(e)}",
+                                  "Check the address (`ray status` on the head node prints it). If the cluster uses "
+                                  "token authentication, set RAY_AUTH_MODE=token here too, with the cluster's token "
+                                  "in ~/.ray/auth_token or RAY_AUTH_TOKEN.") from e
         else:  # a private local cluster: no dashboard, small object store, its own session folder
             # (logs name the cases: the folder goes with the cluster unless --debug keeps it)
             self._session_dir = tempfile.mkdtemp(prefix="tsray", dir=os.environ.get("RAY_TMPDIR") or _short_tmp())
@@ -535,6 +541,16 @@ def _sweep_spec(output, own_folder):
 def _first_line(exc):
     text = str(exc).strip()
     return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)[:400]
+
+
+def _last_line(exc):
+    """The reason a connection failed (Ray's own message says only that it failed)."""
+    text = ""
+    while exc is not None:
+        text, last, exc = text + str(exc), exc, exc.__cause__
+    if "authtoken" in text.lower().replace("_", "") or "authentication" in text.lower():
+        return "the cluster asks for an authentication token and this process sent none or another one."
+    return _first_line(last)
 
 
 def _creation_failed(exc):
