@@ -11,6 +11,7 @@ import sys
 import traceback
 
 from ..errors import Cancelled, SegmentationError, error_event
+from ..cohort.cli import add_commands as add_cohort_commands
 from ..server.cli import add_commands as add_server_commands
 from ..vessels.cli import add_commands as add_vessel_commands
 from . import evaluate, segment, tasks, weights, worker
@@ -31,6 +32,7 @@ def build_parser():
     evaluate.add_parser(sub)
     add_vessel_commands(sub, add_common, progress_from_args, emit_result)  # liver-vessels, split-vessels
     add_server_commands(sub)  # serve; segment --server/--token_file/--ca_cert
+    add_cohort_commands(sub, add_common, progress_from_args, emit_result)  # cohort (Ray)
     return ap
 
 

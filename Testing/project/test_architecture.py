@@ -21,7 +21,7 @@ LAZY_ENGINE_IMPORTS = {
 }
 # Front doors import the engine inside the command that runs, so `--help`, `list-tasks`,
 # `segment --server` and a worker relaying to a server start without numpy, nibabel or torch.
-FRONT_DOORS = ("cli/", "worker.py", "server/cli.py")
+FRONT_DOORS = ("cli/", "worker.py", "server/cli.py", "cohort/cli.py")
 # Not shipped with Slicer (installed on the first Apply): the MRML code imported while the
 # module loads, and the remote client (Slicer's Python is enough for it), may import it only
 # where a result is read.

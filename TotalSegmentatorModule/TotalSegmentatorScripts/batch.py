@@ -25,7 +25,6 @@ import time
 import traceback
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
 SUMMARY_FIELDS = ("case", "status", "seconds", "segments", "error", "output", "note")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -49,26 +48,12 @@ def _in_slicer_app():
 
 
 def find_cases(input_dir):
-    """[(case name, path)] in name order; other files are skipped (returned separately)."""
-    cases, skipped, used = [], [], set()
-    for path in sorted(Path(input_dir).iterdir()):
-        if path.name.startswith("."):
-            continue
-        name = path.name
-        if path.is_dir():
-            case = name
-        else:
-            suffix = next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
-            if suffix is None:
-                skipped.append(path)
-                continue
-            case = name[: -len(suffix)]
-        unique, n = case, 2
-        while unique in used:  # ct.nii.gz and ct.nrrd both present
-            unique, n = f"{case}_{n}", n + 1
-        used.add(unique)
-        cases.append((unique, path))
-    return cases, skipped
+    """[(case name, path)] in name order, and the other files (skipped): the engine's case
+    discovery, shared with `python -m SegmentationLogic cohort`."""
+    _add_package_path()
+    from SegmentationLogic.cohort.cases import find_cases as engine_find_cases
+
+    return engine_find_cases(input_dir)
 
 
 def build_parser():
@@ -123,6 +108,8 @@ def main(argv=None):
         _say(f"ERROR: input folder {args.input_dir} does not exist.")
         return EXIT_USAGE
     cases, skipped = find_cases(args.input_dir)
+    from SegmentationLogic.cohort.cases import IMAGE_SUFFIXES
+
     for path in skipped:
         _say(f"skipping {path.name}: not an image (accepted: {', '.join(IMAGE_SUFFIXES)} files, DICOM folders)")
     if not cases:
