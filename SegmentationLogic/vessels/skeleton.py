@@ -25,6 +25,12 @@ except ImportError:  # pragma: no cover - scikit-image is a declared dependency
 
 # the 13 "forward" offsets of the 26-neighbourhood: each neighbour pair is found once
 LONG_NODE_WIDTH = 0.85
+# a branch between two junctions no longer than this many junction radii is no vessel of its
+# own: where two vessels cross or touch, thinning often splits the crossing into two
+# junctions joined by such a bar; the three become one junction with all four arms
+BAR_FACTOR = 1.0
+# a branch's direction at a joint: towards the mean of its skeleton within this many radii
+DIRECTION_REACH = 3.0
 _FORWARD = np.array([o for o in np.ndindex(3, 3, 3) if o > (1, 1, 1)]) - 1
 
 
@@ -109,7 +115,8 @@ def _percentile_per_group(values, groups, n_groups, q):
     return out
 
 
-def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_factor=1.0, merge_rounds=3):
+def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_factor=1.0, merge_rounds=3,
+                         bar_factor=BAR_FACTOR):
     """SkeletonGraph of a binary vessel mask; None if the mask is empty.
 
     `vessels` may be a crop of a larger volume: `offset` is the crop's first index and
@@ -155,6 +162,8 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
         node, is_junction, changed = _fold_artefacts(node, is_junction, pairs, radius, spacing, spur_factor)
         if not changed:
             break
+    if bar_factor > 0:
+        node, is_junction = _fold_bars(node, is_junction, pairs, radius, spacing, bar_factor)
 
     k = node.max() + 1
     edges = _node_edges(node, pairs)
@@ -229,14 +238,18 @@ def _node_edges(node, pairs):
     return np.unique(e, axis=0) if len(e) else np.zeros((0, 2), int)
 
 
-def _fold_artefacts(node, is_junction, pairs, radius, spacing, spur_factor):
-    """One round of: spurs into their junction, junctions joining <= 2 branches into them."""
+def _node_figures(node, pairs, radius, spacing):
+    """(k, edges, degree, widest radius, length in mm) of the current nodes."""
     k = node.max() + 1
     e = _node_edges(node, pairs)
-    deg = np.bincount(e.ravel(), minlength=k)
     jrad = np.zeros(k)
     np.maximum.at(jrad, node, radius)
-    length = np.bincount(node, minlength=k) * float(np.mean(spacing))
+    return k, e, np.bincount(e.ravel(), minlength=k), jrad, np.bincount(node, minlength=k) * float(np.mean(spacing))
+
+
+def _fold_artefacts(node, is_junction, pairs, radius, spacing, spur_factor):
+    """One round of: spurs into their junction, junctions joining <= 2 branches into them."""
+    k, e, deg, jrad, length = _node_figures(node, pairs, radius, spacing)
 
     # a terminal branch not much longer than its junction is wide is a thinning artefact
     spur_edges = []
@@ -260,6 +273,27 @@ def _fold_artefacts(node, is_junction, pairs, radius, spacing, spur_factor):
     deg2 = np.bincount(_node_edges(new_node, pairs).ravel(), minlength=k2)
     had_junction = np.bincount(group, weights=is_junction, minlength=k2) > 0
     return new_node, had_junction & (deg2 >= 3), True
+
+
+def _fold_bars(node, is_junction, pairs, radius, spacing, bar_factor):
+    """Fold short branches joining two junctions, with both junctions, into one junction."""
+    k, e, deg, jrad, length = _node_figures(node, pairs, radius, spacing)
+    # per branch of degree 2: the widest of its junction neighbours
+    j_e = e[is_junction[e[:, 0]] ^ is_junction[e[:, 1]]]
+    br = np.where(is_junction[j_e[:, 0]], j_e[:, 1], j_e[:, 0])
+    jn = np.where(is_junction[j_e[:, 0]], j_e[:, 0], j_e[:, 1])
+    n_j = np.bincount(br, minlength=k)
+    widest = np.zeros(k)
+    np.maximum.at(widest, br, jrad[jn])
+    bar = ~is_junction & (deg == 2) & (n_j == 2) & (length < bar_factor * widest)
+    if not bar.any():
+        return node, is_junction
+    join = j_e[bar[br]]
+    _, group = _components(k, join)
+    group = _relabel(group)
+    k2 = group.max() + 1
+    had_junction = np.bincount(group, weights=is_junction, minlength=k2) > 0
+    return group[node], had_junction
 
 
 def _local_direction(anchor_pts, voxel_pts, owner, reach):
@@ -294,7 +328,7 @@ def _edge_directions(edges, node, pairs, pts, node_radius, spacing):
     for side in (0, 1):
         own = edges[:, side]
         vox, which = _ragged(starts[own], counts[own])
-        reach = np.maximum(3.0 * node_radius[own], 4.0 * spacing.min())
+        reach = np.maximum(DIRECTION_REACH * node_radius[own], 4.0 * spacing.min())
         out[:, side] = _local_direction(pts[touch[:, 1 - side]], pts[order[vox]], which, reach)
     return out
 

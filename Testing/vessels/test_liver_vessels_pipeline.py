@@ -72,7 +72,8 @@ def test_labeled_only_with_given_masks_and_removed_binary(run, ct, test_weights,
                             skip_main_body_veins=True, labeled_only=True, remove_enhanced_binary=True,
                             device="cpu", weights_dir=test_weights)
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {OUTPUT_FILES["labeled"], OUTPUT_FILES["metadata"], OUTPUT_FILES["skeleton"]}
+    assert names == {OUTPUT_FILES["labeled"], OUTPUT_FILES["metadata"], OUTPUT_FILES["skeleton"],
+                     OUTPUT_FILES["confidence"]}
     meta = json.loads((tmp_path / OUTPUT_FILES["metadata"]).read_text())
     assert meta["labeled_only"] is True and meta["liver_mask_source"] == "provided"
     assert meta["portal_hepatic_split_qc"] == res["qc"]

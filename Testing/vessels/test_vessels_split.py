@@ -1,6 +1,7 @@
 """Portal/hepatic split on phantoms with ground truth: right where the published heuristic fails."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from SegmentationLogic.vessels.io import VesselInputError
 from SegmentationLogic.vessels.split import split_vessels
@@ -114,15 +115,19 @@ def test_support_touching_warnings(phantoms):
 def test_without_skeleton_a_radius_watershed_splits(phantoms):
     ph = phantoms["gaps", 0]
     res = _split(ph, use_skeleton=False)
-    assert res.qc["use_skeleton"] is False and res.qc["confidence"] is None
+    assert res.qc["use_skeleton"] is False
     assert score_split(res.labels, phantoms["gaps", 0])["accuracy"] >= 0.9
+    # its confidence map knows only where the two classes meet: unsure there, sure elsewhere
+    ph = phantoms["touching", 0]
+    res = _split(ph, use_skeleton=False)
+    vessels = ph.vessels > 0
+    meet = ndimage.binary_dilation(res.labels == PORTAL, np.ones((3, 3, 3))) & (res.labels == HEPATIC)
+    assert meet.any() and (res.confidence[meet] < 0.75).mean() > 0.9 and np.median(res.confidence[vessels]) == 1.0
 
 
 def test_small_islands_join_their_surroundings(phantoms):
     ph = phantoms["combined", 2]
     res = _split(ph, min_component_size=20)
-    from scipy import ndimage
-
     for cls in (PORTAL, HEPATIC):
         comp, n = ndimage.label(res.labels == cls, structure=np.ones((3, 3, 3)))
         sizes = np.bincount(comp.ravel())[1:]
