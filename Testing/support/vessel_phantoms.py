@@ -734,11 +734,17 @@ def _degrade_support_hard(trunk, ivc, confluence_z, spacing, size, rng):
 # ---------------------------------------------------------------------------------------
 # scoring
 
-def score_split(labels, phantom, min_branch_voxels=5):
+UNSURE_BELOW = 0.75
+
+
+def score_split(labels, phantom, min_branch_voxels=5, confidence=None):
     """Compare a split (0 unlabelled, 1 portal, 2 hepatic) with the phantom's truth.
 
     Voxels scored: true vessel voxels present in the input mask (spurious blobs have no
-    class, so only count against Dice as false positives).
+    class, so only count against Dice as false positives). With a `confidence` map:
+    flag_recall, the share of misassigned voxels (scored voxels labelled otherwise than
+    their truth, unlabelled included) that the map flags (below 0.75), and flagged_share,
+    the share of the vessel mask's voxels it flags.
     """
     labels = np.asarray(labels)
     truth = phantom.truth
@@ -760,4 +766,10 @@ def score_split(labels, phantom, min_branch_voxels=5):
     big[0] = False
     res["branches"] = int(big.sum())
     res["branch_consistency"] = float(((c[big] / n[big]) >= 0.9).mean()) if big.any() else 1.0
+    if confidence is not None:
+        confidence = np.asarray(confidence)
+        unsure = confidence[scored] < UNSURE_BELOW
+        wrong = lab != tru
+        res["flag_recall"] = float(unsure[wrong].mean()) if wrong.any() else 1.0
+        res["flagged_share"] = float((confidence[phantom.vessels > 0] < UNSURE_BELOW).mean())
     return res

@@ -40,7 +40,7 @@ def test_pipeline_writes_enhanced_mask_support_and_split(run, ct):
     assert rc == 0
     ref = _img(ct)
     for name in (OUTPUT_FILES["enhanced"], OUTPUT_FILES["portal"], OUTPUT_FILES["hepatic"], OUTPUT_FILES["labeled"],
-                 *SUPPORT_FILES.values()):
+                 OUTPUT_FILES["confidence"], *SUPPORT_FILES.values()):
         img = _img(out / name)
         assert img.shape == ref.shape and np.allclose(img.affine, ref.affine), name
     enhanced = np.asanyarray(_img(out / OUTPUT_FILES["enhanced"]).dataobj) > 0
@@ -50,6 +50,8 @@ def test_pipeline_writes_enhanced_mask_support_and_split(run, ct):
     assert not (enhanced & ~liver).any()                  # restricted to the liver
     assert np.array_equal(labeled > 0, enhanced) or (labeled > 0).sum() >= 0.95 * enhanced.sum()
     assert set(np.unique(labeled)) <= {0, 1, 2}
+    confidence = np.asanyarray(_img(out / OUTPUT_FILES["confidence"]).dataobj)   # the review's "where to look"
+    assert confidence[labeled > 0].min() >= 0.5 and confidence.max() <= 1.0 and (confidence[~enhanced] == 0).all()
 
 
 def test_metadata_records_volume_fallbacks_inputs_and_qc(run, ct):
