@@ -1,9 +1,11 @@
 """How sure the split is, voxel by voxel: 0.5 (a coin flip) to 1.0 (sure).
 
-Two things make a voxel unsure:
+Three things make a voxel unsure:
 - its branch was won by a narrow margin: the other tree's cheapest step into it, or into
   the first branch of the subtree it hangs from, costs little more than its own
   (trees.py); a whole subtree can be unsure this way;
+- the same fit with one kind of evidence weighed three times more or less gives its
+  branch to the other tree (trees.second_opinions): at most DOUBTED;
 - it lies where the two trees meet: within about a vessel width of a voxel of the other
   class, where touching vessels share voxels and any boundary is a guess.
 Voxels below UNSURE_BELOW are the ones a reviewer should look at. Vessel voxels the split
@@ -15,7 +17,8 @@ from scipy.spatial import cKDTree
 from .voxels import class_boundary
 
 UNSURE_BELOW = 0.75
-MARGIN_SCALE = 0.5       # price units: a margin of MARGIN_SCALE * ln 2 (about 0.35) sits at 0.75
+MARGIN_SCALE = 1.5       # price units: a margin of MARGIN_SCALE * ln 2 (about 1.0, one clear break) sits at 0.75
+DOUBTED = 0.6            # a branch a second opinion gives to the other tree
 INTERFACE_WIDTHS = 1.5   # up to this many local vessel radii from the other class, a voxel is unsure
 
 

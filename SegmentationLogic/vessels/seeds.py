@@ -194,7 +194,23 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
     # end. Candidates that the portal tree reaches at full width are dropped later
     # (split.drop_portal_candidates), once the portal seed is known.
     size = _width(graph)[cand]
-    return cand[size >= 0.5 * size.max()]
+    cand = cand[size >= 0.5 * size.max()]
+    return np.unique(_nearest_arm(graph, cand, node_d))
+
+
+def _nearest_arm(graph, nodes, dist):
+    """Branches for nodes: a junction (where several vessels may meet, near the IVC the
+    portal vein too) stands for its arm nearest to the mask (`dist` per node), not all arms."""
+    e = graph.edges
+    out = []
+    for c in nodes:
+        if not graph.is_junction[c]:
+            out.append(c)
+            continue
+        arms = np.concatenate([e[e[:, 0] == c, 1], e[e[:, 1] == c, 0]])
+        arms = arms[~graph.is_junction[arms]]
+        out.append(arms[np.argmin(dist[arms])] if len(arms) else c)
+    return np.asarray(out, int)
 
 
 def _width(graph):

@@ -28,12 +28,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .confidence import interface_confidence, margin_confidence, summary
+from .confidence import DOUBTED, interface_confidence, margin_confidence, summary
 from .qc import split_qc
 from .seeds import HEPATIC, PORTAL, Seeds, find_seeds
 from .skeleton import build_skeleton_graph
-from .steps import width
-from .trees import drop_portal_twigs, fit_trees
+from .steps import Steps, width
+from .trees import drop_portal_twigs, fit_trees, second_opinions
 from .voxels import clean_small_pieces, neighbour_pairs
 
 
@@ -195,8 +195,9 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
     graph = build_skeleton_graph(vessels[box], spacing, offset, vessels.shape)
     step("postprocess", 0.4, "Seeds from portal trunk and IVC")
     seeds = find_seeds(graph, spacing, crop(portal_trunk), crop(ivc), portal_points, hepatic_points, offset)
+    steps = Steps(graph) if use_skeleton else None
     if use_skeleton:
-        seeds = drop_portal_twigs(graph, seeds)
+        seeds = drop_portal_twigs(graph, seeds, steps)
     warnings = list(seeds.warnings)
     idx, vnode = graph.voxel_index, graph.voxel_node
     seed_nodes = np.concatenate([seeds.portal, seeds.hepatic]).astype(int)
@@ -205,9 +206,11 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
     node_label = node_conf = None
     if use_skeleton:
         step("postprocess", 0.5, "Fitting the portal and hepatic trees")
-        fit = fit_trees(graph, seeds)
+        fit = fit_trees(graph, seeds, steps)
         branch = voxel_branches(graph)
         node_conf = margin_confidence(fit.margin)
+        doubted = second_opinions(graph, seeds, steps, fit) > 0
+        node_conf = np.where(doubted, np.minimum(node_conf, DOUBTED), node_conf)
         fitted = split_connectors(graph, fit.label, branch) if SPLIT_CONNECTORS else fit.label[branch]
         final = clean_small_pieces(fitted, pairs, min_component_size, protect)
         vconf = np.where(final == fit.label[branch], node_conf[branch], 0.5)   # bridges shared, specks moved

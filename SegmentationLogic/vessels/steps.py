@@ -49,8 +49,9 @@ W_CROSS = 1.5
 W_TEE = 1.0
 TEE_RATIO = 0.8
 # gaps in the mask: a free end facing a skeleton voxel of another piece within
-# GAP_SEARCH_MM, where "another piece" is another connected part of the mask or a part of
-# the same one at least GAP_DETOUR times (+ GAP_DETOUR_MM) further away along the vessels
+# GAP_SEARCH_MM of the vessel walls (the skeleton stops short of a cut face by about a
+# radius), where "another piece" is another connected part of the mask or a part of the
+# same one at least GAP_DETOUR times (+ GAP_DETOUR_MM) further away along the vessels
 GAP_SEARCH_MM = 12.0
 GAP_DETOUR, GAP_DETOUR_MM = 2.0, 10.0
 GAP_BASE = 0.3
@@ -103,9 +104,11 @@ def gap_jumps(graph):
     tip_dir = np.zeros((len(pts), 3))
     tip_dir[graph.tips] = graph.tip_dir
     close = 1.5 * float(graph.spacing.min())
-    along = _graph_distance(graph, graph.node[graph.tips], GAP_DETOUR * GAP_SEARCH_MM + GAP_DETOUR_MM)
+    along = _graph_distance(graph, graph.node[graph.tips],
+                            GAP_DETOUR * (GAP_SEARCH_MM + 2.0 * float(graph.radius.max())) + GAP_DETOUR_MM)
     pairs, prices = [], []
-    for k, (t, near) in enumerate(zip(graph.tips, tree.query_ball_point(pts[graph.tips], GAP_SEARCH_MM))):
+    reach = GAP_SEARCH_MM + graph.radius[graph.tips] + float(graph.radius.max())
+    for k, (t, near) in enumerate(zip(graph.tips, tree.query_ball_point(pts[graph.tips], reach))):
         near = np.asarray(near, int)
         v = pts[near] - pts[t]
         d = np.maximum(np.linalg.norm(v, axis=1), 1e-6)
@@ -131,6 +134,55 @@ def gap_jumps(graph):
     if not pairs:
         return np.zeros((0, 2), int), np.zeros(0)
     return np.array(pairs, int), np.array(prices)
+
+
+def _axes(graph, points, comp, pts, tree):
+    """Unit principal axis of the skeleton of the same piece around each of `points`."""
+    out = np.zeros((len(points), 3))
+    reach = np.maximum(3.0 * graph.radius[points], 4.0 * float(graph.spacing.max()))
+    for k, (p, near) in enumerate(zip(points, tree.query_ball_point(pts[points], reach))):
+        near = np.asarray(near, int)
+        near = near[comp[near] == comp[p]]
+        if len(near) < 3:
+            continue
+        x = pts[near] - pts[near].mean(0)
+        out[k] = np.linalg.eigh(x.T @ x)[1][:, -1]
+    return out
+
+
+def piece_jumps(graph, k=32):
+    """Where two connected pieces of the mask come closest (within GAP_SEARCH_MM): a jump
+    between their nearest skeleton voxels, priced like a gap (distance beyond the two radii,
+    and how well both vessels point along the jump). This finds cut ends that thinning
+    turned into a junction rather than a free end (a cut just before a bifurcation)."""
+    pts = graph.points_mm()
+    comp = graph.component[graph.node]
+    if comp.max() == 0:
+        return np.zeros((0, 2), int), np.zeros(0)
+    tree = cKDTree(pts)
+    kk = min(k, len(pts))
+    d, near = tree.query(pts, k=kk, distance_upper_bound=GAP_SEARCH_MM + 2.0 * float(graph.radius.max()))
+    d, near = d.reshape(len(pts), kk), near.reshape(len(pts), kk)
+    found = np.isfinite(d)
+    other = found & (comp[np.minimum(near, len(pts) - 1)] != comp[:, None])
+    first = np.argmax(other, axis=1)
+    has = other[np.arange(len(pts)), first]
+    a = np.nonzero(has)[0]
+    b = near[a, first[has]]
+    dist = d[a, first[has]]
+    # the closest pair per (piece, other piece)
+    key = comp[a].astype(np.int64) * (comp.max() + 1) + comp[b]
+    order = np.lexsort((dist, key))
+    lead = np.r_[True, key[order][1:] != key[order][:-1]]
+    a, b, dist = a[order][lead], b[order][lead], dist[order][lead]
+    if not len(a):
+        return np.zeros((0, 2), int), np.zeros(0)
+    u = (pts[b] - pts[a]) / np.maximum(dist, 1e-6)[:, None]
+    ax_a, ax_b = _axes(graph, a, comp, pts, tree), _axes(graph, b, comp, pts, tree)
+    gap = np.maximum(dist - graph.radius[a] - graph.radius[b], 0.0)
+    price = GAP_BASE + GAP_PER_MM * gap + GAP_MISALIGNED * (
+        (1.0 - np.abs((ax_a * u).sum(1))) + (1.0 - np.abs((ax_b * u).sum(1))) + np.abs(np.log(graph.radius[b] / graph.radius[a])))
+    return np.stack([graph.node[a], graph.node[b]], 1), price
 
 
 def _arcs(graph):
@@ -211,15 +263,19 @@ def junction_steps(graph, w=None):
     return arcs[first, 0], arcs[second, 1], feats
 
 
-def step_price(f):
-    """Price of each step through a junction from its features."""
+def step_price(f, scale=None):
+    """Price of each step through a junction from its features. `scale` multiplies the
+    weight of named terms ({"W_EXCESS": 3.0, ...}), for a second opinion."""
+    k = {name: globals()[name] * (scale or {}).get(name, 1.0)
+         for name in ("W_TURN", "W_WIDEN", "W_GRADE", "W_EXCESS", "W_DEFICIT", "W_CROSS", "W_TEE")}
     ratio, cos, balance = f["ratio"], f["cos"], f["balance"]
-    price = turn_cost(cos, ratio) + W_WIDEN * np.maximum(0.0, np.log(ratio / WIDEN_TOLERANCE))
-    price += W_GRADE * ((1.0 - cos) / 2.0 + np.abs(np.log(ratio)))
-    price += W_EXCESS * np.maximum(0.0, -balance - EXCESS_TOLERANCE)
-    price += W_DEFICIT * np.maximum(0.0, balance - DEFICIT_TOLERANCE)
-    price += W_CROSS * f["cross"]
-    price += W_TEE * f["tee"] * np.clip((ratio - TEE_RATIO) / (1.0 - TEE_RATIO), 0.0, 1.0)
+    price = turn_cost(cos, ratio) * (k["W_TURN"] / W_TURN)
+    price += k["W_WIDEN"] * np.maximum(0.0, np.log(ratio / WIDEN_TOLERANCE))
+    price += k["W_GRADE"] * ((1.0 - cos) / 2.0 + np.abs(np.log(ratio)))
+    price += k["W_EXCESS"] * np.maximum(0.0, -balance - EXCESS_TOLERANCE)
+    price += k["W_DEFICIT"] * np.maximum(0.0, balance - DEFICIT_TOLERANCE)
+    price += k["W_CROSS"] * f["cross"]
+    price += k["W_TEE"] * f["tee"] * np.clip((ratio - TEE_RATIO) / (1.0 - TEE_RATIO), 0.0, 1.0)
     return price
 
 
@@ -250,27 +306,42 @@ def _expand_junctions(graph, pairs, prices, arms):
     return pairs[keep], prices[keep]
 
 
-def branch_steps(graph, use_gaps=True):
-    """All steps between branch nodes: (src, dst, price), both directions of each.
+class Steps:
+    """All steps between branch nodes, both directions of each: through a junction from
+    each arm to each other arm (priced from their features, so they can be re-priced);
+    between two branches joined without a junction (a kink); across gaps."""
 
-    Through a junction, from each arm to each other arm; between two branches joined
-    without a junction (a kink); across gaps, from a free end to what it faces."""
-    w = width(graph)
-    src, dst, feats = junction_steps(graph, w)
-    out = [(src, dst, step_price(feats))]
-    e = graph.edges
-    kink = ~graph.is_junction[e[:, 0]] & ~graph.is_junction[e[:, 1]]
-    if kink.any():
-        arcs, back, ahead = _arcs(graph)
-        both = np.concatenate([kink, kink])
-        a, b = arcs[both, 0], arcs[both, 1]
-        cos = -(back[both] * ahead[both]).sum(1)
-        ratio = w[b] / np.maximum(w[a], 1e-3)
-        out.append((a, b, turn_cost(cos, ratio) + widen_cost(w[a], w[b])))
-    if use_gaps:
-        pairs, prices = gap_jumps(graph)
-        if len(pairs):
-            pairs, prices = _expand_junctions(graph, pairs, prices, _arms(graph))
-            for a, b in ((0, 1), (1, 0)):
-                out.append((pairs[:, a], pairs[:, b], prices + widen_cost(w[pairs[:, a]], w[pairs[:, b]])))
-    return tuple(np.concatenate(x) for x in zip(*out))
+    def __init__(self, graph, use_gaps=True):
+        w = width(graph)
+        src, dst, self.feats = junction_steps(graph, w)
+        self.n_junction = len(src)
+        out = [(src, dst, np.zeros(len(src)))]
+        e = graph.edges
+        kink = ~graph.is_junction[e[:, 0]] & ~graph.is_junction[e[:, 1]]
+        if kink.any():
+            arcs, back, ahead = _arcs(graph)
+            both = np.concatenate([kink, kink])
+            a, b = arcs[both, 0], arcs[both, 1]
+            cos = -(back[both] * ahead[both]).sum(1)
+            ratio = w[b] / np.maximum(w[a], 1e-3)
+            out.append((a, b, turn_cost(cos, ratio) + widen_cost(w[a], w[b])))
+        if use_gaps:
+            pairs, prices = (np.concatenate(x) for x in zip(gap_jumps(graph), piece_jumps(graph)))
+            if len(pairs):
+                pairs, prices = _expand_junctions(graph, pairs, prices, _arms(graph))
+                for a, b in ((0, 1), (1, 0)):
+                    out.append((pairs[:, a], pairs[:, b], prices + widen_cost(w[pairs[:, a]], w[pairs[:, b]])))
+        self.src, self.dst, self._fixed = (np.concatenate(x) for x in zip(*out))
+        self.price = self.prices()
+
+    def prices(self, scale=None):
+        """Price of every step; `scale` re-weights the junction terms (see step_price)."""
+        out = self._fixed.copy()
+        out[: self.n_junction] = step_price(self.feats, scale)
+        return out
+
+
+def branch_steps(graph, use_gaps=True):
+    """(src, dst, price) of all steps between branch nodes (see Steps)."""
+    st = Steps(graph, use_gaps)
+    return st.src, st.dst, st.price

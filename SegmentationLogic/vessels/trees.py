@@ -25,12 +25,15 @@ import numpy as np
 
 from .arborescence import min_arborescence
 from .seeds import HEPATIC, PORTAL
-from .steps import branch_steps, width
+from .steps import Steps, width
 
 GUESSED_ROOT_PRICE = 0.3  # a guessed root yields to a step from a tree cheaper than this
+# the evidence weighed differently: three times more or less of the terms whose weight
+# matters most (a branch one of them gives to the other tree is doubtful)
+SECOND_OPINIONS = ({"W_EXCESS": 3.0}, {"W_EXCESS": 1 / 3}, {"W_TURN": 1 / 3}, {"W_DEFICIT": 3.0}, {"W_WIDEN": 3.0},
+                   {"W_TEE": 1 / 3})
 RIVAL_CAP = 2.0         # price of a step so implausible that any way in would be as good
-TWIG_PRICE = 0.3        # a thin hepatic candidate the portal tree reaches this cheaply is its twig
-TWIG_WIDTH = 0.6        # ... if thinner than this share of the widest candidate
+TWIG_PRICE = 0.3        # a hepatic candidate the portal tree reaches this cheaply is portal
 
 
 @dataclass
@@ -105,10 +108,13 @@ def _arborescence(graph, seed_class, src, dst, price, seed_price=None):
     return parent, np.where(has, p[np.maximum(chosen, 0)], 0.0), has
 
 
-def fit_trees(graph, seeds, use_gaps=True):
-    """Portal and hepatic trees on the graph from the seeds (a TreeFit)."""
+def fit_trees(graph, seeds, steps=None, scale=None):
+    """Portal and hepatic trees on the graph from the seeds (a TreeFit). `steps`: the
+    graph's Steps (computed if None); `scale` re-weights their prices (a second opinion)."""
     n = graph.n_nodes
-    src, dst, price = branch_steps(graph, use_gaps)
+    steps = steps if steps is not None else Steps(graph)
+    src, dst = steps.src, steps.dst
+    price = steps.price if scale is None else steps.prices(scale)
     seed_class = np.zeros(n, np.uint8)
     seed_class[_seed_branches(graph, seeds.portal)] = PORTAL
     seed_class[_seed_branches(graph, seeds.hepatic)] = HEPATIC   # a user's hepatic point wins a tie
@@ -138,26 +144,38 @@ def fit_trees(graph, seeds, use_gaps=True):
     return TreeFit(label, margin, parent, step)
 
 
-def drop_portal_twigs(graph, seeds, use_gaps=True):
-    """Drop automatic hepatic seeds that are twigs of the portal tree ending near the IVC.
+def second_opinions(graph, seeds, steps, fit):
+    """Per branch, how many of the SECOND_OPINIONS (the same fit with one kind of evidence
+    weighed three times more or less) give it to the other tree."""
+    doubt = np.zeros(graph.n_nodes, int)
+    for scale in SECOND_OPINIONS:
+        doubt += fit_trees(graph, seeds, steps, scale).label != fit.label
+    return doubt
 
-    A twig: a thin free end (under TWIG_WIDTH of the widest candidate) that the portal tree
-    reaches along plausible steps only (total price under TWIG_PRICE). A wrongly kept
-    twig costs one twig; a dropped hepatic root would cost a whole vein, so only clear
-    cases go."""
+
+def drop_portal_twigs(graph, seeds, steps=None):
+    """Drop automatic hepatic seeds that belong to the portal tree where it passes the IVC.
+
+    A hepatic vein is the widest part of its tree where it ends at the IVC: no plausible
+    tree step reaches it. A portal branch passing the IVC (the portal vein itself runs in
+    front of it) is reached from the portal seed along plausible steps only (total price
+    under TWIG_PRICE, measured at the candidate's widest branch). At least one candidate
+    always stays (the one the portal tree reaches least easily)."""
     auto = np.setdiff1d(seeds.hepatic, seeds.user_hepatic)
-    if len(auto) < 2 or not len(seeds.portal):
+    if not len(auto) or not len(seeds.portal):
         return seeds
     n = graph.n_nodes
-    src, dst, price = branch_steps(graph, use_gaps)
+    steps = steps if steps is not None else Steps(graph)
     seed_class = np.zeros(n, np.uint8)
     seed_class[_seed_branches(graph, seeds.portal)] = PORTAL
-    parent, step, reached = _arborescence(graph, seed_class, src, dst, price)
+    parent, step, reached = _arborescence(graph, seed_class, steps.src, steps.dst, steps.price)
     cost = np.where(reached, _path_price(parent, step), np.inf)
-    w = width(graph)[auto]
-    has_tip = np.isin(auto, graph.node[graph.tips]) & ~graph.is_junction[auto]
-    twig = has_tip & (w < TWIG_WIDTH * w.max()) & (cost[auto] <= TWIG_PRICE)
-    if twig.any():
-        seeds.hepatic = np.setdiff1d(seeds.hepatic, auto[twig])
-        seeds.support["hepatic_candidates_dropped"] = int(twig.sum())
+    w = width(graph)
+    at = np.array([max(_seed_branches(graph, [c]), key=lambda b: w[b], default=c) for c in auto])
+    portal_like = cost[at] <= TWIG_PRICE
+    if portal_like.all():
+        portal_like[np.argmax(cost[at])] = False
+    if portal_like.any():
+        seeds.hepatic = np.setdiff1d(seeds.hepatic, auto[portal_like])
+        seeds.support["hepatic_candidates_dropped"] = int(portal_like.sum())
     return seeds
