@@ -624,6 +624,8 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _ensureDependencies(self, then=None, reinstall=False):
         """True if the engine's packages are there; else offer to install them (in the background)."""
         plan = self.logic.dependencyPlan(reinstall=reinstall)
+        for warning in plan.warnings():  # kept as another extension installed it: say so, every time
+            self.addLog(_("Note: {warning}").format(warning=warning))
         if plan.nothing_to_do:
             return True
         if plan.conflicts and not (plan.pip_packages or plan.needs_torch):
@@ -883,6 +885,8 @@ class TotalSegmentatorLogic(ScriptedLoadableModuleLogic):
         :raises SegmentationError: with `.cause` and `.fix`; the scene is unchanged on failure or cancel.
         """
         plan = self.dependencyPlan()
+        for warning in plan.warnings():
+            logging.warning(warning)
         if not plan.nothing_to_do:
             if not installDependencies:
                 raise SegmentationError("Python packages the engine needs are missing:\n" + plan.summary(),

@@ -240,7 +240,7 @@ def test_download_weights_for_the_task_with_cancel(panel, tmp_path, test_weights
 
 
 def test_first_run_install_asks_then_installs_in_the_background_then_segments(panel, tmp_path, monkeypatch):
-    from test_dependencies import make_wheel
+    from wheels import make_wheel
     from TotalSegmentatorLib import dependencies
 
     widget, host, scene, ct = panel

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import batch
+import slicer_core_build
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = REPO / "TotalSegmentatorModule" / "TotalSegmentatorScripts" / "batch.py"
@@ -45,9 +46,11 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
     (cases / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
     shutil.copy(example("example_mr_sm.nii.gz"), cases / "mr.nii.gz")
     out = tmp_path / "out"
+    # No project folder on the path (the script finds the engine itself); only the slicer-core build under test.
+    env = {**os.environ, "PYTHONPATH": slicer_core_build.subprocess_pythonpath()}
     proc = subprocess.run([sys.executable, str(BATCH), "--input-dir", str(cases), "--output-dir", str(out),
                            "--task", "total", "--quality", "fast", "--device", "cpu"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}, timeout=900)
+                          capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert [rows[c]["status"] for c in ("broken", "ct", "mr", "series")] == ["failed", "ok", "failed", "ok"]
