@@ -39,6 +39,7 @@ W_EXCESS = 2.0
 EXCESS_TOLERANCE = 0.15
 W_DEFICIT = 2.0
 DEFICIT_TOLERANCE = 0.2
+OVERWIDE = 2.0           # an arm whose r^3 exceeds this many times all others' together is foreign
 # vessels passing through a junction: two arms continuing each other within 35 degrees and
 # of similar width. Leaving one passing vessel for another (a crossing) costs W_CROSS;
 # entering a passing vessel sideways from a stem that is not clearly wider (a contact, not
@@ -245,7 +246,8 @@ def junction_steps(graph, w=None):
     enter_side = has_to & (arcs[np.maximum(p_to, 0), 1] != frm)   # we join one that comes from elsewhere
     # Murray at the junction, coming in from `frm`: its cubed width against that of the
     # other arms, leaving out vessels passing straight through unrelated to this step (at a
-    # crossing, the other vessel carries its own flow)
+    # crossing, the other vessel carries its own flow) and a vessel far too wide for all the
+    # other arms together to carry its flow (it is not their parent: it touches here)
     mate = np.full(n_arcs, -1)                    # per arm (arc into the junction): its partner arm
     mate[partner >= 0] = reverse[partner[partner >= 0]]
     mutual = (mate >= 0) & (mate[np.maximum(mate, 0)] == np.arange(n_arcs))
@@ -255,9 +257,16 @@ def junction_steps(graph, w=None):
     total, passing = np.zeros(n), np.zeros(n)
     np.add.at(total, arcs[into, 1], cube_of[into])
     np.add.at(passing, arcs[into, 1], pair[into] / 2)
+    arm_j = np.zeros(n_arcs, int)
+    arm_j[into] = arcs[into, 1]
+    over = np.zeros(n_arcs, bool)
+    over[into] = ~mutual[into] & (cube_of[into] > OVERWIDE * (total[arm_j[into]] - cube_of[into]))
+    overwide = np.zeros(n)
+    np.add.at(overwide, arcs[into, 1], np.where(over[into], cube_of[into], 0.0))
     w_in = reverse[second]
     own_pairs = pair[first] + np.where(mate[w_in] == first, 0.0, pair[w_in])
-    out_cube = np.maximum(total[via] - cube_of[first] - (passing[via] - own_pairs), 1e-9)
+    own_over = np.where(over[first], cube_of[first], 0.0) + np.where(over[w_in], cube_of[w_in], 0.0)
+    out_cube = np.maximum(total[via] - cube_of[first] - (passing[via] - own_pairs) - (overwide[via] - own_over), 1e-9)
     balance = np.log(w[frm] / np.cbrt(out_cube))
     feats = dict(cos=cos, ratio=ratio, cross=leave_in & enter_side, tee=~has_in & enter_side, balance=balance)
     return arcs[first, 0], arcs[second, 1], feats

@@ -59,11 +59,18 @@ class Family:
             self.levels = mod.LEVELS_B
             self.make = lambda level, seed: mod.make_phantom_b(level, seed=seed)
             self.large = lambda: mod.make_large_case_b(1)
-            self.score = lambda labels, ph, conf: mod.score_split_b(labels, ph, confidence=conf)
+            self.score = lambda labels, ph, conf: _same_keys(mod.score_split_b(labels, ph, confidence=conf))
 
     @staticmethod
     def available(name):
         return name == "A" or importlib.util.find_spec("vessel_phantoms_b") is not None
+
+
+def _same_keys(scores):
+    """Family B's scorer names the recall confidence_recall; family A's flag_recall."""
+    if "confidence_recall" in scores:
+        scores["flag_recall"] = scores.pop("confidence_recall")
+    return scores
 
 
 def ours(ph):
