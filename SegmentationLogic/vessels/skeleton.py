@@ -136,7 +136,8 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
     idx = idx + offset
     origin = lo - 1 + offset
 
-    skel = skeletonize(sub)
+    pieces, n_pieces = ndimage.label(sub, structure=np.ones((3, 3, 3)))
+    skel = _skeleton_of_every_piece(skeletonize(sub), sub, pieces, n_pieces)
     coords_p = np.argwhere(skel)                       # C order, so linear indices are sorted
     lin = np.ravel_multi_index(coords_p.T, sub.shape)
     n = len(coords_p)
@@ -174,7 +175,7 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
     # every vessel voxel belongs to its nearest skeleton voxel's node; a node's mean radius
     # is then its volume over its length: continuous, and robust to one thin or thick spot
     voxel_index = idx.astype(np.int32)
-    nearest = _nearest_in_piece(sub, origin, voxel_index, coords_p, pts, spacing)
+    nearest = _nearest_in_piece(pieces, origin, voxel_index, coords_p, pts, spacing)
     voxel_node = node[nearest].astype(np.int32)
     volume = np.bincount(voxel_node, minlength=k) * float(np.prod(spacing))
     length = _node_lengths(node, pairs, pts, k) + float(np.mean(spacing))
@@ -196,10 +197,22 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
                          voxel_node)
 
 
-def _nearest_in_piece(sub, origin, voxel_index, coords_p, pts, spacing, k=8):
+def _skeleton_of_every_piece(skel, sub, pieces, n_pieces):
+    """Thinning can erase a whole piece (a short, thick or box-shaped one): such a piece
+    keeps its deepest voxel as its skeleton, so every vessel voxel has one in its piece."""
+    has = np.zeros(n_pieces + 1, bool)
+    has[pieces[skel]] = True
+    missing = np.nonzero(~has[1:])[0] + 1
+    if len(missing):                                 # rare
+        depth = ndimage.distance_transform_cdt(sub)
+        for pos in ndimage.maximum_position(depth, pieces, missing):
+            skel[pos] = True
+    return skel
+
+
+def _nearest_in_piece(pieces, origin, voxel_index, coords_p, pts, spacing, k=8):
     """Nearest skeleton voxel of the same connected piece of the mask for every vessel voxel
     (the plain nearest may sit in a neighbouring vessel that passes close by)."""
-    pieces, _ = ndimage.label(sub, structure=np.ones((3, 3, 3)))
     vpiece = pieces[tuple((voxel_index - origin).T)]
     spiece = pieces[tuple(coords_p.T)]
     tree = cKDTree(pts)
