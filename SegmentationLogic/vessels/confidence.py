@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 from .voxels import class_boundary
 
 UNSURE_BELOW = 0.75
-MARGIN_SCALE = 1.5       # price units: a margin of MARGIN_SCALE * ln 2 (about 1.0, one clear break) sits at 0.75
+MARGIN_SCALE = 2.25      # price units: a margin of MARGIN_SCALE * ln 2 (about 1.6, a clear break) sits at 0.75
 DOUBTED = 0.6            # a branch a second opinion gives to the other tree
 INTERFACE_WIDTHS = 1.5   # up to this many local vessel radii from the other class, a voxel is unsure
 

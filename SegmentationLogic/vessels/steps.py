@@ -57,7 +57,7 @@ GAP_SEARCH_MM = 12.0
 GAP_DETOUR, GAP_DETOUR_MM = 2.0, 10.0
 GAP_BASE = 0.3
 GAP_PER_MM = 0.08
-GAP_MISALIGNED = 0.5
+GAP_MISALIGNED = 1.0
 GAP_SIDE = 1.0           # landing on the side of a vessel, not on another end
 
 

@@ -32,6 +32,7 @@ GUESSED_ROOT_PRICE = 0.3  # a guessed root yields to a step from a tree cheaper 
 # matters most (a branch one of them gives to the other tree is doubtful)
 SECOND_OPINIONS = ({"W_EXCESS": 3.0}, {"W_EXCESS": 1 / 3}, {"W_TURN": 1 / 3}, {"W_DEFICIT": 3.0}, {"W_WIDEN": 3.0},
                    {"W_TEE": 1 / 3})
+CAP_SHARE = 0.05         # ... for subtrees up to this share of the vessel voxels
 RIVAL_CAP = 2.0         # price of a step so implausible that any way in would be as good
 TWIG_PRICE = 0.3        # a hepatic candidate the portal tree reaches this cheaply is portal
 
@@ -73,6 +74,31 @@ def _ancestor_min(parent, values):
     for _ in range(max(1, int(np.ceil(np.log2(n + 1))))):
         acc = np.minimum(acc, acc[up])
         up = up[up]
+    return acc
+
+
+def _depth(parent):
+    """Number of ancestors of each node (0 for seeds and unreached nodes)."""
+    n = len(parent)
+    up = np.where(parent >= 0, parent, n)
+    up = np.append(up, n)
+    depth = np.append((parent >= 0).astype(int), 0)
+    for _ in range(max(1, int(np.ceil(np.log2(n + 1))))):
+        depth = depth + depth[up]
+        up = up[up]
+    return depth[:n]
+
+
+def _subtree_sum(parent, values):
+    """Sum of `values` over each node and everything hanging from it."""
+    acc = np.asarray(values, float).copy()
+    depth = _depth(parent)
+    order = np.argsort(-depth, kind="stable")
+    bounds = np.r_[0, np.nonzero(np.diff(depth[order]))[0] + 1, len(order)]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):     # deepest level first, one pass per level
+        level = order[lo:hi]
+        level = level[parent[level] >= 0]
+        np.add.at(acc, parent[level], acc[level])
     return acc
 
 
@@ -135,8 +161,12 @@ def fit_trees(graph, seeds, steps=None, scale=None):
     other = (label[src] > 0) & (label[dst] > 0) & (label[src] != label[dst])
     np.minimum.at(rival, dst[other], price[other])
     # a step that breaks the tree shape clearly is doubtful even without a rival (the true
-    # way in may be missing from the mask): count it against a rival at RIVAL_CAP
-    own = np.maximum(np.minimum(rival, RIVAL_CAP) - step, 0.0)
+    # way in may be missing from the mask, as where a small piece was cut off or merged
+    # into the other tree): count it against a rival at RIVAL_CAP; not for a large share of
+    # the vessels, which no missing piece explains
+    voxels = np.bincount(graph.voxel_node, minlength=n).astype(float)
+    small = _subtree_sum(parent, voxels) <= CAP_SHARE * voxels.sum()
+    own = np.maximum(np.minimum(rival, np.where(small, RIVAL_CAP, np.inf)) - step, 0.0)
     root = (seed_class > 0) & (parent < 0)
     own[root] = np.where(seed_price[root] > 0, np.maximum(np.minimum(rival[root], RIVAL_CAP) - seed_price[root], 0.0),
                          np.inf)
