@@ -16,7 +16,9 @@ Levels degrade the masks the way real segmentations are degraded:
 
 `hard=True` adds the geometries that break splits tuned on the above (issue 14); the
 trees themselves are the same as without it (the extras draw from their own random
-stream):
+stream); `hard=2` makes them severe: three times as many runs, 6-15 radii long and
+overlapping more, twice the contacts, four at the roots, and partial volume at every
+degraded level:
   touching  also long parallel runs (a leaf of one tree continues alongside a branch of
             the other, overlapping, touching, or beside it with a ladder of several
             bridges), contacts as wide as the vessels, contacts at thick vessels near the
@@ -359,9 +361,10 @@ def make_phantom(level="clean", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), see
     noisy = level in ("noisy", "combined")
     hard_rng = np.random.default_rng([seed, 14])  # the trees stay those of hard=False
     ladders = []
+    severe = int(hard) >= 2
     if hard and touching:
-        n_runs = max(2, len(forest.segments) // 40)
-        ladders = _add_runs(forest, n_runs, spacing, hard_rng)
+        n_runs = max(3, len(forest.segments) // 12) if severe else max(2, len(forest.segments) // 40)
+        ladders = _add_runs(forest, n_runs, spacing, hard_rng, long=severe)
     segments = forest.segments
 
     # masks
@@ -407,8 +410,8 @@ def make_phantom(level="clean", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), see
         n = contacts if contacts is not None else max(3, len(segments) // 25)
         info["contacts"] = _add_contacts(vessels, truth, branch_ids, segments, n, spacing, rng)
         if hard:
-            info["contacts"] += _add_hard_contacts(vessels, truth, branch_ids, segments, ladders, n, spacing,
-                                                   hard_rng)
+            info["contacts"] += _add_hard_contacts(vessels, truth, branch_ids, segments, ladders,
+                                                   2 * n if severe else n, spacing, hard_rng, 4 if severe else 2)
     if gapped:
         n = gaps if gaps is not None else max(3, len(segments) // 25)
         info["gaps"] = _add_gaps(vessels, segments, n, spacing, rng)
@@ -417,11 +420,14 @@ def make_phantom(level="clean", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), see
         info["blobs"] = _add_noise(vessels, truth, branch_ids, liver_mask, n, spacing, rng)
         trunk_mask, ivc_mask, info["support"] = _degrade_support(trunk_mask, ivc_mask, liver_mask, hilum, portal_dir,
                                                                  confluence_z, spacing, size, rng)
-        if hard:
+        if hard and not severe:
             info["partial_volume"] = _partial_volume(vessels, truth, branch_ids, liver_mask, spacing, hard_rng)
+        if hard:
             trunk_mask, ivc_mask, more = _degrade_support_hard(trunk_mask, ivc_mask, confluence_z, spacing, size,
                                                                hard_rng)
             info["support"].update(more)
+    if severe and level != "clean":   # every degraded level seen at CT resolution
+        info["partial_volume"] = _partial_volume(vessels, truth, branch_ids, liver_mask, spacing, hard_rng)
     truth = np.where(vessels, truth, 0).astype(np.uint8)
     branch_ids = np.where(truth > 0, branch_ids, 0).astype(np.int32)
 
@@ -558,7 +564,7 @@ def _leaves(segments):
     return [s for s in segments if s.id not in parents]
 
 
-def _add_runs(forest, n, spacing, rng):
+def _add_runs(forest, n, spacing, rng, long=False):
     """Long parallel runs: a leaf of one tree continues (approach, then run) alongside a
     branch of the other tree of similar radius, for 4-8 combined radii. One in three runs
     keeps a gap of 1.5-3 mm and is joined by a ladder of bridges (returned, painted with the
@@ -597,17 +603,22 @@ def _add_runs(forest, n, spacing, rng):
         e = _unit(e) if np.linalg.norm(e) > 1e-6 else _perpendicular(axis, rng)
         r = min(leaf.r1, p.r1)
         ladder = rng.random() < 1 / 3
-        offset = (r + p.r1) * (1.0 if ladder else rng.uniform(0.55, 1.0)) + (rng.uniform(1.5, 3.0) if ladder else 0)
+        offset = (r + p.r1) * (1.0 if ladder else rng.uniform(0.4 if long else 0.55, 1.0)) + (
+            rng.uniform(1.5, 3.0) if ladder else 0)
         # along the partner, a little past its end (beside its first child) if it is short
         sign = 1 if rng.random() < 0.5 else -1
         ta = float(np.clip(tc, 0.1, 0.9))
-        room = (1 - ta if sign > 0 else ta) * length + 2 * (r + p.r1)
-        run = min(rng.uniform(4, 8) * (r + p.r1), room)
+        room = (1 - ta if sign > 0 else ta) * length + (6 if long else 2) * (r + p.r1)
+        run = min(rng.uniform(6, 15) if long else rng.uniform(4, 8), room / (r + p.r1)) * (r + p.r1)
         if run < 3 * (r + p.r1):
             continue
         a = p.p0 + ta * (p.p1 - p.p0) + offset * e
         b = a + sign * run * axis
         if np.linalg.norm(a - leaf.p1) > 15.0 or min(forest.liver.depth(a), forest.liver.depth(b)) < r + vox:
+            continue
+        # a run touches its partner only: it keeps clear of every other vessel
+        near = ({p.id, p.parent, leaf.id, leaf.parent} | {c.id for c in segs if c.parent in (p.id, leaf.id)}) - {-1}
+        if not (forest.free(leaf.p1, a, r, near, leaf.cls) and forest.free(a, b, r, near, leaf.cls)):
             continue
         approach = Segment(len(segs), leaf.cls, leaf.tree, leaf.id, leaf.p1.copy(), a, leaf.r1, r, leaf.generation + 1)
         forest.add(approach)
@@ -643,7 +654,7 @@ def _closest_points(s, h, samples=15):
     return float(dist[k, 0] - s.r1 - h.r1), pts[k], q
 
 
-def _add_hard_contacts(vessels, truth, branch_ids, segments, ladders, n, spacing, rng):
+def _add_hard_contacts(vessels, truth, branch_ids, segments, ladders, n, spacing, rng, near_roots=2):
     """Ladders of 2-4 bridges along the runs that keep a gap; contacts as wide as the wider
     vessel; contacts at the thick vessels near the hilum and the IVC."""
     out = []
@@ -675,7 +686,7 @@ def _add_hard_contacts(vessels, truth, branch_ids, segments, ladders, n, spacing
     thick = [c for c in pairs if min(c[1].generation, c[2].generation) <= 1 and c[0] <= 8.0]
     wide = [c for c in pairs if c[0] <= 5 * vox and abs(np.log(c[1].r1 / c[2].r1)) < np.log(1.4)]
     used = set()
-    for kind, cands, count in (("near_root", thick, 2), ("wide", wide, max(2, n // 2))):
+    for kind, cands, count in (("near_root", thick, near_roots), ("wide", wide, max(2, n // 2))):
         done = 0
         for gap, s, h, p, q in cands:
             if done >= count:
