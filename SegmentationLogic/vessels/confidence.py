@@ -8,8 +8,10 @@ Three things make a voxel unsure:
   branch to the other tree (trees.second_opinions): at most DOUBTED;
 - it lies where the two trees meet: within about a vessel width of a voxel of the other
   class, where touching vessels share voxels and any boundary is a guess.
-Voxels below UNSURE_BELOW are the ones a reviewer should look at. Vessel voxels the split
-left unlabelled are 0.5; voxels outside the vessel mask are 0 (no vessel, no claim).
+Voxels below UNSURE_BELOW are the ones a reviewer should look at; when they are more than
+MAX_UNSURE of the vessels, the QC warns that the split as a whole is doubtful (the map is
+not clipped to a budget: a short list that misses the errors would mislead). Vessel voxels
+the split left unlabelled are 0.5; voxels outside the vessel mask are 0 (no vessel, no claim).
 """
 import numpy as np
 from scipy.spatial import cKDTree
@@ -19,6 +21,7 @@ from .voxels import class_boundary
 UNSURE_BELOW = 0.75
 MARGIN_SCALE = 2.25      # price units: a margin of MARGIN_SCALE * ln 2 (about 1.6, a clear break) sits at 0.75
 DOUBTED = 0.6            # a branch a second opinion gives to the other tree
+MAX_UNSURE = 0.15        # more flagged than this share of the vessels: the QC warns the split is doubtful
 INTERFACE_WIDTHS = 1.5   # up to this many local vessel radii from the other class, a voxel is unsure
 
 
@@ -43,7 +46,7 @@ def interface_confidence(idx, labels, radius, spacing, pairs=None):
         if not mine.any() or not theirs.any():
             continue
         step = float(spacing.max())              # neighbours are at least a voxel apart
-        d, _ = cKDTree(pts[theirs]).query(pts[mine], distance_upper_bound=float(reach[mine].max()) + step)
+        d, _ = cKDTree(pts[theirs]).query(pts[mine], distance_upper_bound=float(reach[mine].max()) + step, workers=-1)
         out[mine] = 0.5 + 0.5 * np.clip((d - step) / reach[mine], 0.0, 1.0)
     return out
 

@@ -149,7 +149,7 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
     # radius: distance from each skeleton voxel to the nearest background voxel (as an EDT)
     shell = ndimage.binary_dilation(sub) & ~sub
     wall = cKDTree((np.argwhere(shell) + origin) * spacing)
-    radius, _ = wall.query(pts)
+    radius, _ = wall.query(pts, workers=-1)
 
     # nodes: runs of junction voxels and runs of ordinary voxels
     junction_vox = degree >= 3
@@ -203,10 +203,14 @@ def _skeleton_of_every_piece(skel, sub, pieces, n_pieces):
     has = np.zeros(n_pieces + 1, bool)
     has[pieces[skel]] = True
     missing = np.nonzero(~has[1:])[0] + 1
-    if len(missing):                                 # rare
-        depth = ndimage.distance_transform_cdt(sub)
-        for pos in ndimage.maximum_position(depth, pieces, missing):
-            skel[pos] = True
+    if len(missing):                                 # rare, and small: work in their boxes
+        boxes = ndimage.find_objects(pieces)
+        for piece in missing:
+            box = boxes[piece - 1]
+            own = np.pad(pieces[box] == piece, 1)
+            depth = ndimage.distance_transform_cdt(own)
+            pos = np.unravel_index(np.argmax(depth), depth.shape)
+            skel[tuple(b.start + q - 1 for b, q in zip(box, pos))] = True
     return skel
 
 
@@ -216,7 +220,7 @@ def _nearest_in_piece(pieces, origin, voxel_index, coords_p, pts, spacing, k=8):
     vpiece = pieces[tuple((voxel_index - origin).T)]
     spiece = pieces[tuple(coords_p.T)]
     tree = cKDTree(pts)
-    _, nearest = tree.query(voxel_index * spacing)
+    _, nearest = tree.query(voxel_index * spacing, workers=-1)   # all cores: one query per vessel voxel
     wrong = np.nonzero(spiece[nearest] != vpiece)[0]
     if len(wrong):  # few voxels: look further among their neighbours
         k = min(k, len(pts))

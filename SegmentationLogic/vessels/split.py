@@ -28,7 +28,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .confidence import DOUBTED, interface_confidence, margin_confidence, summary
+from .confidence import (DOUBTED, MAX_UNSURE, UNSURE_BELOW, interface_confidence, margin_confidence,
+                         summary)
 from .qc import split_qc
 from .seeds import HEPATIC, PORTAL, Seeds, find_seeds
 from .skeleton import build_skeleton_graph
@@ -79,7 +80,7 @@ def voxel_branches(graph, k=16):
         return node
     pts = graph.points_mm(branch_vox)
     k = min(k, len(branch_vox))
-    _, near = cKDTree(pts).query(graph.voxel_index[in_junction] * graph.spacing, k=k)
+    _, near = cKDTree(pts).query(graph.voxel_index[in_junction] * graph.spacing, k=k, workers=-1)
     near = near.reshape(len(in_junction), k)
     cand = graph.node[branch_vox[near]]
     keys = _junction_arms(graph)
@@ -228,6 +229,10 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
     step("postprocess", 0.9, "Confidence map")
     vconf = np.minimum(vconf, interface_confidence(idx, final, radius, spacing, pairs))
     vconf[final == 0] = 0.5
+    doubtful = float((vconf < UNSURE_BELOW).mean())
+    if doubtful > MAX_UNSURE:
+        warnings.append(f"The split is unsure in {doubtful:.0%} of the vessel voxels (more than {MAX_UNSURE:.0%}): "
+                        "review the whole tree, not only the flagged places.")
     confidence = np.zeros(vessels.shape, np.float32)
     confidence[tuple(idx.T)] = vconf
 

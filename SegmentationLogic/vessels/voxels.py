@@ -31,34 +31,31 @@ def _pieces(n, pairs):
     return csgraph.connected_components(g, directed=False)[1]
 
 
-def clean_small_pieces(labels, pairs, min_size, protect=None, classes=(1, 2)):
-    """Per class in turn, 26-connected pieces below `min_size` voxels join the other class
-    where they touch it, else become 0. Pieces holding a `protect` voxel stay. Returns new labels."""
+def clean_small_pieces(labels, pairs, min_size, protect=None):
+    """26-connected pieces of one class below `min_size` voxels join the other class where
+    they touch it, else become 0 (both classes at once, judged on the labels as given).
+    Pieces holding a `protect` voxel stay. Returns new labels (classes 1 and 2)."""
     labels = np.asarray(labels).copy()
     if min_size <= 1 or not labels.any():
         return labels
     n = len(labels)
     a, b = pairs[:, 0], pairs[:, 1]
-    for cls in classes:
-        other = [c for c in classes if c != cls][0]
-        mine = labels == cls
-        if not mine.any():
-            continue
-        same = mine[a] & mine[b]
-        piece = _pieces(n, pairs[same])
-        size = np.bincount(piece, weights=mine, minlength=n)
-        small = mine & (size[piece] < min_size)
-        if protect is not None:
-            held = np.zeros(n, bool)
-            held[piece[protect & mine]] = True
-            small &= ~held[piece]
-        if not small.any():
-            continue
-        touch = np.zeros(n, bool)
-        for x, y in ((a, b), (b, a)):
-            hit = small[x] & (labels[y] == other)
-            touch[piece[x[hit]]] = True
-        labels[small] = np.where(touch[piece[small]], other, 0)
+    la, lb = labels[a], labels[b]
+    piece = _pieces(n, pairs[(la == lb) & (la > 0)])
+    mine = labels > 0
+    size = np.bincount(piece, weights=mine, minlength=n)
+    small = mine & (size[piece] < min_size)
+    if protect is not None:
+        held = np.zeros(n, bool)
+        held[piece[protect & mine]] = True
+        small &= ~held[piece]
+    if not small.any():
+        return labels
+    touch = np.zeros(n, bool)                      # per piece: touches the other class
+    cross = (la > 0) & (lb > 0) & (la != lb)
+    touch[piece[a[cross & small[a]]]] = True
+    touch[piece[b[cross & small[b]]]] = True
+    labels[small] = np.where(touch[piece[small]], 3 - labels[small], 0)
     return labels
 
 
