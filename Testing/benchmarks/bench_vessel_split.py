@@ -12,8 +12,8 @@ their voxels right), the confidence map's recall (share of misassigned voxels it
 as unsure, below 0.75) and flagged share (share of the vessel voxels it flags), and the
 wall time of each method with the ratio. The heuristic (Testing/support/vessel_heuristic.py)
 runs as published (skeleton on, its default).
-Speed: one large case per family (A: 300x300x250 at 0.8 x 0.8 x 1 mm, everything
-combined; B: its make_large_case_b), our split (best of --repeat) against the heuristic
+Speed: one large case per family (300x300x250 at 0.8 x 0.8 x 1 mm, touching level: A's
+with hard=True, B's make_large_case_b), our split (best of --repeat) against the heuristic
 with and without its skeleton, measured in the same process (machines are noisy).
 
 Targets (issue 14, on the held-out family): accuracy >= 0.97 touching and gaps, >= 0.95
@@ -51,7 +51,9 @@ class Family:
             self.levels = mod.LEVELS
             self.make = lambda level, seed: mod.make_phantom(level, (144, 144, 120), (1.0, 1.0, 1.0), seed=seed,
                                                              hard=True)
-            self.large = lambda: mod.make_phantom("combined", (300, 300, 250), (0.8, 0.8, 1.0), seed=1, hard=True)
+            # touching, as family B's large case: with damaged support masks the heuristic finds
+            # no seed, stops early and its time says nothing
+            self.large = lambda: mod.make_phantom("touching", (300, 300, 250), (0.8, 0.8, 1.0), seed=1, hard=True)
             self.score = lambda labels, ph, conf: mod.score_split(labels, ph, confidence=conf)
         else:
             import vessel_phantoms_b as mod
