@@ -169,6 +169,8 @@ def piece_jumps(graph, k=32):
     first = np.argmax(other, axis=1)
     has = other[np.arange(len(pts)), first]
     a = np.nonzero(has)[0]
+    if not len(a):
+        return np.zeros((0, 2), int), np.zeros(0)
     b = near[a, first[has]]
     dist = d[a, first[has]]
     # the closest pair per (piece, other piece)

@@ -159,3 +159,16 @@ def test_a_piece_that_thinning_erases_is_still_labelled():
     vessels[5:25, 13:17, 13:17] = True
     res = split_vessels(vessels, (1, 1, 1))
     assert (res.labels[vessels] > 0).all() and (res.confidence[vessels] >= 0.5).all()
+
+
+def test_pieces_too_far_apart_to_bridge_are_split_each_on_its_own():
+    """Two vessel pieces far apart (no gap to bridge): no error; a piece no seed reaches is
+    left unlabelled, counted in the QC and marked as a coin toss in the map."""
+    vessels = np.zeros((60, 30, 30), bool)
+    vessels[2:20, 13:17, 13:17] = True
+    vessels[40:58, 13:17, 13:17] = True
+    vessels[8:12, 8:22, 13:17] = True      # a little branching, so each piece has a graph
+    res = split_vessels(vessels, (1, 1, 1))
+    unlabelled = vessels & (res.labels == 0)
+    assert res.qc["unlabelled_voxels"] == int(unlabelled.sum())
+    assert (res.confidence[unlabelled] == 0.5).all() and (res.labels[vessels] > 0).any()
