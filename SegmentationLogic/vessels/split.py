@@ -148,7 +148,7 @@ def _crop_box(mask, pad=1):
 # voxel watershed (no skeleton)
 
 def _voxel_watershed(vessels, spacing, seeds_vox):
-    from skimage.segmentation import watershed
+    from skimage.segmentation import watershed  # scikit-image (seconds to import): only this fallback uses it
 
     box, _ = _crop_box(vessels, pad=2)
     sub = vessels[box]
