@@ -10,8 +10,10 @@ is cheap enough for Slicer start-up):
 
     segmenter = Segmenter(device="cuda")                     # keeps models loaded between calls
     segmenter.segment("ct.nii.gz", "out/seg.nii.gz", quality="fast", statistics=True)
+    segmenter.run(SegmentRequest(input="ct.nii.gz", quality="fast"))   # the typed form
 
-See README.md for the CLI (`python -m SegmentationLogic --help`).
+See README.md for the CLI (`python -m SegmentationLogic --help`) and ARCHITECTURE.md for
+how the packages fit together.
 """
 __version__ = "0.1.0"
 

@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import UnknownTaskError
+from .request import QUALITIES, check_quality
 from .resources import resource_path
 
-QUALITIES = ("normal", "fast", "fastest")
 
 
 @dataclass(frozen=True)
@@ -74,21 +74,28 @@ class TaskSpec:
     extra_datasets: tuple = ()
     qualities: tuple = field(default=())
 
-    def mode(self, quality="normal"):
-        """The mode run for a quality, with the official fallbacks.
+    def run_quality(self, quality="normal"):
+        """The quality whose models run when `quality` is asked for: the one fallback rule,
+        the official tool's (every front door and the Slicer panel use it):
 
-        'fastest' falls back to 'fast' where a task has no 6 mm model (body, body_mr);
-        a task without quality modes runs its one model, unless it forbids --fast.
+        - a quality the task has runs as it is;
+        - 'fastest' runs 'fast' where a task has no 6 mm model (body, body_mr);
+        - a task with one model runs it for any quality, except that 'fast' is refused
+          where the official tool refuses --fast for that task (a clear error, never a
+          silent switch the user did not ask for).
         """
-        if quality not in QUALITIES:
-            raise UnknownTaskError(f"Unknown quality '{quality}'.", f"Use one of: {', '.join(QUALITIES)}.")
+        check_quality(quality)
         if quality in self.modes:
-            return self.modes[quality]
+            return quality
         if quality == "fastest" and "fast" in self.modes:
-            return self.modes["fast"]
+            return "fast"
         if quality == "fast" and not self.allow_fast_flag:
             raise UnknownTaskError(f"Task '{self.name}' has no fast mode.", "Run it with quality 'normal'.")
-        return self.modes["normal"]
+        return "normal"
+
+    def mode(self, quality="normal"):
+        """The ModeSpec run for a quality (see run_quality)."""
+        return self.modes[self.run_quality(quality)]
 
     def check_roi_subset(self, roi_subset):
         """The requested structures as a list (None: all), or a clear error for names this
@@ -182,34 +189,6 @@ class Catalogue:
         if ds["release"] is None:
             return None
         return self.weights_url_template.format(release=ds["release"], folder=ds["folder"])
-
-    def models_for(self, task, quality="normal", roi_subset=None, body_seg=False):
-        """Every model a run needs, crop models first, in run order (for downloads)."""
-        spec = self.task(task)
-        mode = spec.mode(quality)
-        needed = []
-
-        def add(models):
-            for m in models:
-                if m not in needed:
-                    needed.append(m)
-
-        if mode.crop:
-            crop_task, crop_quality = mode.crop_model
-            add(self.models_for(crop_task, crop_quality))
-        elif roi_subset:
-            add(self.task("total_mr" if task.endswith("_mr") else "total").mode(
-                "fast" if (task.endswith("_mr") or mode.robust_crop) else "fastest").models)
-        elif body_seg and not task.endswith("_mr"):
-            add(self.task("body").mode("fast").models)
-        models = mode.models
-        if roi_subset and mode.multi_part:
-            wanted = set(roi_subset)
-            models = tuple(m for m in models if wanted & set(m.classes.values()))
-        add(models)
-        for ds in spec.extra_datasets:
-            add([self.model(ds)])
-        return needed
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,9 +1,13 @@
 """Errors a user can act on.
 
 Every error the engine raises on purpose is a `SegmentationError` with a one-line cause
-and a fix. The CLI prints both, the progress protocol sends them as an `error` event,
-and the Slicer module shows them in a dialog, so no user ever sees a bare exit code.
+and a fix. The CLI prints both, the progress protocol sends them as an `error` event
+(built by `error_event`, the only place that makes one), and the Slicer module shows
+them in a dialog, so no user ever sees a bare exit code.
 """
+
+INTERNAL_FIX = ("This is a bug: report it with the log, which holds the traceback (on the command line, "
+                "run again with --debug to see it).")
 
 
 class SegmentationError(Exception):
@@ -82,3 +86,22 @@ class SceneImportError(SegmentationError):
     """A result cannot be imported into the Slicer scene (bad labelmap, unreadable file)."""
 
     kind = "import"
+
+
+def error_event(error=None, **fields):
+    """The progress protocol's `error` event: {"event": "error", "kind", "type", "cause", "fix"}.
+
+    `error` is a SegmentationError (its kind, cause and fix), a KeyboardInterrupt (kind
+    "cancelled"), any other exception (kind "internal": a bug, named), a dict of those
+    fields, or None; `fields` add to or override them (e.g. details, a better cause).
+    """
+    if isinstance(error, SegmentationError):
+        data = error.to_dict()
+    elif isinstance(error, KeyboardInterrupt):
+        data = {"kind": "cancelled", "type": "KeyboardInterrupt", "cause": "Interrupted.", "fix": ""}
+    elif isinstance(error, BaseException):
+        data = {"kind": "internal", "type": type(error).__name__, "cause": f"Internal error: {error}",
+                "fix": INTERNAL_FIX}
+    else:
+        data = {"kind": "error", "type": "Error", "cause": "", "fix": "", **(error or {})}
+    return {"event": "error", **data, **fields}

@@ -93,8 +93,48 @@ class Progress:
             self.callback(event)
 
 
-def null_progress():
-    return Progress(None)
+class Reporter:
+    """Maps a sub-task's 0..1 progress onto [lo, hi] of one stage of a Progress; checks cancel.
+
+    Long jobs made of parts (a download: transfer, unpack, verify; an install: copy, verify)
+    hand each part `report.sub(lo, hi)`, so the stage's bar moves once from 0 to 1."""
+
+    def __init__(self, progress, stage, lo=0.0, hi=1.0):
+        self.progress, self.stage, self.lo, self.hi = progress, stage, lo, hi
+
+    def sub(self, lo, hi):
+        span = self.hi - self.lo
+        return Reporter(self.progress, self.stage, self.lo + span * lo, self.lo + span * hi)
+
+    def __call__(self, fraction, message="", **extra):
+        if self.progress is not None:
+            self.progress(self.stage, self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0), message, **extra)
+
+    def check(self):
+        cancel = getattr(self.progress, "cancel", None)
+        if cancel is not None:
+            cancel.check()
+
+    @property
+    def cancelled(self):
+        cancel = getattr(self.progress, "cancel", None)
+        return cancel is not None and cancel.cancelled
+
+    def log(self, message, level="info"):
+        if hasattr(self.progress, "log"):
+            self.progress.log(message, level)
+
+
+def as_progress(progress=None, cancel=None):
+    """A Progress from what a caller gave: a Progress (given `cancel` if it has none), a
+    callable receiving event dicts, or None."""
+    if isinstance(progress, Progress):
+        if cancel is not None and progress.cancel is None:
+            progress.cancel = cancel
+        return progress
+    if cancel is not None and not hasattr(cancel, "check"):
+        raise TypeError("cancel must be a CancelToken")
+    return Progress(progress, cancel)
 
 
 def json_lines_writer(stream=None):

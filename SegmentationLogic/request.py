@@ -9,7 +9,7 @@ an argv round trip.
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from .errors import SegmentationError
+from .errors import SegmentationError, UnknownTaskError
 
 QUALITIES = ("normal", "fast", "fastest")
 
@@ -27,7 +27,7 @@ def flags_for_quality(quality):
 
 def check_quality(quality):
     if quality not in QUALITIES:
-        raise SegmentationError(f"Unknown quality {quality!r}.", f"Use one of: {', '.join(QUALITIES)}.")
+        raise UnknownTaskError(f"Unknown quality '{quality}'.", f"Use one of: {', '.join(QUALITIES)}.")
     return quality
 
 
@@ -105,7 +105,7 @@ class SegmentResult:
 
     @property
     def array(self):
-        import numpy as np
+        import numpy as np  # the contract itself needs no numpy: remote clients import it without
 
         return np.asanyarray(self.labelmap.dataobj)
 

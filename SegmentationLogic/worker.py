@@ -5,29 +5,66 @@ longer than a fast run itself; the worker pays that once and keeps the loaded mo
 (the engine's `Segmenter`) between requests, so a second Apply on the same task starts
 predicting at once.
 
-Protocol: one JSON request per stdin line, answered with the CLI's JSON-lines events
-(`python -m SegmentationLogic segment --progress json`), each tagged with the request id:
-    {"id": "1", "command": "segment", "argv": ["-i", IN, "-o", OUT, "--task", "total", "--ml"],
-     "tmpdir": DIR}                                        -> progress/log events, then result or error
-    {"id": "2", "command": "devices"}                      -> result {"devices": [...]}
-    {"id": "3", "command": "ping"}                         -> result {"pid": ...}
-    {"command": "cancel", "id": "1"}   stops request 1 at its next progress report, or drops it if it is
-                                       still queued (error kind "cancelled")
+Protocol: one JSON message per stdin line, answered with the progress protocol's events
+(progress.py), each tagged with the message's id:
+    {"id": "1", "command": "segment", "request": <SegmentRequest.to_json()>, "tmpdir": DIR}
+                                       -> progress/log events, then result (SegmentResult.to_json()
+                                          plus "seconds" and "warm") or error
+    {"id": "2", "command": "devices"}  -> result {"devices": [...]}
+    {"id": "3", "command": "ping"}     -> result {"pid": ...}
+    {"command": "cancel", "id": "1"}   stops message 1 at its next progress report, or drops it if
+                                       it is still queued (error kind "cancelled")
     {"command": "shutdown"}            (or closing stdin) ends the worker
-On start it sends {"event": "ready", "pid": ...}. Requests run one at a time, in order.
+On start it sends {"event": "ready", "pid": ...}. Messages run one at a time, in order;
+"tmpdir" (any command) is where that command's temporary files go.
+
+More commands: `register_command(name, handler)` from any module; the worker imports the
+modules named with `worker --plugin MODULE` before it serves. A handler is called as
+`handler(message, context)` and returns the result payload (a dict); it reports progress
+through `context.progress` and raises SegmentationError for what the user must fix.
 Anything a library prints goes to stderr, so stdout carries only protocol lines.
 """
+import importlib
+import importlib.util
 import json
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 
-from .errors import Cancelled, SegmentationError
+from .errors import Cancelled, SegmentationError, error_event
 from .progress import CancelToken, Progress
+from .request import BadRequestError, SegmentRequest
+from .server.client import run_worker_request
+from .system import files
+from .system.devices import available_devices
+
+CORE_COMMANDS = ("cancel", "shutdown")  # handled by the worker itself, never by a handler
+_COMMANDS = {}
+
+
+def register_command(name, handler):
+    """Make `name` a worker command: `handler(message, context) -> dict` (see the module docstring)."""
+    if name in CORE_COMMANDS:
+        raise ValueError(f"'{name}' is a core worker command")
+    _COMMANDS[name] = handler
+
+
+@dataclass
+class CommandContext:
+    """What a command handler gets besides its message."""
+
+    request_id: object
+    cancel: CancelToken
+    progress: Progress  # events go to the client tagged with the request id; checks `cancel`
+    worker: "Worker"
+
+    def segmenter(self, device="auto", weights_dir=None):
+        """The worker's model-keeping Segmenter for this device and weights folder, and whether it was warm."""
+        return self.worker.segmenter(device, weights_dir)
 
 
 class Worker:
@@ -35,7 +72,7 @@ class Worker:
         self._out = out
         self._lock = threading.Lock()
         self._requests = queue.Queue()
-        self._current = None  # (id, CancelToken) of the request being run
+        self._current = None  # (id, CancelToken) of the message being run
         self._cancelled = set()  # ids cancelled while still queued
         self._state_lock = threading.Lock()
         self._segmenters = {}
@@ -55,42 +92,42 @@ class Worker:
             if not line:
                 continue
             try:
-                request = json.loads(line)
-                if not isinstance(request, dict):
+                message = json.loads(line)
+                if not isinstance(message, dict):
                     raise ValueError("not an object")
             except ValueError as e:
-                self.send({"event": "error", "kind": "request", "type": "BadRequest",
-                           "cause": f"Unreadable worker request ({e}): {line[:200]}", "fix": ""})
+                self.send(error_event(BadRequestError(f"Unreadable worker request ({e}): {line[:200]}")))
                 continue
-            if request.get("command") == "cancel":
+            if message.get("command") == "cancel":
                 with self._state_lock:
                     current = self._current
-                    if current and request.get("id") in (None, current[0]):
+                    if current and message.get("id") in (None, current[0]):
                         current[1].cancel()
-                    elif request.get("id") is not None:  # still queued: answer now, skip it later
-                        self._cancelled.add(request["id"])
-                        self.send({"event": "error", **Cancelled().to_dict()}, request["id"])
+                    elif message.get("id") is not None:  # still queued: answer now, skip it later
+                        self._cancelled.add(message["id"])
+                        self.send(error_event(Cancelled()), message["id"])
                 continue
-            self._requests.put(request)
-            if request.get("command") == "shutdown":
+            self._requests.put(message)
+            if message.get("command") == "shutdown":
                 return
         self._requests.put({"command": "shutdown"})  # stdin closed: the module (or Slicer) is gone
 
-    # -- requests ----------------------------------------------------------------------
+    # -- messages ----------------------------------------------------------------------
     def serve(self, stdin):
         threading.Thread(target=self._read_stdin, args=(stdin,), daemon=True, name="worker-stdin").start()
         self.send({"event": "ready", "pid": os.getpid()})
         self._warm_up()
         while True:
-            request = self._requests.get()
-            command = request.get("command")
+            message = self._requests.get()
+            command = message.get("command")
             if command == "shutdown":
                 return 0
-            request_id = request.get("id")
-            handler = {"segment": self._segment, "devices": self._devices, "ping": self._ping}.get(command)
+            request_id = message.get("id")
+            handler = _COMMANDS.get(command)
             if handler is None:
-                self.send({"event": "error", "kind": "request", "type": "BadRequest",
-                           "cause": f"Unknown worker command {command!r}.", "fix": ""}, request_id)
+                self.send(error_event(BadRequestError(f"Unknown worker command {command!r}.",
+                                                      f"Known commands: {', '.join(sorted(_COMMANDS))}.")),
+                          request_id)
                 continue
             token = CancelToken()
             with self._state_lock:
@@ -98,96 +135,83 @@ class Worker:
                     self._cancelled.discard(request_id)
                     continue
                 self._current = (request_id, token)
+            context = CommandContext(request_id, token, Progress(lambda e: self.send(e, request_id), cancel=token),
+                                     self)
             try:
-                payload = handler(request, token)
+                with files.temporary_dir(message.get("tmpdir")):
+                    payload = handler(message, context)
+                token.check()
                 self.send({"event": "result", **payload}, request_id)
             except SegmentationError as e:
-                self.send({"event": "error", **e.to_dict()}, request_id)
+                self.send(error_event(e), request_id)
             except Exception as e:  # keep serving: one bad request must not cost the loaded models
                 traceback.print_exc(file=sys.stderr)
-                self.send({"event": "error", "kind": "internal", "type": type(e).__name__,
-                           "cause": f"Internal error in the segmentation engine: {e}",
-                           "fix": "See the log for details and report it with the log."}, request_id)
+                self.send(error_event(e), request_id)
             finally:
                 self._current = None
 
     def _warm_up(self):
         """Import torch and nnU-Net now, while the user is still choosing options."""
+        if importlib.util.find_spec("torch") is None:  # a client of a remote server only: nothing to warm up
+            return
         try:
-            from . import pipeline  # noqa: F401
+            from .pipeline import inference  # torch and nnU-Net: seconds; not needed to relay to a server
+
+            inference.warm_up()  # after "ready" on purpose: torch and nnU-Net take seconds to import
         except Exception:  # reported properly by the first request that needs it
             traceback.print_exc(file=sys.stderr)
 
-    def _ping(self, request, token):
-        return {"pid": os.getpid()}
+    def segmenter(self, device, weights_dir):
+        """(the model-keeping Segmenter for this device and weights folder, whether it was warm).
 
-    def _devices(self, request, token):
-        from .devices import available_devices
-
-        return {"devices": available_devices()}
-
-    def _segment(self, request, token):
-        from .cli import build_parser, result_payload, segment_options
-
-        try:
-            args = build_parser().parse_args(["segment", *[str(a) for a in request.get("argv", [])]])
-        except SystemExit:
-            raise SegmentationError(f"Invalid segment request: {request.get('argv')}",
-                                    "This is a bug in the caller; see the log for the argument error.") from None
-        request_id = request.get("id")
-        progress = Progress(lambda event: self.send(event, request_id), cancel=token)
-        options = segment_options(args)
-        started = time.perf_counter()
-        with _temporary_dir(request.get("tmpdir")):
-            segmenter, warm = self._segmenter(options)
-            if segmenter is None:
-                from .pipeline import segment
-
-                result = segment(args.input, args.output, progress=progress, **options)
-            else:
-                result = segmenter.segment(args.input, args.output, progress=progress, **options)
-        token.check()
-        return {**result_payload(result), "seconds": round(time.perf_counter() - started, 3), "warm": warm}
-
-    def _segmenter(self, options):
-        """The engine's model-keeping Segmenter for this device and weights folder (None if the engine has none)."""
-        from . import pipeline
-
-        factory = getattr(pipeline, "Segmenter", None)
-        if factory is None:
-            return None, False
-        key = (options["device"], str(options["weights_dir"]))
+        It may download; each request says whether it allows that."""
+        key = (device, str(weights_dir))
         if key in self._segmenters:
             return self._segmenters[key], True
+        from .pipeline import Segmenter  # the engine (numpy, nibabel, torch): not needed to relay to a server
+
         self._segmenters.clear()  # another device or weights folder: free the old models first
-        self._segmenters[key] = factory(device=options["device"], weights_dir=options["weights_dir"],
-                                        download=options["download"])
+        self._segmenters[key] = Segmenter(device=device, weights_dir=weights_dir)
         return self._segmenters[key], False
 
 
-class _temporary_dir:
-    """Point tempfile (and child processes) at the request's temp folder, which the caller removes."""
+# -- the built-in commands ---------------------------------------------------------------
 
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        if self.path:
-            self._saved = (tempfile.tempdir, os.environ.get("TMPDIR"))
-            tempfile.tempdir = str(self.path)
-            os.environ["TMPDIR"] = str(self.path)
-
-    def __exit__(self, *exc):
-        if self.path:
-            tempfile.tempdir = self._saved[0]
-            if self._saved[1] is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = self._saved[1]
+def _ping(message, context):
+    return {"pid": os.getpid()}
 
 
-def serve():
-    """Run the worker on this process's stdin/stdout until shutdown or end of input."""
+def _devices(message, context):
+    return {"devices": available_devices()}
+
+
+def _segment(message, context):
+    if message.get("remote"):  # run on a segmentation server (server/client.py): no torch needed here
+        return run_worker_request(message, context.progress)
+    if not isinstance(message.get("request"), dict):
+        raise BadRequestError("Invalid segment request: the message has no 'request' object.",
+                              'Send {"command": "segment", "request": SegmentRequest.to_json(), "id": ...}.')
+    try:
+        request = SegmentRequest.from_json(message.get("request"))
+    except BadRequestError as e:
+        raise BadRequestError(f"Invalid segment request: {e.cause}", e.fix) from None
+    started = time.perf_counter()
+    segmenter, warm = context.segmenter(request.device, request.weights_dir)
+    result = segmenter.run(request, context.progress, context.cancel)
+    return {**result.to_json(), "seconds": round(time.perf_counter() - started, 3), "warm": warm}
+
+
+register_command("ping", _ping)
+register_command("devices", _devices)
+register_command("segment", _segment)
+
+
+def serve(plugins=()):
+    """Run the worker on this process's stdin/stdout until shutdown or end of input.
+
+    `plugins`: modules to import first; they register their commands (register_command)."""
+    for name in plugins:
+        importlib.import_module(name)
     # Protocol lines go to a private copy of stdout; fd 1 itself is pointed at stderr so
     # that whatever torch, nnU-Net or a C library prints can never corrupt the stream.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)

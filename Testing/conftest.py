@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import slicer_core_build
-from SegmentationLogic.sample_data import example_path
+from sample_data import example_path
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -53,10 +53,10 @@ def download_failure_paragraph(error, folder, tried_download=True):
 
 def real_weights(no_download, progress):
     """Weights folder of the real models, or (None, reason) when they cannot be had."""
-    from SegmentationLogic.catalogue import load_catalogue
+    from SegmentationLogic.pipeline.plan import required_models
     from SegmentationLogic.weights import ensure_models, resolve_weights_dir
 
-    models = load_catalogue().models_for(TASK, QUALITY)
+    models = required_models(TASK, QUALITY)
     try:
         ensure_models(models, download=not no_download, progress=progress)
     except (SegmentationError, ImportError, OSError) as e:
@@ -102,7 +102,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from SegmentationLogic.progress import Progress, text_writer
-    from SegmentationLogic.sample_data import example_path
+    from sample_data import example_path
 
     progress = Progress(text_writer(sys.stdout))
     try:
@@ -149,7 +149,7 @@ def main(argv=None):
     label = result.model_note or note
     if preview is None or (note and not result.model_note):
         # the engine did not draw (or did not label) the preview: draw it, labelled
-        from SegmentationLogic.preview import render_preview
+        from SegmentationLogic.outputs.preview import render_preview
 
         preview = render_preview(result.labelmap, class_map, out_dir / f"preview_{TASK}.png", note=label,
                                  title=f"TotalSegmentator {TASK} --{QUALITY}")

@@ -6,7 +6,7 @@ import sys
 
 
 def _print_qc(args, qc, files):
-    from .qc import qc_rows, warnings
+    from .qc import qc_rows, warnings  # numpy: imported when a vessel command runs
 
     if getattr(args, "progress", "text") == "json":
         return
@@ -20,7 +20,7 @@ def _print_qc(args, qc, files):
 
 
 def cmd_split_vessels(args, progress_from_args, emit_result):
-    from .workflow import split_vessel_files
+    from .workflow import split_vessel_files  # scikit-image and scipy (seconds): only when this command runs
 
     res = split_vessel_files(args.vessels, args.output, liver=args.liver, portal_trunk=args.portal_trunk,
                              ivc=args.ivc, use_skeleton=not args.no_skeleton,
@@ -34,7 +34,7 @@ def cmd_split_vessels(args, progress_from_args, emit_result):
 
 
 def cmd_liver_vessels(args, progress_from_args, emit_result):
-    from .workflow import run_liver_vessels
+    from .workflow import run_liver_vessels  # scikit-image and scipy (seconds): only when this command runs
 
     res = run_liver_vessels(
         args.input, args.output, mode=args.mode, liver_mask=args.liver_mask, robust_crop=args.robust_crop,

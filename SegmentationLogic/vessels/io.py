@@ -7,19 +7,22 @@ names both files. The split runs in RAS-canonical array order (axis 2 inferior t
 superior) and the outputs are written back in the vessel file's own orientation.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from ..errors import InputImageError
+from ..imaging import orientation
+from ..system import files
+from ..system.files import atomic_path, json_safe  # noqa: F401 (json_safe: vessel review)
 
 OUTPUT_FILES = {
     "portal": "portal_vein_branches.nii.gz",
     "hepatic": "hepatic_veins.nii.gz",
     "labeled": "liver_vessels_labeled.nii.gz",
     "skeleton": "liver_vessels_skeleton_labeled.nii.gz",
+    "confidence": "liver_vessels_split_confidence.nii.gz",
     "enhanced": "enhanced_liver_vessels.nii.gz",
     "metadata": "enhanced_liver_vessels_metadata.json",
 }
@@ -40,8 +43,6 @@ class VesselInputError(InputImageError):
 
 def load_image(path, what):
     """nibabel image of a 3D mask; clear errors for a missing, unreadable, 2D or 4D file."""
-    import nibabel as nib
-
     path = Path(path)
     name = SUPPORT_NAMES.get(what, what)
     if not path.exists():
@@ -84,22 +85,13 @@ def check_same_grid(ref_img, img, ref_path, path, what):
 
 def to_canonical(img):
     """(array in RAS-canonical axis order, canonical affine, spacing) of a 3D image."""
-    import nibabel as nib
-
-    can = nib.as_closest_canonical(img)
-    data = np.asanyarray(can.dataobj)
-    spacing = np.linalg.norm(can.affine[:3, :3], axis=0)
-    return data, can.affine, spacing
+    data, affine = orientation.to_canonical(np.asanyarray(img.dataobj), img.affine)
+    return data, affine, np.linalg.norm(affine[:3, :3], axis=0)
 
 
 def from_canonical(data, ref_img):
     """Array in canonical order back to the axis order of `ref_img`."""
-    import nibabel as nib
-    from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
-
-    ornt = io_orientation(ref_img.affine)
-    back = ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
-    return apply_orientation(data, back)
+    return orientation.from_canonical(data, ref_img.affine)
 
 
 def ras_to_ijk(points_ras, affine):
@@ -138,8 +130,6 @@ def load_masks(vessels, liver=None, portal_trunk=None, ivc=None):
         if what != "vessels":
             check_same_grid(ref, img, vessels, path, what)
         raw = vessel_array(img, path, notes) if what == "vessels" else np.asanyarray(img.dataobj) > 0
-        import nibabel as nib
-
         data, can, spacing = to_canonical(nib.Nifti1Image(raw.astype(np.uint8), img.affine))
         arrays[what] = data > 0
     return ref, arrays, spacing, can, notes
@@ -150,50 +140,19 @@ def load_masks(vessels, liver=None, portal_trunk=None, ivc=None):
 
 def write_nifti(data, ref_img, path, dtype=np.uint8):
     """Write `data` (in ref_img's axis order) with ref_img's geometry, atomically."""
-    import nibabel as nib
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = ref_img.header.copy()
     header.set_data_dtype(dtype)
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref_img.affine, header)
     img.set_qform(ref_img.affine, code=1)
     img.set_sform(ref_img.affine, code=1)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_path(path, ".nii.gz") as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def write_json(data, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
+    return files.write_json(data, path, indent=2)
 
 
 def read_metadata(out_dir):
@@ -201,15 +160,18 @@ def read_metadata(out_dir):
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
 
-def write_split_files(out_dir, labels, ref_img, skeleton_labels=None, labeled_only=False):
-    """Write the split's NIfTI files (labels in ref_img's axis order); returns their paths.
+def write_split_files(out_dir, labels, ref_img, skeleton_labels=None, labeled_only=False, confidence=None):
+    """Write the split's NIfTI files (arrays in ref_img's axis order); returns their paths.
 
-    labeled_only: only liver_vessels_labeled.nii.gz (and removes stale per-class files)."""
+    labeled_only: liver_vessels_labeled.nii.gz instead of the per-class files (stale
+    per-class files are removed). `confidence` (float, 0.5-1.0 on vessel voxels, 0
+    elsewhere) goes to liver_vessels_split_confidence.nii.gz in either case: it belongs to
+    the split the way the skeleton does."""
     out_dir = Path(out_dir)
     files = [write_nifti(labels, ref_img, out_dir / OUTPUT_FILES["labeled"])]
     for key, value in (("portal", 1), ("hepatic", 2)):
@@ -221,6 +183,8 @@ def write_split_files(out_dir, labels, ref_img, skeleton_labels=None, labeled_on
         files.append(write_nifti(labels == value, ref_img, path))
     if skeleton_labels is not None:
         files.append(write_nifti(skeleton_labels, ref_img, out_dir / OUTPUT_FILES["skeleton"]))
+    if confidence is not None:
+        files.append(write_nifti(confidence, ref_img, out_dir / OUTPUT_FILES["confidence"], dtype=np.float32))
     return files
 
 

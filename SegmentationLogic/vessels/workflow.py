@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SegmentationError
+from ..pipeline import segment
+from ..progress import Progress
 from .enhancement import enhance, no_liver_error
 from .io import (OUTPUT_FILES, SUPPORT_FILES, VesselInputError, check_same_grid, from_canonical, load_image,
                  load_masks, mask_metadata, ras_to_ijk, read_metadata, write_json, write_nifti, write_split_files)
@@ -41,9 +43,10 @@ def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None
     says so in the QC warnings); a path given but missing, another grid, or an empty
     vessel mask is an error. User seed points are RAS mm. Writes portal_vein_branches,
     hepatic_veins, liver_vessels_labeled (1 portal, 2 hepatic), the skeleton labels when
-    the skeleton is used (or as `write_skeleton` says), and the QC into
-    enhanced_liver_vessels_metadata.json (created, or updated when the enhancement wrote it).
-    Returns {"qc", "files", "result"}.
+    the skeleton is used (or as `write_skeleton` says), the confidence map
+    liver_vessels_split_confidence (0.5-1.0 on vessel voxels, below 0.75 "unsure", 0
+    elsewhere), and the QC into enhanced_liver_vessels_metadata.json (created, or updated
+    when the enhancement wrote it). Returns {"qc", "files", "result"}.
     """
     step = _progress(progress)
     step("load", 0.0, "Reading the masks")
@@ -62,7 +65,8 @@ def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None
     write_skeleton = use_skeleton if write_skeleton is None else write_skeleton
     labels = from_canonical(result.labels, ref)
     skeleton = from_canonical(result.skeleton_labels, ref) if write_skeleton else None
-    files = write_split_files(out_dir, labels, ref, skeleton, labeled_only)
+    confidence = from_canonical(result.confidence, ref)
+    files = write_split_files(out_dir, labels, ref, skeleton, labeled_only, confidence)
 
     meta = read_metadata(out_dir)
     if not meta:
@@ -101,16 +105,6 @@ def _support_warnings(arrays):
 # ---------------------------------------------------------------------------------------
 # the pipeline on a CT
 
-def _engine():
-    try:
-        from ..pipeline import segment
-    except ImportError as e:
-        raise SegmentationError("The segmentation engine (SegmentationLogic.pipeline) is not available.",
-                                "Install the complete extension; split existing masks with split-vessels "
-                                "meanwhile.") from e
-    return segment
-
-
 def _write_classes(result, ref_img, out_dir, names):
     """Write the named classes of an engine result as one mask file each; returns paths."""
     arr = np.asanyarray(result.labelmap.dataobj)
@@ -145,12 +139,9 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
         raise SegmentationError(f"The portal/hepatic split needs --mode enhanced_liver, not {mode}.",
                                 "Drop --mode (enhanced_liver is the default), or run split-vessels on your masks.")
     if cancel is not None and progress is None:  # our own steps check the token too
-        from ..progress import Progress
-
         progress = Progress(None, cancel=cancel)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    segment = _engine()
     common = dict(device=device, robust_crop=robust_crop, weights_dir=weights_dir, progress=progress, cancel=cancel,
                   check_modality=check_modality)
     if mode == "standard":

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path[:0] = [str(REPO / "Testing"), str(REPO / "Testing" / "support")]
 
 from reference import make_home, official_kwargs, oracle_env  # noqa: E402
-from SegmentationLogic.sample_data import example_path  # noqa: E402
+from sample_data import example_path  # noqa: E402
 from testmodels import build_test_weights  # noqa: E402
 
 CASES = {
@@ -145,23 +145,6 @@ def engine_warm(input_path, weights, options, device="cpu"):
     return float(out.stdout.split("WARM")[-1])
 
 
-def dicom_as_nifti(folder, target):
-    """The official conversion (dicom2nifti, reoriented), timed: used where image_io is missing."""
-    import dicom2nifti
-
-    t = time.perf_counter()
-    dicom2nifti.dicom_series_to_nifti(str(folder), str(target), reorient_nifti=True)
-    return time.perf_counter() - t
-
-
-def _image_io_available():
-    try:
-        from SegmentationLogic import image_io  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool and case (median reported)")
@@ -180,13 +163,8 @@ def main():
     for name in args.cases:
         size, example, options = CASES[name]
         w = weights[size]
-        official_input = example_path(example)
-        engine_input, extra = official_input, 0.0
+        official_input = engine_input = example_path(example)
         note = ""
-        if example == "example_ct_dicom" and not _image_io_available():
-            engine_input = work / "dicom.nii.gz"
-            extra = dicom_as_nifti(official_input, engine_input)
-            note = f"engine fed the dicom2nifti conversion; its {extra:.1f} s are added to the engine's time"
         official_env = oracle_env(w, home)  # same torch thread settings as the engine's
         official_env["TOTALSEG_ORACLE_DEVICE"] = "gpu" if args.device == "cuda" else "cpu"
         engine_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
@@ -200,9 +178,8 @@ def main():
                                            official_env, odir))
             edir = work / f"{name}_engine_{i}"
             edir.mkdir()
-            m = measure(engine_cmd(engine_input, edir / "seg.nii.gz", w, options, args.device), engine_env, edir)
-            m["wall"] += extra
-            res["engine"].append(m)
+            res["engine"].append(measure(engine_cmd(engine_input, edir / "seg.nii.gz", w, options, args.device),
+                                         engine_env, edir))
             same = _same_labels(odir / "seg.nii.gz", edir / "seg.nii.gz")
         if args.repeat > 1:  # is either tool reproducible run to run? (GPU kernels need not be)
             first = {t: work / f"{name}_{t}_0" / "seg.nii.gz" for t in ("official", "engine")}

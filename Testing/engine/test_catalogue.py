@@ -93,11 +93,12 @@ def test_crop_rules_follow_the_official_tool():
 
 
 def test_models_for_roi_subset_runs_only_needed_parts():
-    cat = load_catalogue()
-    models = cat.models_for("total", "normal", roi_subset=["liver", "brain"])
+    from SegmentationLogic.pipeline.plan import required_models
+
+    models = required_models("total", "normal", roi_subset=["liver", "brain"])
     assert [m.dataset for m in models] == [298, 291, 294]  # crop model, organs, muscles (brain)
-    assert [m.dataset for m in cat.models_for("total_mr", "normal", roi_subset=["liver"])] == [852, 850]
-    assert [m.dataset for m in cat.models_for("liver_vessels")] == [298, 8]
+    assert [m.dataset for m in required_models("total_mr", "normal", roi_subset=["liver"])] == [852, 850]
+    assert [m.dataset for m in required_models("liver_vessels")] == [298, 8]
 
 
 def test_weights_urls_are_the_official_release_urls():

@@ -15,17 +15,17 @@ from http_server import WeightsServer
 from model_zips import assert_nothing_half_installed, installed_datasets, zip_dataset
 from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.cli import main
-from SegmentationLogic.download import MIRROR_ENV, OFFICIAL_VERSION, download_models
 from SegmentationLogic.errors import (Cancelled, InvalidWeightsError, LicenseError, WeightsDownloadError,
                                       WeightsFolderError)
-from SegmentationLogic.license import set_license
+from SegmentationLogic.pipeline.plan import required_models
 from SegmentationLogic.progress import CancelToken, Progress
-from SegmentationLogic.weights import ensure_models, is_installed
+from SegmentationLogic.weights import ensure_models, is_installed, set_license
+from SegmentationLogic.weights.download import MIRROR_ENV, OFFICIAL_VERSION, download_models
 
 CAT = load_catalogue()
-SPEC = CAT.models_for("total", "fastest")[0]  # Dataset298, one model folder
+SPEC = required_models("total", "fastest")[0]  # Dataset298, one model folder
 FOLDER = SPEC.folder
-LICENSED = CAT.models_for("heartchambers_highres")[-1]  # Dataset301, licence server only
+LICENSED = required_models("heartchambers_highres")[-1]  # Dataset301, licence server only
 KEY = "aca_TESTKEY0123456"
 FAST = {"timeout": (2.0, 2.0), "retries": 2, "backoff": 0.0}
 
@@ -143,7 +143,7 @@ def test_file_changed_on_a_server_without_validators(server, wdir, fitted_weight
 
 
 def test_404_is_a_clear_error_without_retries(server, wdir):
-    other = CAT.models_for("total", "fast")[0]  # not on the server
+    other = required_models("total", "fast")[0]  # not on the server
     with pytest.raises(WeightsDownloadError) as e:
         download_models([other], weights_dir=wdir, mirror=server.url(), **FAST)
     msg = str(e.value)
@@ -193,7 +193,7 @@ def test_damaged_download_is_an_error_and_deleted(server, wdir, fault):
 
 
 def test_zip_without_the_expected_dataset(server, wdir, fitted_weights, tmp_path):
-    other = zip_dataset(fitted_weights / CAT.models_for("total", "fast")[0].folder, tmp_path / "o.zip")
+    other = zip_dataset(fitted_weights / required_models("total", "fast")[0].folder, tmp_path / "o.zip")
     server.files[f"/{FOLDER}.zip"] = other.read_bytes()
     with pytest.raises(InvalidWeightsError) as e:
         download_models([SPEC], weights_dir=wdir, mirror=server.url(), **FAST)

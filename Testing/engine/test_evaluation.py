@@ -7,7 +7,8 @@ import pytest
 
 from SegmentationLogic.cli import main
 from SegmentationLogic.errors import InputImageError
-from SegmentationLogic.evaluation import dice, dice_per_class, dice_per_class_files, label_table
+from SegmentationLogic.outputs.evaluation import dice, dice_per_class, dice_per_class_files
+from SegmentationLogic.outputs.labelmap import read_label_table
 
 
 def test_hand_computed():
@@ -63,7 +64,7 @@ def test_example_references(example):
     fast, full = example("example_seg_fast.nii.gz"), example("example_seg.nii.gz")
     report = dice_per_class_files(fast, full)
     ref_img = nib.load(str(full))
-    assert label_table(ref_img)[5] == "liver"  # names from the official header label table
+    assert read_label_table(ref_img)[5] == "liver"  # names from the official header label table
     p, r = np.asanyarray(nib.load(str(fast)).dataobj), np.asanyarray(ref_img.dataobj)
     for value, name in ((5, "liver"), (31, "vertebrae_L1"), (1, "spleen")):
         assert report["classes"][name]["dice"] == pytest.approx(_independent_dice(p, r, value), abs=1e-6)

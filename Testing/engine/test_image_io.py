@@ -20,8 +20,8 @@ import SimpleITK as sitk
 
 from dicomseries import phantom, rotation, write_series
 from SegmentationLogic.errors import InputImageError, OutOfMemoryError
-from SegmentationLogic.image_io import (ImageTooLargeError, as_3d, check_image, estimate_memory_bytes,
-                                        guess_modality, load_image, modality_warning, open_input, select_volume)
+from SegmentationLogic.imaging import (ImageTooLargeError, as_3d, check_image, estimate_memory_bytes, guess_modality,
+                                       load_image, modality_warning, open_input, select_volume)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -454,6 +454,21 @@ def test_guess_modality_soft_tissue_crop_and_warning(example):
     modality, confidence, reason = guess_modality(nib.Nifti1Image(crop, ct.affine))
     assert modality == "CT" and "fat" in reason
     mr = load_image(example("example_mr_sm.nii.gz"))
-    warning = modality_warning(mr, "CT")
+    warning = modality_warning("total", "CT", guess_modality(mr))
     assert warning.startswith("This volume looks like MR") and "the task is for CT" in warning
-    assert modality_warning(mr, "MR") is None and modality_warning(ct, "CT") is None
+    assert modality_warning("total_mr", "MR", guess_modality(mr)) is None
+    assert modality_warning("total", "CT", guess_modality(ct)) is None
+
+
+def test_modality_guess_and_warning_need_only_numpy():
+    """The Slicer panel warns before the engine's dependencies are installed: the guess and
+    its text work without nibabel, SimpleITK or scipy."""
+    code = ("import sys\n"
+            "for name in ('nibabel', 'SimpleITK', 'scipy', 'torch'): sys.modules[name] = None  # not installed\n"
+            "import numpy as np\n"
+            "from SegmentationLogic.imaging.modality import guess_modality, modality_warning\n"
+            "mr = np.random.default_rng(0).uniform(0, 400, (40, 40, 20))\n"
+            "print(modality_warning('total', 'CT', guess_modality(mr)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("This volume looks like MR") and "'total' is for CT" in out.stdout

@@ -12,14 +12,13 @@ from model_zips import assert_nothing_half_installed, copy_dataset, installed_da
 from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.cli import main
 from SegmentationLogic.errors import Cancelled, InvalidWeightsError, WeightsFolderError
-from SegmentationLogic.install import import_weights
-from SegmentationLogic.model_check import load_checkpoint
+from SegmentationLogic.pipeline.plan import required_models
 from SegmentationLogic.progress import CancelToken, Progress
-from SegmentationLogic.weights import is_installed
+from SegmentationLogic.weights import import_weights, is_installed, load_checkpoint
 
 CAT = load_catalogue()
-A = CAT.models_for("total", "fastest")[0]  # Dataset298
-B = CAT.models_for("total", "fast")[0]  # Dataset297
+A = required_models("total", "fastest")[0]  # Dataset298
+B = required_models("total", "fast")[0]  # Dataset297
 CKPT = "fold_0/checkpoint_final.pth"
 
 
@@ -303,7 +302,7 @@ def test_staging_left_by_a_killed_process_is_removed(model_a, wdir):
     import subprocess
     import sys
 
-    from SegmentationLogic.install import STAGING_PREFIX, _staging_tag
+    from SegmentationLogic.weights.install import STAGING_PREFIX, _staging_tag
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = _staging_tag().rsplit("-", 1)[0]

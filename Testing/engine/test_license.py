@@ -8,7 +8,7 @@ import pytest
 
 from SegmentationLogic.cli import main
 from SegmentationLogic.errors import LicenseError
-from SegmentationLogic.license import get_license, mask_license, read_license, set_license
+from SegmentationLogic.weights.license import get_license, mask_license, read_license, set_license
 
 KEY = "aca_SECRET98765432"
 

@@ -1,14 +1,12 @@
 """3D preview PNG: rendered offscreen from the official reference segmentation."""
-import sys
-import types
 
 import nibabel as nib
 import numpy as np
 import pytest
+from png_pixels import read_png
 
 from SegmentationLogic.catalogue import load_catalogue
-from pngs import read_png
-from SegmentationLogic.preview import LEGEND_WIDTH, NOTE_BANNER_RGB, _name_color, class_colors, render_preview
+from SegmentationLogic.outputs.preview import LEGEND_WIDTH, NOTE_BANNER_RGB, _name_color, class_colors, render_preview
 
 SIZE = (640, 420)
 NOTE = "TEST MODEL - not the real TotalSegmentator weights"
@@ -71,9 +69,9 @@ def test_note_banner_is_visible(rendered, seg, tmp_path):
 
 def test_older_vtk_path(seg, tmp_path, monkeypatch):
     """Without vtkSurfaceNets3D (VTK < 9.3, older Slicer) flying edges draw the same classes."""
-    import SegmentationLogic.preview as preview
+    import vtk
 
-    monkeypatch.setattr(preview, "_FORCE_FLYING_EDGES", True)
+    monkeypatch.delattr(vtk, "vtkSurfaceNets3D")
     classes = load_catalogue().task("total").classes
     pixels = read_png(render_preview(seg, classes, tmp_path / "fe.png", size=SIZE))
     views = pixels[60:-60, int(LEGEND_WIDTH * SIZE[0]):]
@@ -92,12 +90,9 @@ def test_palette_is_deterministic_and_uses_terminology(monkeypatch):
     assert len(set(a.values())) == 3
     for rgb in a.values():  # never the banner red
         assert not np.allclose(rgb, NOTE_BANNER_RGB, atol=0.15)
-    fake = types.ModuleType("SegmentationLogic.terminology")
-    fake.recommended_color = lambda name: (216, 101, 79) if name == "liver" else None
-    monkeypatch.setitem(sys.modules, "SegmentationLogic.terminology", fake)
-    import SegmentationLogic
+    from SegmentationLogic import terminology
 
-    monkeypatch.setattr(SegmentationLogic, "terminology", fake, raising=False)
+    monkeypatch.setattr(terminology, "recommended_color", lambda name: (216, 101, 79) if name == "liver" else None)
     b = class_colors(["liver", "spleen"])
     assert b["liver"] == pytest.approx((216 / 255, 101 / 255, 79 / 255))
     assert b["spleen"] == pytest.approx(_name_color("spleen"))  # no recommended colour: name-derived

@@ -81,16 +81,17 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
     assert "[4/4] series" in proc.stdout and "[predict" in proc.stdout  # progress lines on stdout
     assert sorted(p.name for p in out.iterdir()) == ["ct.seg.nrrd", "series.seg.nrrd", "summary.csv"]
 
-    from SegmentationLogic import slicer_import as si
+    from SegmentationLogic.mrml import scene as mrml_scene
+    from SegmentationLogic.mrml import segmentation_import as si
     from SegmentationLogic import terminology as T
     from SegmentationLogic.catalogue import load_catalogue
 
     import vtk
 
     total = load_catalogue().task("total").classes
-    scene = si.new_scene()
+    scene = mrml_scene.new_scene()
     for case, source in (("ct", cases / "ct.nii.gz"), ("series", cases / "series")):
-        node = si.load_segmentation(scene, out / f"{case}.seg.nrrd")
+        node = mrml_scene.load_segmentation(scene, out / f"{case}.seg.nrrd")
         seg = node.GetSegmentation()
         # the known test models on a CT: soft tissue is "liver", bone "portal vein" / "inferior vena cava"
         assert seg.GetNumberOfSegments() == int(rows[case]["segments"]) > 0
@@ -104,7 +105,7 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
             assert s.GetTag(batch.NOTE_TAG, note) and "TEST MODEL" in str(note)  # the .seg.nrrd says so
         assert b"TEST MODEL" in (out / f"{case}.seg.nrrd").read_bytes()[:20000]  # in its plain-text header
         # the result lies on the input image: every labelled voxel maps into the volume
-        volume = si.load_volume(scene, source)
+        volume = mrml_scene.load_volume(scene, source)
         image = seg.GetNthSegment(0).GetRepresentation(si.BINARY)
 
         to_ras = vtk.vtkMatrix4x4()
@@ -117,4 +118,4 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
             ras = to_ras.MultiplyPoint((*corner, 1.0))
             ijk = from_ras.MultiplyPoint(ras)
             assert all(-0.5 <= ijk[a] <= dims[a] - 0.5 for a in range(3)), (case, ijk)
-    si.release_scene(scene)
+    mrml_scene.release_scene(scene)

@@ -17,7 +17,7 @@ Cases (kept cheap: every option is exercised once, on the lightest model it work
 - remove_small_blobs on the 3 mm model;
 - task body, one file per class (the body model's cleanup, per-class files and the
   derived body/skin masks);
-- DICOM input (total --fast on the DICOM series), once image_io is installed;
+- DICOM input (total --fast on the DICOM series);
 - vertebrae_pp_refined (the vertebral-body model's relabelling and 3 mm growth at model
   resolution, then the vertebrae_body model's mask at input resolution);
 - pleural_pericard_effusion (lung crop, nnU-Net's own resampling, and the ensemble of
@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 
 from reference import OfficialBatch
-from SegmentationLogic.outputs import TEST_MODEL_DESCRIPTION, read_label_table
+from SegmentationLogic.outputs.labelmap import read_label_table
+from SegmentationLogic.outputs.writer import TEST_MODEL_DESCRIPTION
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
@@ -59,14 +60,6 @@ OFFICIAL_SECONDS = {"vertebrae_pp_refined": 20, "pleural_pericard_effusion": 20,
 OFFICIAL_RUNNERS = 2
 
 
-def _image_io_available():
-    try:
-        from SegmentationLogic import image_io  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _selected_cases(session):
     """Cases of the parity tests pytest will run (so `-k` runs only what it needs)."""
     this = sys.modules[__name__]
@@ -75,8 +68,6 @@ def _selected_cases(session):
         callspec = getattr(item, "callspec", None)
         if getattr(item, "module", None) is this and callspec and callspec.params.get("name") in CASES:
             names.append(callspec.params["name"])
-    if not _image_io_available() and "dicom_fast" in names:
-        names.remove("dicom_fast")
     return [n for n in CASES if n in names]
 
 
@@ -141,8 +132,6 @@ def _assert_identical_folders(ours, theirs):
 @pytest.mark.parametrize("name", list(CASES))
 def test_identical_to_official(name, official, engine, parity_dir, example, request):
     input_name, options = CASES[name]
-    if input_name == DICOM and not _image_io_available():
-        pytest.skip("DICOM input needs SegmentationLogic.image_io (the inputs helper's module), not merged yet")
     ours_path = _output(parity_dir / "engine", name)
     result = engine.segment(example(input_name), ours_path, **options)
     theirs_path = _official_output(official, parity_dir, name)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from SegmentationLogic.catalogue import load_catalogue
-from SegmentationLogic.postprocessing import grow_labels, refine_vertebrae, vertebrae_pp
+from SegmentationLogic.pipeline.postprocessing import grow_labels, refine_vertebrae, vertebrae_pp
 
 OFFICIAL = r"""
 import json, sys, traceback

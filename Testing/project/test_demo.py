@@ -59,8 +59,8 @@ def test_demo_end_to_end_with_test_model(test_weights, example, tmp_path):
     assert values.max() <= 117 and len(values) - 1 == summary["classes_found"]
     assert summary["statistics"] and json.loads(Path(summary["statistics"]).read_text())
 
-    from pngs import read_png
-    from SegmentationLogic.preview import NOTE_BANNER_RGB
+    from png_pixels import read_png
+    from SegmentationLogic.outputs.preview import NOTE_BANNER_RGB
 
     pixels = read_png(summary["preview"])
     banner = np.round(np.array(NOTE_BANNER_RGB) * 255).astype(int)

@@ -40,12 +40,12 @@ def _imports_slicer(path):
 
 
 # Engine files that call Slicer objects handed to them without importing slicer.
-CALLS_SLICER = ("SegmentationLogic/terminology.py",)  # register_with_slicer(terminologies_logic)
+CALLS_SLICER = ()
 
 
 def scanned_files(repo=REPO):
     """The Slicer-facing Python code: the module, and every engine file that imports slicer (the MRML
-    package; slicer_import.py and vessels/review.py until they move there) or calls Slicer objects."""
+    package) or calls Slicer objects."""
     engine = [p for p in sorted((repo / "SegmentationLogic").rglob("*.py"))
               if _imports_slicer(p) or str(p.relative_to(repo)) in CALLS_SLICER]
     return sorted((repo / "TotalSegmentatorModule").rglob("*.py")) + engine

@@ -66,10 +66,9 @@ def _in_site_packages(folder):
 
 # -- which tests touch MRML ------------------------------------------------------------
 # A test uses real MRML when it lives in Testing/mrml, or imports `slicer` or this project's
-# MRML code (the engine's mrml package; slicer_import and vessels.review until they move
-# there), in the test file itself or through the shared fixtures in Testing/support.
-MRML_MODULES = ("slicer", "SegmentationLogic.mrml", "SegmentationLogic.slicer_import",
-                "SegmentationLogic.vessels.review")
+# MRML code (the engine's mrml package), in the test file itself or through the shared
+# fixtures in Testing/support.
+MRML_MODULES = ("slicer", "SegmentationLogic.mrml")
 SUPPORT = REPO / "Testing" / "support"
 
 

@@ -55,7 +55,7 @@ for _path in (REPO, Path(__file__).resolve().parent):
 
 import known_models  # noqa: E402
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
-from SegmentationLogic.sample_data import example_path  # noqa: E402
+from sample_data import example_path  # noqa: E402
 
 TEST_MODEL_MARKER = "TEST MODEL built by Testing/testmodels.py - not the real TotalSegmentator weights"
 FINGERPRINTS = Path(__file__).with_name("testmodels_fingerprints.json")

@@ -20,8 +20,8 @@ TotalSegmentator extension bring nnunetv2 too). So:
    cannot downgrade it as a dependency either (it fails, and `diagnose_pip` says which).
    `allow_downgrades=True` (after the user agreed) lifts both.
 4. `install()` runs pip in the background (one resolver pass) and returns a Run to poll.
-   torch comes from the PyTorch extension (PyTorchUtils), which picks the build that
-   matches the GPU driver; `install_torch()` delegates to it.
+   torch is installed before it by `installation.py`, as the PyTorch extension does it
+   (light-the-torch picks the build that matches the GPU driver).
 5. `InstallPlan.restart_required`: a package this Slicer session already imported will
    change, so Slicer must restart before it is used.
 """
@@ -43,6 +43,8 @@ except ImportError:  # a Slicer without `packaging`: pip always carries a copy
     from pip._vendor.packaging.specifiers import SpecifierSet
     from pip._vendor.packaging.utils import canonicalize_name
     from pip._vendor.packaging.version import InvalidVersion, Version
+
+from SegmentationLogic.errors import error_event
 
 
 @dataclass(frozen=True)
@@ -452,38 +454,24 @@ def diagnose_pip(returncode, lines):
             conflict_lines = [line.strip() for line in lines if " depends on " in line or "requested " in line]
             if kind == "conflict" and conflict_lines:
                 detail = ": " + "; ".join(conflict_lines[:4])
-            return {"event": "error", "kind": kind, "type": "InstallError", "cause": cause.format(detail=detail),
-                    "fix": fix, "returncode": returncode, "details": lines[-20:]}
+            return error_event(kind=kind, type="InstallError", cause=cause.format(detail=detail), fix=fix,
+                               returncode=returncode, details=lines[-20:])
     last = next((line for line in reversed(lines) if line.strip()), "")
-    return {"event": "error", "kind": "install", "type": "InstallError",
-            "cause": f"Installing Python packages failed (pip exit code {returncode}): {last}",
-            "fix": "See the log; then use Advanced > Reinstall dependencies, or report the log.",
-            "returncode": returncode, "details": lines[-20:]}
-
-
-def install_torch(requirement=TORCH_REQUIREMENT):
-    """Install torch through the PyTorch extension (Slicer only); returns the installed version."""
-    try:
-        import PyTorchUtils
-    except ImportError:
-        raise RuntimeError("PyTorch is not installed and the PyTorch extension is missing. Install the 'PyTorch' "
-                           "extension from the Extensions Manager, restart Slicer, and click Apply again.") from None
-    spec = str(Requirement(requirement).specifier)
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=spec)
-    if torch is None:
-        raise RuntimeError("PyTorch was not installed. Install it in the PyTorch Utils module, then click Apply again.")
-    return torch.__version__
+    return error_event(kind="install", type="InstallError",
+                       cause=f"Installing Python packages failed (pip exit code {returncode}): {last}",
+                       fix="See the log; then use Advanced > Reinstall dependencies, or report the log.",
+                       returncode=returncode, details=lines[-20:])
 
 
 def install(plan, workdir, python=None, pip_args=(), env=None):
     """Carry out the pip part of `plan` in the background; returns a Run (poll or wait on it).
 
     The constraints file is written to `workdir` (the caller removes it). torch is not
-    installed here: see `install_torch()`.
+    installed here: `installation.InstallOperation` installs it first.
     """
     from .runner import SequenceRun, python_executable
 
-    # torch may have changed since the plan was made (install_torch() runs first): pin what is there now.
+    # torch may have changed since the plan was made (it is installed first): pin what is there now.
     now = installed_distributions()
     for name in map(canonicalize_name, PYTORCH_OWNED):
         if name in now and name in plan.constraints:

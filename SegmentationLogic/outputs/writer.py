@@ -1,0 +1,140 @@
+"""Writing a run's result files, all or nothing.
+
+- Multilabel (`ml`): the labelmap (labelmap.py) as one NIfTI file.
+- Per class: `<output dir>/<class>.nii.gz` (uint8 0/1, input header, no extension) for
+  every selected class, empty ones too, as the official tool; task 'body' adds its
+  derived body and skin masks.
+- The label sidecar, statistics.json and the preview PNG beside them.
+- Made with test models (not the real weights), every file says so: the NIfTI description
+  field reads TEST_MODEL_DESCRIPTION, statistics.json and the sidecar carry a "note".
+
+Files are written under temporary names and renamed when all are complete
+(`AtomicWriter`), so a failure or cancel never leaves half a result behind.
+"""
+import logging
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..system.files import dump_json, refuse_overwriting, reserve_temp
+from .labelmap import output_header, sidecar, sidecar_path
+from .preview import render_preview
+
+log = logging.getLogger(__name__)
+
+TEST_MODEL_DESCRIPTION = "TEST MODEL - not the real TotalSegmentator weights"  # NIfTI descrip: 80 bytes
+
+
+def statistics_document(stats, note=None):
+    """statistics.json: the official {class: {volume, intensity}}, after a "note" when test models ran."""
+    return {"note": note, **stats} if note else stats
+
+
+class AtomicWriter:
+    """Collects files under temporary names; `commit()` renames them all, `abort()` removes them.
+
+    `protect`: files that must never be replaced (the input image). `note`: set when test
+    models made the result; every NIfTI written then says so in its description field."""
+
+    def __init__(self, protect=(), note=None):
+        self._pending = []  # (tmp, final)
+        self.files = []
+        self.protect = tuple(protect)
+        self.note = note
+
+    def path(self, final, suffix=""):
+        """A temporary path to write `final` to; it is renamed to `final` by `commit()`."""
+        refuse_overwriting(final, self.protect)
+        tmp = reserve_temp(final, suffix)
+        self._pending.append((tmp, Path(final)))
+        return tmp
+
+    def nifti(self, img, final):
+        if self.note:
+            img.header["descrip"] = TEST_MODEL_DESCRIPTION.encode()
+        # nibabel picks compression from the name: keep the NIfTI suffix at the end of the temp name
+        nib.save(img, self.path(final, ".nii.gz" if str(final).endswith(".nii.gz") else ".nii"))
+
+    def json(self, data, final):
+        dump_json(data, self.path(final, ".json"))
+
+    def adopt(self, tmp, final):
+        """Take over a file someone else wrote to `tmp`."""
+        refuse_overwriting(final, self.protect)
+        self._pending.append((Path(tmp), Path(final)))
+
+    def commit(self):
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+            self.files.append(final)
+        self._pending = []
+        return self.files
+
+    def abort(self):
+        for tmp, _ in self._pending:
+            try:
+                Path(tmp).unlink()
+            except OSError:
+                pass
+        self._pending = []
+
+
+def write_multilabel(writer, img, output):
+    writer.nifti(img, output)
+
+
+def write_per_class(writer, labels, reference, class_map, output_dir):
+    """One uint8 mask per class (all selected classes, empty ones too)."""
+    header = output_header(reference)
+    for value, name in class_map.items():
+        mask = (labels == value).astype(np.uint8)
+        writer.nifti(nib.Nifti1Image(mask, reference.affine, header), Path(output_dir) / f"{name}.nii.gz")
+
+
+def write_masks(writer, masks, reference, output_dir):
+    """Extra masks {file stem: 0/1 array} (e.g. task 'body''s body and skin) with the input's affine."""
+    for name, mask in masks.items():
+        writer.nifti(nib.Nifti1Image(mask.astype(np.uint8), reference.affine), Path(output_dir) / f"{name}.nii.gz")
+
+
+def write_result(request, result, reference, progress, extra_masks=None):
+    """Every file a run's `request` asks for, from its `result`; all written or none. Returns the paths.
+
+    `reference`: the input image (header and affine of per-class files); `extra_masks`:
+    {file stem: mask} written beside per-class files (task 'body''s body and skin)."""
+    output = Path(request.output)
+    out_dir = output.parent if request.ml else output
+    writer = AtomicWriter(protect=[request.input], note=result.model_note)
+    progress("save", 0.0, f"writing {output}")
+    try:
+        if request.ml:
+            write_multilabel(writer, result.labelmap, output)
+        else:
+            write_per_class(writer, np.asanyarray(result.labelmap.dataobj), reference, result.class_map, output)
+            write_masks(writer, extra_masks or {}, reference, output)
+        writer.json(sidecar(request.task, result.class_map, result.model_note), sidecar_path(output, request.ml))
+        if result.statistics is not None:
+            writer.json(statistics_document(result.statistics, result.model_note), out_dir / "statistics.json")
+        if request.preview:
+            title = f"TotalSegmentator {request.task}" + (f" --{request.quality}" if request.quality != "normal"
+                                                          else "")
+            _preview(writer, result, out_dir / f"preview_{request.task}.png", title, progress)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _preview(writer, result, png, title, progress):
+    tmp = reserve_temp(png, ".png")
+    try:
+        render_preview(result.labelmap, result.class_map, tmp, note=result.model_note, title=title)
+    except Exception as e:  # noqa: BLE001 - a picture must not cost the user the segmentation
+        tmp.unlink(missing_ok=True)
+        log.warning("preview failed", exc_info=True)
+        progress.log(f"Preview not written ({type(e).__name__}: {e}); the segmentation itself is complete.",
+                     "warning")
+        return
+    writer.adopt(tmp, png)

@@ -1,0 +1,155 @@
+"""The engine's entry point: `Segmenter.run(SegmentRequest) -> SegmentResult`.
+
+One run:  request -> RunPlan (plan.py: tasks, models, crops; refused here if it cannot
+run) -> weights there (downloaded if allowed) -> device -> input read and checked
+(imaging/) -> stages (stages.py: crop, predict, postprocess, back to the input
+geometry) -> labelmap, class map, statistics -> files written all or nothing
+(outputs/writer.py) -> SegmentResult.
+
+Every front door (CLI, worker, Slicer job, batch, server, cohort) builds a
+SegmentRequest and calls `run`; `Segmenter.segment(input, output, **options)` and the
+module-level `segment(...)` are the Python API's keyword form of the same call. A
+Segmenter keeps the loaded models between runs.
+"""
+import time
+from pathlib import Path
+
+import nibabel as nib
+
+from ..errors import InputImageError, OutOfMemoryError, SegmentationError
+from ..imaging.modality import check_modality
+from ..imaging.read import open_input
+from ..outputs.labelmap import multilabel_image
+from ..outputs.statistics import basic_statistics
+from ..outputs.writer import write_result
+from ..progress import as_progress
+from ..request import SegmentRequest, SegmentResult
+from ..system.devices import parse_device, resolve_device, thread_settings
+from ..system.files import refuse_overwriting
+from ..weights import ensure_models
+from . import geometry
+from .inference import ModelCache
+from .plan import plan_run
+from .postprocessing import body_derived_masks
+from .stages import OOM_FIX, InputImage, RunContext, is_out_of_memory, run_task
+
+
+class Segmenter:
+    """Runs segmentations and keeps the loaded models between runs.
+
+    `device`, `weights_dir` and `download` are this Segmenter's defaults: a request's
+    device "auto" and weights_dir None defer to them, and a Segmenter made with
+    download=False never downloads.
+    """
+
+    def __init__(self, device="auto", weights_dir=None, download=True):
+        self.device = device
+        self.weights_dir = weights_dir
+        self.download = download
+        self.models = ModelCache()
+
+    def run(self, request, progress=None, cancel=None):
+        """Run one `SegmentRequest`; returns its `SegmentResult`.
+
+        Writes nothing when `request.output` is None; otherwise a multilabel NIfTI (`ml`)
+        or a folder with one mask per class, the label names, statistics.json and a
+        preview when asked. `progress`: a Progress or a callable receiving event dicts;
+        `cancel`: a CancelToken."""
+        t_start = time.time()
+        progress = as_progress(progress, cancel)
+        plan = plan_run(request.task, request.quality, request.roi_subset, body_seg=request.body_seg,
+                        robust_crop=request.robust_crop, force_split=request.force_split,
+                        remove_small_blobs=request.remove_small_blobs, statistics=request.statistics)
+        if request.output is None and not request.ml:
+            raise SegmentationError("One file per class needs an output folder.", "Give an output folder, or use --ml.")
+        device = self.device if request.device in (None, "auto") else request.device
+        weights_dir = request.weights_dir if request.weights_dir is not None else self.weights_dir
+        parse_device(device)
+        if not isinstance(request.input, nib.spatialimages.SpatialImage):
+            if not Path(request.input).exists():
+                raise InputImageError(f"Input not found: {request.input}", "Check the path.")
+            if request.output is not None and request.ml:  # before any work (the writer checks every file)
+                refuse_overwriting(request.output, [request.input])
+        # before torch starts: a missing model is a quick, clear error
+        ensure_models(plan.all_models(), weights_dir, download=request.download and self.download, progress=progress)
+        ctx = RunContext(self.models, resolve_device(device), weights_dir, progress)
+        with thread_settings(ctx.device):
+            img, image = self._read(request, plan, ctx)
+            try:
+                labels, fast_stats = run_task(ctx, plan, image)
+            except SegmentationError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                if is_out_of_memory(e):
+                    raise OutOfMemoryError(f"Ran out of memory during the segmentation ({e}).", OOM_FIX) from e
+                raise
+            result = self._result(plan, ctx, img, image, labels, fast_stats, request.statistics)
+            if request.output is not None:
+                t = time.time()
+                extra = body_derived_masks(labels, image.values, plan.spec.classes) \
+                    if not request.ml and plan.spec.postprocessing == "body" else None
+                result.files = write_result(request, result, img, progress, extra)
+                ctx.timed("save", time.time() - t)
+            progress("save", 1.0, "done")
+        ctx.timings["total"] = round(time.time() - t_start, 3)
+        return result
+
+    def segment(self, input, output=None, progress=None, cancel=None, **options):
+        """Segment `input` (path or nibabel image); `options` are SegmentRequest's fields
+        (task, quality, roi_subset, device, ml, statistics, preview, ...). Returns a SegmentResult."""
+        return self.run(SegmentRequest(input=input, output=output, **options), progress, cancel)
+
+    @staticmethod
+    def _read(request, plan, ctx):
+        """The input as the official tool sees it (a Nifti1Image) and as the stages use it, checked."""
+        t = time.time()
+        ctx.progress("load", 0.0, "reading the image")
+        img, warnings = open_input(request.input, progress=ctx.progress, target_spacing=plan.mode.resample,
+                                   n_classes=plan.n_classes)
+        for w in warnings:
+            ctx.progress.log(w, "warning")
+        values = geometry.exact_values(img)
+        if request.check_modality:  # on the voxels already read, not a second read of the file
+            warning = check_modality(values, plan.spec.name, plan.spec.modality)  # raises: CT task, MR volume
+            if warning:
+                ctx.progress.log(warning, "warning")
+        ctx.timed("read", time.time() - t)
+        return img, InputImage(values, img.affine, img.header.get_zooms())
+
+    @staticmethod
+    def _result(plan, ctx, img, image, labels, fast_stats, statistics):
+        spec, roi_subset = plan.spec, plan.roi_subset
+        t = time.time()
+        ctx.progress("postprocess", 0.9, "building the labelmap")
+        class_map = {k: v for k, v in spec.classes.items() if roi_subset is None or v in roi_subset}
+        labelmap = multilabel_image(labels, img, class_map)
+        stats = None
+        if statistics:  # the official --fast statistics are taken at model resolution
+            stats = fast_stats if plan.fast_statistics else basic_statistics(labels, image.values, image.zooms,
+                                                                             spec.classes, roi_subset)
+        ctx.timed("postprocess", time.time() - t)
+        return SegmentResult(labelmap=labelmap, class_map=class_map, statistics=stats,
+                             model_note="; ".join(sorted(ctx.notes)) or None, timings=ctx.timings)
+
+
+_DEFAULT = None
+
+
+def default_segmenter():
+    """The process's shared Segmenter (models stay loaded between `segment` calls)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Segmenter()
+    return _DEFAULT
+
+
+def segment(input, output=None, progress=None, cancel=None, **options):
+    """Segment an image; the models stay loaded for the next call in this process.
+
+    input: a path (NIfTI, NRRD, MetaImage, DICOM folder or zip) or a nibabel image.
+    output: None (nothing written), a .nii.gz path (ml=True) or a folder (ml=False).
+    options: SegmentRequest's fields, e.g. task="total", quality="fast" (3 mm) or
+    "fastest" (6 mm), roi_subset=[...], device="cuda", statistics=True, check_modality=False.
+    progress: a Progress, or a callable receiving event dicts. cancel: a CancelToken.
+    """
+    return default_segmenter().segment(input, output, progress, cancel, **options)

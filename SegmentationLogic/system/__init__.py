@@ -1,0 +1,1 @@
+"""What the engine needs from the machine: compute devices, memory, files written atomically."""
