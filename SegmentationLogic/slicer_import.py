@@ -28,13 +28,13 @@ How `import_labelmap` works, and why:
 """
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import terminology
 from .errors import SceneImportError
+from .system.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -146,25 +146,30 @@ def load_volume(scene, path, name=None):
 
 
 def save_segmentation(node, path):
-    """Write a segmentation node to `.seg.nrrd` (written to a temporary name, then renamed)."""
+    """Write a segmentation node to `.seg.nrrd` (written to a hidden temporary name, then
+    renamed; the user's umask sets its permissions, as for any file they write)."""
     slicer = _slicer()
     path = Path(path)
     if not str(path).endswith(".seg.nrrd"):
         raise SceneImportError(f"{path.name}: a segmentation is saved as .seg.nrrd.", "Use a file name ending in .seg.nrrd.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-9]}.", suffix=".seg.nrrd", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".seg.nrrd") as tmp:
         storage = slicer.vtkMRMLSegmentationStorageNode()
-        storage.SetFileName(tmp)
+        storage.SetFileName(str(tmp))
         storage.SetUseCompression(1)
         if not storage.WriteData(node):
             raise SceneImportError(f"Could not write {path}.", "Check free disk space and write permission.")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
+
+
+def is_our_segmentation(path):
+    """Whether the .seg.nrrd at `path` was written by this extension (its segments carry our
+    class tag): a batch run may replace it without --overwrite."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(1 << 20).split(b"\n\n", 1)[0]
+    except OSError:
+        return False
+    return header.startswith(b"NRRD") and TAG_CLASS.encode() in header
 
 
 def load_segmentation(scene, path, name=None):

@@ -18,6 +18,11 @@ Protocol: one JSON message per stdin line, answered with the progress protocol's
 On start it sends {"event": "ready", "pid": ...}. Messages run one at a time, in order;
 "tmpdir" (any command) is where that command's temporary files go.
 
+SIGTERM, SIGHUP and SIGINT stop the worker like a cancel (system/signals.py): the
+running message gets an error event (kind "cancelled"), its partial outputs and the
+files it created in its "tmpdir" are removed, and the worker exits with 128 + the
+signal number (143 for SIGTERM).
+
 More commands: `register_command(name, handler)` from any module; the worker imports the
 modules named with `worker --plugin MODULE` before it serves. A handler is called as
 `handler(message, context)` and returns the result payload (a dict); it reports progress
@@ -28,18 +33,21 @@ import importlib
 import json
 import os
 import queue
+import shutil
 import sys
 import tempfile
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import Cancelled, SegmentationError, error_event
 from .pipeline import Segmenter, inference
 from .progress import CancelToken, Progress
 from .request import BadRequestError, SegmentRequest
 from .system.devices import available_devices
+from .system.signals import exit_code, stop_on_signals
 
 CORE_COMMANDS = ("cancel", "shutdown")  # handled by the worker itself, never by a handler
 _COMMANDS = {}
@@ -143,11 +151,20 @@ class Worker:
                 self.send({"event": "result", **payload}, request_id)
             except SegmentationError as e:
                 self.send(error_event(e), request_id)
+            except KeyboardInterrupt as e:  # SIGTERM/SIGHUP/SIGINT: this message ends, then the worker
+                self._send_quietly(error_event(e), request_id)
+                raise
             except Exception as e:  # keep serving: one bad request must not cost the loaded models
                 traceback.print_exc(file=sys.stderr)
                 self.send(error_event(e), request_id)
             finally:
                 self._current = None
+
+    def _send_quietly(self, event, request_id):
+        try:
+            self.send(event, request_id)
+        except (OSError, ValueError):  # the client is gone (closed pipe)
+            pass
 
     def _warm_up(self):
         """Import torch and nnU-Net now, while the user is still choosing options."""
@@ -198,7 +215,10 @@ register_command("segment", _segment)
 
 
 class _temporary_dir:
-    """Point tempfile (and child processes) at the message's temp folder, which the caller removes."""
+    """Point tempfile (and child processes) at the message's temp folder, which the caller removes.
+
+    When a signal stops the message, what it created in that folder is removed here (the
+    caller may be gone too); what was there before is left alone."""
 
     def __init__(self, path):
         self.path = path
@@ -206,16 +226,24 @@ class _temporary_dir:
     def __enter__(self):
         if self.path:
             self._saved = (tempfile.tempdir, os.environ.get("TMPDIR"))
+            self._before = set(os.listdir(self.path)) if os.path.isdir(self.path) else set()
             tempfile.tempdir = str(self.path)
             os.environ["TMPDIR"] = str(self.path)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         if self.path:
             tempfile.tempdir = self._saved[0]
             if self._saved[1] is None:
                 os.environ.pop("TMPDIR", None)
             else:
                 os.environ["TMPDIR"] = self._saved[1]
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and os.path.isdir(self.path):
+                for name in set(os.listdir(self.path)) - self._before:
+                    entry = Path(self.path) / name
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
 
 
 def serve(plugins=()):
@@ -232,6 +260,13 @@ def serve(plugins=()):
     sys.stdout = sys.stderr
     stdin = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
     try:
-        return Worker(out).serve(stdin)
+        with stop_on_signals():
+            return Worker(out).serve(stdin)
+    except KeyboardInterrupt as e:  # SIGTERM, SIGHUP or SIGINT
+        print(error_event(e)["cause"].replace("Stopped", "Worker stopped", 1), file=sys.stderr)
+        return exit_code(e)
     finally:
-        out.flush()
+        try:
+            out.flush()
+        except (OSError, ValueError):
+            pass

@@ -13,7 +13,7 @@ def request_from_args(args):
         roi_subset=args.roi_subset, device=args.device, ml=args.ml, statistics=args.statistics, preview=args.preview,
         body_seg=args.body_seg, force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
         robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download,
-        check_modality=not args.ignore_modality)
+        check_modality=not args.ignore_modality, overwrite=args.overwrite)
 
 
 def cmd_segment(args):
@@ -45,5 +45,8 @@ def add_parser(sub):
     p.add_argument("--no_download", action="store_true", help="fail instead of downloading missing weights")
     p.add_argument("--ignore_modality", action="store_true",
                    help="run a CT task even when the volume does not look like CT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files that are not results of this tool (results of earlier runs "
+                        "are replaced anyway); the input is never replaced")
     add_common(p)
     p.set_defaults(func=cmd_segment)

@@ -4,15 +4,18 @@ import sys
 
 from ..pipeline.plan import required_models
 from ..request import quality_from_flags
-from ..weights import ensure_models, import_weights, mask_license, set_license, validate_license
+from ..weights import DownloadLimits, ensure_models, import_weights, mask_license, set_license, validate_license
 from .common import add_common, add_quality_flags, emit_result, print_paths, progress_from_args
 
 
 def cmd_download_weights(args):
     models = required_models(args.task, quality_from_flags(args.fast, args.fastest), roi_subset=args.roi_subset,
                              body_seg=args.body_seg)
+    limits = DownloadLimits.from_env(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
+                                     min_speed_kbps=args.min_speed, speed_window=args.speed_window,
+                                     deadline=args.download_deadline)
     paths = ensure_models(models, weights_dir=args.weights_dir, download=True, progress=progress_from_args(args),
-                          mirror=args.mirror)
+                          mirror=args.mirror, limits=limits)
     emit_result(args, {"installed": [str(p) for p in paths]})
     print_paths(args, paths)
     return 0
@@ -43,6 +46,19 @@ def add_parsers(sub):
     p.add_argument("--mirror", default=None,
                    help="download from this URL (serving <Dataset>.zip files) or folder of zips instead of the "
                         "official source (default: $TOTALSEG_WEIGHTS_MIRROR)")
+    env = DownloadLimits.ENV
+    p.add_argument("--connect_timeout", type=float, default=None, metavar="S",
+                   help=f"seconds to open a connection (default 10, ${env['connect_timeout']})")
+    p.add_argument("--read_timeout", type=float, default=None, metavar="S",
+                   help=f"seconds without a byte before the server counts as stalled (default 30, "
+                        f"${env['read_timeout']})")
+    p.add_argument("--min_speed", type=float, default=None, metavar="KBPS",
+                   help=f"fail when fewer KB/s arrive over the speed window (default 10, 0 = off, "
+                        f"${env['min_speed_kbps']})")
+    p.add_argument("--speed_window", type=float, default=None, metavar="S",
+                   help=f"seconds the minimum speed is averaged over (default 60, ${env['speed_window']})")
+    p.add_argument("--download_deadline", type=float, default=None, metavar="S",
+                   help=f"seconds the whole download may take (default 10800, 0 = none, ${env['deadline']})")
     add_common(p)
     p.set_defaults(func=cmd_download_weights)
 

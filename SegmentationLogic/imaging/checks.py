@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import InputImageError, OutOfMemoryError
 from ..system.memory import available_memory, format_bytes, limit_note
+from .nifti import read_voxels
 
 # Orthonormality tolerance on the unit direction vectors: float32-rounded NIfTI headers
 # are ~1e-7 off; a 0.1 degree gantry tilt is ~2e-3.
@@ -139,7 +140,7 @@ def check_image(img, target_spacing=None, n_classes=None, available_bytes=None):
             "Slicer: Crop Volume), close other programs, or use a machine with more memory.")
     if avail is not None and need > 0.7 * avail:
         warnings.append(f"The run may need about {format_bytes(need)} of the {format_bytes(avail)} memory available.")
-    _check_values(np.asanyarray(img.dataobj).reshape(shape[:3]))
+    _check_values(read_voxels(img).reshape(shape[:3]))
     return warnings
 
 

@@ -13,7 +13,16 @@ A failing case is reported and the others still run. O/summary.csv gets one row 
 case as it finishes (case, status, seconds, segments, error, output, note: e.g. that a
 test model ran instead of the real weights). Progress lines
 go to stdout. Exit code: 0 when every case succeeded, 1 when any failed, 2 for a usage
-error (missing folder, no cases), 130 when interrupted.
+error (missing folder, no cases, an output that cannot or must not be written), and
+128 + the signal number when stopped: 130 Ctrl+C (SIGINT), 143 SIGTERM (what `timeout`,
+`kill` and cluster schedulers send), 129 SIGHUP; the case that was running is recorded
+as "cancelled", its partial file and temporary files are removed.
+
+Before the first case: the output folder must be writable, and an existing
+`<case>.seg.nrrd` or summary CSV that this script did not write (ours: the segments carry
+the TotalSegmentator class tag; the CSV starts with our header) is only replaced with
+--overwrite (--skip-existing keeps finished cases instead). `.seg.nrrd` files in the
+input folder are results, not images, and are skipped.
 """
 import argparse
 import csv
@@ -23,6 +32,7 @@ import traceback
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
+RESULT_SUFFIX = ".seg.nrrd"
 SUMMARY_FIELDS = ("case", "status", "seconds", "segments", "error", "output", "note")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -56,7 +66,7 @@ def find_cases(input_dir):
             case = name
         else:
             suffix = next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
-            if suffix is None:
+            if suffix is None or name.lower().endswith(RESULT_SUFFIX):
                 skipped.append(path)
                 continue
             case = name[: -len(suffix)]
@@ -82,12 +92,38 @@ def build_parser():
                    help="segment cases that do not look like the task's modality (CT task on MR) anyway")
     p.add_argument("--class-names", action="store_true", help="name segments by class name, not standard name")
     p.add_argument("--skip-existing", action="store_true", help="keep cases whose .seg.nrrd already exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing .seg.nrrd / summary files that this script did not write")
     p.add_argument("--summary", type=Path, help="summary CSV (default OUTPUT_DIR/summary.csv)")
     return p
 
 
 def _say(message):
     print(message, flush=True)
+
+
+def _is_our_summary(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip() == ",".join(SUMMARY_FIELDS)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def check_outputs(cases, args, summary_path):
+    """Before the first case (SegmentationLogic's output checks): raises OutputPathError."""
+    from SegmentationLogic.slicer_import import is_our_segmentation
+    from SegmentationLogic.system.output_checks import check_outputs as check
+
+    outputs = [args.output_dir / f"{case}{RESULT_SUFFIX}" for case, _ in cases]
+    if args.skip_existing:
+        outputs = [o for o in outputs if not o.is_file()]
+
+    def ours(path):
+        return _is_our_summary(path) if path == summary_path else is_our_segmentation(path)
+
+    check(outputs + [summary_path], [path for _, path in cases], overwrite=args.overwrite, is_ours=ours,
+          folder=args.output_dir)
 
 
 def run_case(scene, path, output, args, progress):
@@ -126,17 +162,45 @@ def main(argv=None):
 
     _add_package_path()
     from SegmentationLogic import slicer_import
-    from SegmentationLogic.errors import Cancelled, SegmentationError
-    from SegmentationLogic.progress import Progress, text_writer
+    from SegmentationLogic.errors import SegmentationError
+    from SegmentationLogic.system.signals import stop_on_signals
 
+    summary_path = args.summary or args.output_dir / "summary.csv"
+    try:
+        check_outputs(cases, args, summary_path)
+    except SegmentationError as e:
+        _say(f"ERROR: {e}")
+        return EXIT_USAGE
     if _in_slicer_app():
         import slicer
 
         scene = slicer.mrmlScene
     else:
         scene = slicer_import.new_scene()
+    try:
+        with stop_on_signals():
+            return run_cases(scene, cases, args, summary_path)
+    except KeyboardInterrupt as e:  # between two cases
+        from SegmentationLogic.errors import error_event
+        from SegmentationLogic.system.signals import exit_code
+
+        _say(f"{error_event(e)['cause']} Remaining cases not run.")
+        return exit_code(e)
+    except OSError as e:  # the summary itself cannot be written (disk full, folder removed)
+        from SegmentationLogic.system.files import file_error
+
+        _say(f"ERROR: {file_error(e, summary_path)}")
+        return EXIT_FAILED
+
+
+def run_cases(scene, cases, args, summary_path):
+    """Every case in turn, one summary row each; returns the exit code."""
+    from SegmentationLogic.errors import Cancelled, SegmentationError, error_event
+    from SegmentationLogic.progress import Progress, text_writer
+    from SegmentationLogic.system.files import file_error
+    from SegmentationLogic.system.signals import exit_code
+
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = args.summary or args.output_dir / "summary.csv"
     failed = 0
     with open(summary_path, "w", newline="", encoding="utf-8") as summary_file:
         summary = csv.DictWriter(summary_file, fieldnames=SUMMARY_FIELDS)
@@ -156,13 +220,16 @@ def main(argv=None):
                                                             Progress(text_writer(sys.stdout)))
                     row.update(status="ok", output=str(output))
                     _say(f"  done: {row['segments']} segments -> {output.name} ({time.time() - start:.1f} s)")
-                except (KeyboardInterrupt, Cancelled):
-                    row.update(status="cancelled", seconds=f"{time.time() - start:.1f}", error="interrupted")
+                except (KeyboardInterrupt, Cancelled) as e:  # Ctrl+C, SIGTERM, SIGHUP
+                    stopped = error_event(e)["cause"] if isinstance(e, KeyboardInterrupt) else "interrupted"
+                    row.update(status="cancelled", seconds=f"{time.time() - start:.1f}", error=stopped)
                     summary.writerow(row)
-                    _say("Interrupted: remaining cases not run.")
-                    return EXIT_INTERRUPTED
-                except SegmentationError as e:
+                    summary_file.flush()
+                    _say(f"{stopped} Remaining cases not run.")
+                    return exit_code(e) if isinstance(e, KeyboardInterrupt) else EXIT_INTERRUPTED
+                except (SegmentationError, OSError) as e:
                     failed += 1
+                    e = file_error(e, reading=None) if isinstance(e, OSError) else e
                     row.update(status="failed", error=f"{e.cause} Fix: {e.fix}" if e.fix else e.cause)
                     _say(f"  FAILED: {e}")
                 except Exception as e:  # one broken case must not stop the batch
