@@ -114,7 +114,7 @@ def check_outputs(files, inputs=(), overwrite=False, is_ours=None, folder=None, 
             if real == input_folder or input_folder in real.parents:
                 raise OutputPathError(
                     f"The output {f} is inside the input folder {input_folder}: results would be mixed into "
-                    "the input series.", "Write the results to another folder.")
+                    "the input series.", "Choose another output folder, outside the input folder.")
         if not (f.exists() or f.is_symlink()):
             continue
         if f.is_dir():

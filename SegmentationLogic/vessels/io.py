@@ -54,8 +54,11 @@ def load_image(path, what):
         raise VesselInputError(f"The {name} {path} is a folder, not a mask file.",
                                "Pass a NIfTI file (.nii or .nii.gz), e.g. a TotalSegmentator output.")
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        check_header(path)  # no invented spacing, not truncated, readable
-        img = load_nifti(path)
+        try:
+            check_header(path)  # no invented spacing, not truncated, readable
+            img = load_nifti(path)
+        except InputImageError as e:
+            raise VesselInputError(f"The {name} file {path} cannot be read as an image: {e.cause}", e.fix) from None
     else:
         try:
             img = nib.load(str(path))
