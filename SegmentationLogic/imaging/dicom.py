@@ -45,6 +45,10 @@ _TAGS = {
     "0028|0011": "columns", "0028|1053": "slope", "0028|1052": "intercept",
     "0028|0008": "frames", "0018|0050": "thickness", "0008|0031": "series_time", "0018|1210": "kernel",
 }
+# SOP classes of slices of a volume (CT, MR, PET, enhanced and legacy-converted): such a file that
+# cannot be read is damaged, not a report or a screen to skip (so is one whose class cannot be read)
+VOLUME_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1." + s for s in ("2", "2.1", "2.2", "4", "4.1", "4.4", "128",
+                                                              "128.1", "130")}
 MIN_STACK = 4  # slices: fewer in another geometry are scouts (dropped); a gap splits stacks this big
 GAP_STEPS = 3.0  # a gap along the normal larger than this many slice steps separates two stacks
 
@@ -56,6 +60,32 @@ def is_dicom_file(path):
             return f.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def sop_class(path):
+    """MediaStorageSOPClassUID from a DICOM file's meta header (group 0002, explicit VR little
+    endian by the standard, at the start of the file: readable even when the rest is cut off)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except OSError:
+        return None
+    pos = 132
+    while pos + 8 <= len(data):
+        group, element = int.from_bytes(data[pos:pos + 2], "little"), int.from_bytes(data[pos + 2:pos + 4], "little")
+        if group != 0x0002:
+            return None
+        vr = data[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length, start = int.from_bytes(data[pos + 8:pos + 12], "little"), pos + 12
+        else:
+            length, start = int.from_bytes(data[pos + 6:pos + 8], "little"), pos + 8
+        if element == 0x0002:
+            if start + length > len(data):
+                return None  # cut off inside the UID
+            return data[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length
+    return None
 
 
 def _readable(path):
@@ -118,13 +148,23 @@ def _scan_dicom(folder, progress=None):
             "Give yourself read permission on every file (e.g. chmod -R u+r on the folder), or copy the series "
             "to a folder of yours.")
     dicom_files = [f for f in files if is_dicom_file(f)]
+    # named as DICOM but not even its preamble and magic there: cut off in its first bytes
+    damaged = [f for f in files if f.suffix.lower() in (".dcm", ".dicom", ".ima") and f not in set(dicom_files)]
     headers = []
     for i, f in enumerate(dicom_files):
         h = _read_header(f)
         if h is not None:
             headers.append(h)
+        elif sop_class(f) in VOLUME_SOP_CLASSES | {None}:  # an image slice, or cut off in its first bytes
+            damaged.append(f)
         if i % 50 == 0:
             Reporter(progress, "load")(0.3 * i / max(len(dicom_files), 1), f"scanning DICOM files ({i}/{len(dicom_files)})")
+    if damaged:
+        shown = ", ".join(f.name for f in damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        raise InputImageError(
+            f"{len(damaged)} DICOM image file(s) in {folder} cannot be read (truncated or damaged): {shown}. "
+            "Reading the series without them would silently leave out slices.",
+            "Copy or export the series again from the PACS or scanner (check that every file arrived whole).")
     return files, headers
 
 

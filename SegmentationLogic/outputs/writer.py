@@ -142,6 +142,10 @@ def check_request_outputs(request, class_names, extra_masks=()):
     """Before any work: the files `request` will write can be written and replace nothing
     they must not (system/output_checks.py; ours: ownership.py). Returns output_files(...)."""
     output = Path(request.output)
+    if request.ml and output.is_dir():
+        raise OutputPathError(f"The output {output} is an existing folder, but --ml writes one multilabel file.",
+                              f"Give a file name, e.g. {output / 'segmentation.nii.gz'}, or drop --ml for one file "
+                              "per class in that folder.")
     if request.ml and not output.name.lower().endswith(NIFTI_SUFFIXES):
         raise OutputPathError(f"The multilabel output {output} must be a NIfTI file name (.nii.gz or .nii).",
                               "Add .nii.gz to the output name, or drop --ml for a folder with one file per class.")

@@ -229,7 +229,8 @@ class ModelCache:
                     raise InvalidWeightsError(
                         f"Model {name or Path(folder).parent.name}: plans.json, dataset.json or a checkpoint in "
                         f"{folder} lacks what nnU-Net needs ({type(e).__name__}: {e}).",
-                        "Re-download or re-import the weights of this model.") from e
+                        "Download or import the weights of this model again (python -m SegmentationLogic "
+                        "download-weights, or import-weights with the official zip).") from e
                 self._models[key] = model
             return model
 

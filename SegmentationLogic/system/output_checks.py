@@ -37,8 +37,8 @@ def _identity(path):
 def protected(inputs):
     """(identities of input files, real paths of input folders) for `inputs` (paths; other objects skipped).
 
-    A folder protects every file in it; a file that is neither NIfTI, NRRD, MetaImage nor a
-    zip is read as part of its DICOM folder, so that folder is protected too."""
+    A folder protects every file in it; a DICOM file is read as part of its folder's series,
+    so that folder is protected too."""
     ids, folders = set(), []
     for source in inputs:
         if not isinstance(source, (str, os.PathLike)):
@@ -47,10 +47,7 @@ def protected(inputs):
         if not path.exists():
             continue
         ids.add(_identity(path))
-        folder = path if path.is_dir() else None
-        if folder is None and not path.name.lower().endswith(
-                (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip", ".json", ".csv")):
-            folder = path.parent  # a DICOM file stands for its series folder
+        folder = path if path.is_dir() else path.parent if _is_dicom(path) else None
         if folder is not None:
             folders.append(Path(os.path.realpath(folder)))
             for root, _, names in os.walk(folder):
@@ -60,6 +57,14 @@ def protected(inputs):
                     except OSError:
                         pass
     return ids, folders
+
+
+def _is_dicom(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _nearest_existing(path):

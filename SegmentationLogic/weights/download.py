@@ -348,7 +348,10 @@ def _fetch(source, dest, weights_dir, report, opts):
                 allowed = min(1, opts["retries"]) if cannot_connect else opts["retries"]
                 delay = min(opts["backoff"], 1.0) if cannot_connect else opts["backoff"] * 2 ** (failures - 1)
                 left = _time_left(opts)
-                if failures > allowed or attempts >= MAX_ATTEMPTS or (left is not None and left <= delay):
+                if left is not None and left <= delay and failures <= allowed:
+                    e = _Stopped(f"{_reason(e, opts)}; the deadline of {opts['limits'].deadline:g} s leaves no "
+                                 "time to try again")
+                if failures > allowed or attempts >= MAX_ATTEMPTS or isinstance(e, _Stopped):
                     raise _final_error(source, e, weights_dir, opts) from None
                 report.log(f"{source['folder']}: {_reason(e, opts)}; retry {failures}/{allowed} in {delay:.1f} s",
                            "warning")

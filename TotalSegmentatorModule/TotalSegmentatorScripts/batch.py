@@ -102,25 +102,35 @@ def _say(message):
     print(message, flush=True)
 
 
-def _is_our_summary(path):
+def _our_summary(path):
+    """The rows of a summary CSV this script wrote (its header is ours), else None."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().strip() == ",".join(SUMMARY_FIELDS)
-    except (OSError, UnicodeDecodeError):
-        return False
+        with open(path, newline="", encoding="utf-8") as f:
+            if f.readline().strip() != ",".join(SUMMARY_FIELDS):
+                return None
+            return list(csv.DictReader(f, fieldnames=SUMMARY_FIELDS))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
 
 
 def check_outputs(cases, args, summary_path):
-    """Before the first case (SegmentationLogic's output checks): raises OutputPathError."""
+    """Before the first case (SegmentationLogic's output checks): raises OutputPathError.
+
+    Ours: a summary with our header, and a .seg.nrrd whose segments carry our class tag or
+    that an earlier summary of ours lists as written (an empty result has no segment)."""
     from SegmentationLogic.slicer_import import is_our_segmentation
     from SegmentationLogic.system.output_checks import check_outputs as check
 
     outputs = [args.output_dir / f"{case}{RESULT_SUFFIX}" for case, _ in cases]
     if args.skip_existing:
         outputs = [o for o in outputs if not o.is_file()]
+    rows = _our_summary(summary_path) or []
+    written = {Path(r["output"]).resolve() for r in rows if r.get("status") == "ok" and r.get("output")}
 
     def ours(path):
-        return _is_our_summary(path) if path == summary_path else is_our_segmentation(path)
+        if path == summary_path:
+            return _our_summary(path) is not None
+        return is_our_segmentation(path) or path.resolve() in written
 
     check(outputs + [summary_path], [path for _, path in cases], overwrite=args.overwrite, is_ours=ours,
           folder=args.output_dir)
@@ -201,6 +211,7 @@ def run_cases(scene, cases, args, summary_path):
     from SegmentationLogic.system.signals import exit_code
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    Path(summary_path).unlink(missing_ok=True)  # a new file (umask permissions), not the old one truncated
     failed = 0
     with open(summary_path, "w", newline="", encoding="utf-8") as summary_file:
         summary = csv.DictWriter(summary_file, fieldnames=SUMMARY_FIELDS)

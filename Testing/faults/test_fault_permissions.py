@@ -1,0 +1,108 @@
+"""Class 6, permissions: every output is created like any file the user makes (mode
+0666/0777 minus the umask), per output type - masks, labelmap, sidecars, statistics,
+preview, the batch script's .seg.nrrd and summary, vessel files, downloaded and
+imported weights - while the licence key stays readable by its owner only.
+
+Runs also show that a second run replaces the results of the first (recognised as ours)
+without --overwrite.
+"""
+import os
+import stat
+from pathlib import Path
+
+from faultkit import assert_nothing_left, run_batch, run_cli
+from http_server import WeightsServer
+from model_zips import zip_dataset
+
+FOLDER = "Dataset298_TotalSegmentator_total_6mm_1559subj"
+
+
+def _umask(mask):
+    def set_mask():
+        os.umask(mask)
+    return set_mask
+
+
+def _modes(root):
+    """{relative path: permission bits} of everything under `root` (and root itself as ".")."""
+    root = Path(root)
+    out = {".": stat.S_IMODE(root.stat().st_mode)}
+    for p in root.rglob("*"):
+        out[str(p.relative_to(root))] = stat.S_IMODE(p.lstat().st_mode)
+    return out
+
+
+def _assert_modes(root, mask, skip_root=False):
+    for name, mode in _modes(root).items():
+        if name == "." and skip_root:
+            continue
+        wanted = (0o777 if (Path(root) / name).is_dir() else 0o666) & ~mask
+        assert mode == wanted, f"{name}: {oct(mode)} instead of {oct(wanted)} (umask {oct(mask)})"
+
+
+def test_segment_outputs_follow_the_umask_and_a_rerun_replaces_its_own_results(ct, engine, tmp_path):
+    out = tmp_path / "results"
+    args = ["segment", "-i", ct, "--fastest", "--roi_subset", "liver", "spleen", "kidney_left", *engine]
+    run = run_cli([*args, "-o", out, "--statistics", "--preview"], tmp_path, preexec=_umask(0o027))
+    assert run.rc == 0, run.stderr[-3000:]
+    assert {"liver.nii.gz", "labels.json", "statistics.json", "preview_total.png"} <= {p.name for p in out.iterdir()}
+    _assert_modes(out, 0o027)
+    # the same folder again, as a multilabel file with statistics and preview: the earlier
+    # statistics.json and preview are ours (listed in labels.json) and are replaced
+    run = run_cli([*args, "-o", out / "seg.nii.gz", "--ml", "--statistics", "--preview"], tmp_path,
+                  preexec=_umask(0o002))
+    assert run.rc == 0, run.stderr[-3000:]
+    modes = _modes(out)
+    for name in ("seg.nii.gz", "seg.labels.json", "statistics.json", "preview_total.png"):
+        assert modes[name] == 0o664, (name, oct(modes[name]))
+    assert modes["liver.nii.gz"] == 0o640  # untouched by the second run
+    assert_nothing_left(run, out)
+
+
+def test_batch_and_vessel_outputs_follow_the_umask(ct, test_weights, tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    os.symlink(ct, inputs / "case1.nii.gz")
+    run = run_batch(["--input-dir", inputs, "--output-dir", outputs, "--quality", "fastest", "--device", "cpu",
+                     "--weights-dir", test_weights, "--roi-subset", "liver"], tmp_path, preexec=_umask(0o002))
+    assert run.rc == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert sorted(p.name for p in outputs.iterdir()) == ["case1.seg.nrrd", "summary.csv"]
+    _assert_modes(outputs, 0o002)
+    # a second batch replaces its own .seg.nrrd and summary without --overwrite
+    run = run_batch(["--input-dir", inputs, "--output-dir", outputs, "--quality", "fastest", "--device", "cpu",
+                     "--weights-dir", test_weights, "--roi-subset", "liver"], tmp_path, preexec=_umask(0o022))
+    assert run.rc == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    _assert_modes(outputs, 0o022, skip_root=True)
+    assert_nothing_left(run, outputs)
+
+    import nibabel as nib
+    import numpy as np
+
+    mask = np.zeros((40, 40, 40), np.uint8)
+    mask[5:35, 18:22, 18:22] = 1
+    mask[18:22, 5:35, 20:24] = 1
+    vessels = tmp_path / "liver_vessels.nii.gz"
+    nib.save(nib.Nifti1Image(mask, np.diag([1.5, 1.5, 1.5, 1])), str(vessels))
+    run = run_cli(["split-vessels", "--vessels", vessels, "-o", tmp_path / "split", "-q"], tmp_path,
+                  preexec=_umask(0o027))
+    assert run.rc == 0, run.stderr[-3000:]
+    assert len(list((tmp_path / "split").iterdir())) >= 4
+    _assert_modes(tmp_path / "split", 0o027)
+
+
+def test_weights_downloaded_or_imported_follow_the_umask_and_the_licence_stays_private(test_weights, tmp_path):
+    data = zip_dataset(Path(test_weights) / FOLDER, tmp_path / f"{FOLDER}.zip")
+    with WeightsServer({f"/{FOLDER}.zip": data.read_bytes()}) as srv:
+        run = run_cli(["download-weights", "--fastest", "--mirror", srv.url(), "--weights_dir", tmp_path / "dl"],
+                      tmp_path, preexec=_umask(0o022))
+    assert run.rc == 0, run.stderr[-3000:]
+    _assert_modes(tmp_path / "dl" / FOLDER, 0o022)
+    run = run_cli(["import-weights", data, "--weights_dir", tmp_path / "imported"], tmp_path, preexec=_umask(0o002))
+    assert run.rc == 0, run.stderr[-3000:]
+    _assert_modes(tmp_path / "imported" / FOLDER, 0o002)
+    run = run_cli(["set-license", "aca_ABCDEFGHIJ1234"], tmp_path, preexec=_umask(0o002))
+    assert run.rc == 0, run.stderr[-3000:]
+    config = tmp_path / "totalseg-home" / "config.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert "ABCDEFGHIJ1234" not in run.stdout + run.stderr
+    assert_nothing_left(run)
