@@ -68,11 +68,13 @@ def test_batch_and_vessel_outputs_follow_the_umask(ct, test_weights, tmp_path):
     assert run.rc == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert sorted(p.name for p in outputs.iterdir()) == ["case1.seg.nrrd", "summary.csv"]
     _assert_modes(outputs, 0o002)
-    # a second batch replaces its own .seg.nrrd and summary without --overwrite
-    run = run_batch(["--input-dir", inputs, "--output-dir", outputs, "--quality", "fastest", "--device", "cpu",
-                     "--weights-dir", test_weights, "--roi-subset", "liver"], tmp_path, preexec=_umask(0o022))
-    assert run.rc == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    _assert_modes(outputs, 0o022, skip_root=True)
+    # a second batch accepts its own .seg.nrrd and summary without --overwrite (its case then
+    # fails at once on an unknown task: no model runs) and starts a new summary under the new umask
+    seg_mode = _modes(outputs)["case1.seg.nrrd"]
+    run = run_batch(["--input-dir", inputs, "--output-dir", outputs, "--task", "no_such_task"], tmp_path,
+                    preexec=_umask(0o022))
+    assert run.rc == 1 and "no_such_task" in (outputs / "summary.csv").read_text(), run.stdout[-2000:]
+    assert _modes(outputs)["summary.csv"] == 0o644 and _modes(outputs)["case1.seg.nrrd"] == seg_mode
     assert_nothing_left(run, outputs)
 
     import nibabel as nib

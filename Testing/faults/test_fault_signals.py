@@ -185,19 +185,23 @@ def test_batch_script_records_the_stopped_case(ct, test_weights, tmp_path, sig):
     assert_nothing_left(run)
 
 
-def test_signals_ignored_by_the_caller_stay_ignored(ct, engine, tmp_path):
+def test_signals_ignored_by_the_caller_stay_ignored(test_weights, tmp_path):
     """nohup ignores SIGHUP for its child: the engine must not start honouring it."""
-    proc, env = start_cli(None, tmp_path, command=["nohup", sys.executable, "-m", "SegmentationLogic", "segment",
-                                                   "-i", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--ml",
-                                                   "--fastest", "--progress", "json", *engine])
-    started = time.monotonic()
-    wait_for_line(proc, stage_event("predict"))
-    os.kill(proc.pid, signal.SIGHUP)
-    out, err = proc.communicate(timeout=180)
-    run = finish(proc, env, started, out, err)
-    assert run.rc == 0, err[-3000:]
-    assert (tmp_path / "seg.nii.gz").is_file()
-    assert_nothing_left(run, tmp_path)
+    folder = "Dataset298_TotalSegmentator_total_6mm_1559subj"
+    data = zip_dataset(Path(test_weights) / folder, tmp_path / f"{folder}.zip")
+    with WeightsServer({f"/{folder}.zip": data.read_bytes()}) as srv:
+        srv.fault = "trickle"
+        proc, env = start_cli(None, tmp_path, command=["nohup", sys.executable, "-m", "SegmentationLogic",
+                                                       "download-weights", "--fastest", "--mirror", srv.url(),
+                                                       "--weights_dir", str(tmp_path / "w"), "--progress", "json"])
+        started = time.monotonic()
+        wait_for_line(proc, lambda line: '"bytes"' in line)
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None  # still downloading
+        run = _end(proc, env, started, signal.SIGTERM)
+    assert run.rc == 143 and "SIGTERM" in _stopped_event(run)["cause"], run.stderr[-3000:]
+    assert_nothing_left(run)
 
 
 def test_the_orphan_scan_catches_a_child_left_behind(tmp_path):
