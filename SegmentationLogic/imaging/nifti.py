@@ -14,8 +14,9 @@ reads the raw header (before any repair) and refuses:
 - an uncompressed file shorter than its header says (truncated);
 - a file that is not NIfTI at all (named after what it looks like).
 
-`load_nifti(path)` loads a checked file; `read_voxels(img)` reads the voxel data, turning the errors of a truncated or corrupt
-file (.nii.gz that ends early, bad CRC) into an InputImageError with cause and fix.
+`load_nifti(path)` loads a checked file; `read_voxels(img)` reads the voxel data, turning
+the errors of a truncated or corrupt file (.nii.gz that ends early, bad CRC) into an
+InputImageError with cause and fix.
 """
 import gzip
 import zlib

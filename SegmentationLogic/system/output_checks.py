@@ -126,8 +126,9 @@ def check_outputs(files, inputs=(), overwrite=False, is_ours=None, folder=None, 
             raise OutputPathError(f"The output {f} is an existing folder, but a file goes there.",
                                   "Give a file name (e.g. a .nii.gz inside that folder), or choose another output.")
         if f.exists() and _identity(f) in ids:
-            raise OutputPathError(f"The output {f} is the input (the same file): writing it would destroy the input.",
-                                  "Choose another output file or folder.")
+            raise OutputPathError(
+                f"The output {f} is the input image (the same file): writing it would destroy the input.",
+                "Choose another output file or folder.")
         if not overwrite and not (is_ours is not None and f.exists() and is_ours(f)):
             in_the_way.append(f)
     if in_the_way:

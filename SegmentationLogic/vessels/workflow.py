@@ -160,7 +160,6 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
     names = [OUTPUT_FILES["enhanced"], OUTPUT_FILES["metadata"]] + (_split_outputs(not no_skeleton) if split else [])
     support = [Path(split_support_dir) / f for f in SUPPORT_FILES.values()] if split_support_dir else []
     check_vessel_outputs(out, names, [input, liver_mask, *support], overwrite)  # before any work
-    out.mkdir(parents=True, exist_ok=True)
 
     ct = load_image(input, "CT") if not hasattr(input, "affine") else input
     notes, generated = [], []

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
 from faultkit import (assert_error, assert_nothing_left, digest, drop_file_access, file_size_limit, fill, finish,
                       listing, no_work_done, read_only, run_batch, run_cli, run_cli_many, small_disk, stage_event,
@@ -70,12 +71,24 @@ def test_unreadable_truncated_and_foreign_inputs(ct, engine, tmp_path):
         "not_dicom": (v / "not_dicom", ["No DICOM images"], ["DICOM"]),
     }
     before = digest(v)
-    runs = run_cli_many([_segment(engine, src, tmp_path / "out" / f"{name}.nii.gz", "--ml")
-                         for name, (src, _, _) in cases.items()], tmp_path)
+    argvs = [_segment(engine, src, tmp_path / "out" / f"{name}.nii.gz", "--ml") for name, (src, _, _) in cases.items()]
+    others = {  # the other commands on the same files
+        "liver-vessels": (["liver-vessels", "-i", v / "cut.nii.gz", "-o", tmp_path / "out" / "lv", "-d", "cpu",
+                           "--weights_dir", engine[1]], ["cut.nii.gz", "truncated"], ["again"]),
+        "split-vessels": (["split-vessels", "--vessels", v / "cut.nii.gz", "-o", tmp_path / "out" / "sv"],
+                          ["cut.nii.gz", "truncated"], ["again"]),
+        "split-vessels text": (["split-vessels", "--vessels", v / "text.nii", "-o", tmp_path / "out" / "sv"],
+                               ["vessel mask", "not a NIfTI", "text file"], ["NIfTI"]),
+        "evaluate": (["evaluate", v / "cut.nii.gz", ct], ["cut.nii.gz", "truncated"], ["again"]),
+        "evaluate empty": (["evaluate", ct, v / "empty.nii.gz"], ["empty.nii.gz", "empty"], ["again"]),
+    }
+    runs = run_cli_many(argvs + [argv for argv, _, _ in others.values()], tmp_path)
     for (name, (_, cause, fix)), run in zip(cases.items(), runs):
         assert_error(run, cause, fix, json_mode=True)
         no_work_done(run)
-    assert digest(v) == before and not (tmp_path / "out").exists()
+    for (name, (_, cause, fix)), run in zip(others.items(), runs[len(argvs):]):
+        assert_error(run, cause, fix)
+    assert digest(v) == before and listing(tmp_path / "out") in (None, [])
     assert_nothing_left(runs[0], v)
 
 
@@ -219,6 +232,16 @@ def test_disk_full_and_file_size_limit_while_writing(ct, engine, tmp_path):
                   preexec=file_size_limit(64 * 1024))
     assert_error(run, ["seg.nii", "larger than allowed"], ["ulimit"], json_mode=True)
     assert listing(tmp_path / "limited") in (None, [])
+    assert_nothing_left(run)
+    vessels = tmp_path / "vessels.nii.gz"
+    mask = np.zeros((40, 40, 40), np.uint8)
+    mask[5:35, 18:22, 18:22] = 1
+    mask[18:22, 5:35, 20:24] = 1
+    nib.save(nib.Nifti1Image(mask, np.diag([1.5, 1.5, 1.5, 1])), str(vessels))
+    run = run_cli(["split-vessels", "--vessels", vessels, "-o", tmp_path / "split"], tmp_path,
+                  preexec=file_size_limit(300))
+    assert_error(run, ["larger than allowed"], ["ulimit"])
+    assert not any(p.name.startswith(".") for p in (tmp_path / "split").iterdir())
     assert_nothing_left(run)
 
 
