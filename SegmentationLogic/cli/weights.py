@@ -50,7 +50,7 @@ def add_parsers(sub):
     p.add_argument("--connect_timeout", type=float, default=None, metavar="S",
                    help=f"seconds to open a connection (default 10, ${env['connect_timeout']})")
     p.add_argument("--read_timeout", type=float, default=None, metavar="S",
-                   help=f"seconds without a byte before the server counts as stalled (default 30, "
+                   help=f"seconds without a byte before the server counts as stalled (default 20, "
                         f"${env['read_timeout']})")
     p.add_argument("--min_speed", type=float, default=None, metavar="KBPS",
                    help=f"fail when fewer KB/s arrive over the speed window (default 10, 0 = off, "

@@ -8,7 +8,7 @@ One dataset zip at a time, with `requests`:
   variable, and by a flag of `download-weights`):
       connect timeout     TOTALSEG_DOWNLOAD_CONNECT_TIMEOUT  (s, default 10)
       read timeout        TOTALSEG_DOWNLOAD_READ_TIMEOUT     (s without a byte, also for the
-                                                              server's answer to begin; default 30)
+                                                              server's answer to begin; default 20)
       minimum speed       TOTALSEG_DOWNLOAD_MIN_SPEED        (KB/s averaged over the window,
                                                               default 10; 0 turns it off)
       speed window        TOTALSEG_DOWNLOAD_SPEED_WINDOW     (s, default 60)
@@ -80,7 +80,7 @@ class DownloadLimits:
     """How long a download may take (see module docstring); every field has an environment variable."""
 
     connect_timeout: float = 10.0  # s to open the connection
-    read_timeout: float = 30.0  # s without a byte (the answer's start included)
+    read_timeout: float = 20.0  # s without a byte (the answer's start included)
     min_speed_kbps: float = 10.0  # KB/s (1000 bytes) over speed_window; 0: no minimum
     speed_window: float = 60.0  # s
     deadline: float = 3 * 3600.0  # s for one download call; 0: none
@@ -148,6 +148,8 @@ def download_models(models, weights_dir=None, license_key=None, progress=None, m
     # Every source first: a missing licence key or mirror file fails before any download starts.
     sources = [_source(cat, dataset, specs[0].folder, mirror, license_key, license_url)
                for dataset, specs in by_dataset.items()]
+    for source in sources:
+        source["shown"] = redact(source["url"])  # the URL as messages show it: without credentials
     report = Reporter(progress, "download")
     installed = []
     downloads = weights_dir / DOWNLOADS
@@ -209,13 +211,6 @@ def _source(cat, dataset, folder, mirror, license_key, license_url):
     ds = cat.datasets[dataset]
     official = cat.weights_url(dataset)
     base = {"folder": folder, "dataset": dataset, "licensed": ds["release"] is None, "official": official}
-    src = _source_location(cat, ds, folder, mirror, license_key, license_url, official, base)
-    src["shown"] = redact(src["url"])
-    return src
-
-
-def _source_location(cat, ds, folder, mirror, license_key, license_url, official, base):
-    dataset = base["dataset"]
     if mirror:
         if not re.match(r"^https?://", mirror, re.I):
             path = Path(mirror[7:] if mirror.startswith("file://") else mirror).expanduser()
