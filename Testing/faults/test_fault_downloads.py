@@ -117,3 +117,18 @@ def test_a_dropped_connection_resumes_and_installs(server, tmp_path):
     assert installed_datasets(wdir) == [FOLDER] and not list(wdir.glob(".install-*"))
     assert len(server.requests) == 2 and "Range" in server.requests[1]["headers"]
     assert_nothing_left(run)
+
+
+def test_default_limits_fit_a_person_waiting(monkeypatch):
+    from SegmentationLogic.weights import DownloadLimits
+
+    for name in DownloadLimits.ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    limits = DownloadLimits.from_env()
+    # a server that never answers: two attempts of one read timeout each, one second apart
+    assert 2 * limits.read_timeout + 1 <= 60 and limits.connect_timeout <= 15
+    # a trickling server fails at the end of one window; a download cannot run forever
+    assert limits.min_speed_kbps > 0 and limits.speed_window <= 120 and 0 < limits.deadline <= 24 * 3600
+    monkeypatch.setenv("TOTALSEG_DOWNLOAD_DEADLINE", "0")
+    given = DownloadLimits.from_env(read_timeout=5)
+    assert given.deadline == 0 and given.read_timeout == 5
