@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import OutputPathError
 from ..system.files import dump_json, file_error, refuse_overwriting, reserve_temp
 from ..system.output_checks import check_free_space, check_outputs
+from ..system.signals import deferred
 from .labelmap import output_header, sidecar, sidecar_path
 from .ownership import is_ours
 from .preview import render_preview
@@ -80,13 +81,14 @@ class AtomicWriter:
         self._pending.append((Path(tmp), Path(final)))
 
     def commit(self):
-        for tmp, final in self._pending:
-            try:
-                os.replace(tmp, final)
-            except OSError as e:
-                raise file_error(e, final) from None
-            self.files.append(final)
-        self._pending = []
+        with deferred():  # a signal must not leave half of the renames done
+            for tmp, final in self._pending:
+                try:
+                    os.replace(tmp, final)
+                except OSError as e:
+                    raise file_error(e, final) from None
+                self.files.append(final)
+            self._pending = []
         return self.files
 
     def abort(self):

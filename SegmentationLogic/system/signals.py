@@ -13,6 +13,8 @@ Python runs the handler in the main thread between bytecodes, so a native call i
 progress (one convolution, one slice decode) finishes first: usually well under a
 second. Once the first signal arrived, later SIGINT/SIGTERM/SIGHUP are ignored so the
 cleanup can finish; SIGKILL still stops the process at once (and leaves what it leaves).
+`deferred()` holds these signals back for a few renames that must happen all or not at
+all (a result's files appearing together).
 """
 import contextlib
 import signal
@@ -57,3 +59,16 @@ def stop_on_signals():
     finally:
         for s, previous in saved.items():
             signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold SIGINT/SIGTERM/SIGHUP back while the block runs (POSIX); they arrive right after it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
