@@ -1,7 +1,6 @@
 """`segment`: flags (the official tool's names) -> SegmentRequest -> Segmenter.run -> files."""
 import sys
 
-from ..pipeline import default_segmenter
 from ..request import SegmentRequest, quality_from_flags
 from .common import add_common, add_quality_flags, emit_result, json_mode, print_paths, progress_from_args
 
@@ -17,7 +16,21 @@ def request_from_args(args):
 
 
 def cmd_segment(args):
-    result = default_segmenter().run(request_from_args(args), progress_from_args(args))
+    request, progress = request_from_args(args), progress_from_args(args)
+    if getattr(args, "server", None):
+        # on a segmentation server: the client needs no torch, nnU-Net or nibabel here
+        from ..server.client import RemoteSegmenter
+
+        ignored = [flag for flag, used in (("--device", args.device != "auto"), ("--weights_dir", args.weights_dir),
+                                           ("--no_download", args.no_download)) if used]
+        if ignored:
+            progress.log(f"{', '.join(ignored)}: decided by the server, ignored with --server.", "warning")
+        # SIGTERM stops it as Ctrl+C does (cli/main: system/signals), and the server's job is cancelled
+        result = RemoteSegmenter(args.server, token_file=args.token_file, ca_cert=args.ca_cert).run(request, progress)
+    else:
+        from ..pipeline import default_segmenter  # the engine (numpy, nibabel, torch): imported when it runs
+
+        result = default_segmenter().run(request, progress)
     emit_result(args, result.to_json())
     if not json_mode(args) and not args.quiet:
         print_paths(args, result.files)

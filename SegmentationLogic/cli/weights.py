@@ -2,13 +2,15 @@
 import getpass
 import sys
 
-from ..pipeline.plan import required_models
 from ..request import quality_from_flags
-from ..weights import DownloadLimits, ensure_models, import_weights, mask_license, set_license, validate_license
 from .common import add_common, add_quality_flags, emit_result, print_paths, progress_from_args
 
 
 def cmd_download_weights(args):
+    # the engine (numpy, nibabel, torch): imported when the command runs
+    from ..pipeline.plan import required_models
+    from ..weights import DownloadLimits, ensure_models
+
     models = required_models(args.task, quality_from_flags(args.fast, args.fastest), roi_subset=args.roi_subset,
                              body_seg=args.body_seg)
     limits = DownloadLimits.from_env(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
@@ -22,6 +24,8 @@ def cmd_download_weights(args):
 
 
 def cmd_import_weights(args):
+    from ..weights import import_weights  # numpy (checkpoint checks): imported when the command runs
+
     installed = import_weights(args.path, weights_dir=args.weights_dir, progress=progress_from_args(args))
     emit_result(args, {"installed": [str(p) for p in installed]})
     print_paths(args, installed)
@@ -29,6 +33,8 @@ def cmd_import_weights(args):
 
 
 def cmd_set_license(args):
+    from ..weights import mask_license, set_license, validate_license  # the weights package needs numpy
+
     key = args.license_key
     if key in (None, "-"):  # keeps the key out of the shell history and the process list
         key = getpass.getpass("Licence key: ") if sys.stdin.isatty() else sys.stdin.readline()
@@ -46,19 +52,20 @@ def add_parsers(sub):
     p.add_argument("--mirror", default=None,
                    help="download from this URL (serving <Dataset>.zip files) or folder of zips instead of the "
                         "official source (default: $TOTALSEG_WEIGHTS_MIRROR)")
-    env = DownloadLimits.ENV
+    # the limits' environment variables are weights.download.DownloadLimits.ENV (not imported here: --help
+    # must start without the engine)
     p.add_argument("--connect_timeout", type=float, default=None, metavar="S",
-                   help=f"seconds to open a connection (default 10, ${env['connect_timeout']})")
+                   help="seconds to open a connection (default 10, $TOTALSEG_DOWNLOAD_CONNECT_TIMEOUT)")
     p.add_argument("--read_timeout", type=float, default=None, metavar="S",
-                   help=f"seconds without a byte before the server counts as stalled (default 20, "
-                        f"${env['read_timeout']})")
+                   help="seconds without a byte before the server counts as stalled (default 20, "
+                        "$TOTALSEG_DOWNLOAD_READ_TIMEOUT)")
     p.add_argument("--min_speed", type=float, default=None, metavar="KBPS",
-                   help=f"fail when fewer KB/s arrive over the speed window (default 10, 0 = off, "
-                        f"${env['min_speed_kbps']})")
+                   help="fail when fewer KB/s arrive over the speed window (default 10, 0 = off, "
+                        "$TOTALSEG_DOWNLOAD_MIN_SPEED)")
     p.add_argument("--speed_window", type=float, default=None, metavar="S",
-                   help=f"seconds the minimum speed is averaged over (default 60, ${env['speed_window']})")
+                   help="seconds the minimum speed is averaged over (default 60, $TOTALSEG_DOWNLOAD_SPEED_WINDOW)")
     p.add_argument("--download_deadline", type=float, default=None, metavar="S",
-                   help=f"seconds the whole download may take (default 10800, 0 = none, ${env['deadline']})")
+                   help="seconds the whole download may take (default 10800, 0 = none, $TOTALSEG_DOWNLOAD_DEADLINE)")
     add_common(p)
     p.set_defaults(func=cmd_download_weights)
 

@@ -5,6 +5,7 @@
 this machine's memory) and returns a list of warnings for those that can. Geometry and
 size are checked from the header first, before any voxel is read.
 """
+
 import nibabel as nib
 import numpy as np
 

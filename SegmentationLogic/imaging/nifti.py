@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import InputImageError
 from ..system.files import file_error
 
-REEXPORT = "Export or copy the image again from its source (the file is damaged or incomplete)."
+REEXPORT = ("Export or copy the image again from its source and check that the transfer finished (compare "
+            "the file size with the original).")
 _MAGIC = [(b"\x89PNG", "a PNG picture"), (b"\xff\xd8\xff", "a JPEG picture"), (b"PK\x03\x04", "a zip archive"),
           (b"NRRD", "an NRRD file (name it .nrrd)"), (b"%PDF", "a PDF document"), (b"GIF8", "a GIF picture"),
           (b"II*\x00", "a TIFF picture"), (b"MM\x00*", "a TIFF picture"), (b"ObjectType", "a MetaImage file")]
@@ -138,14 +139,14 @@ def read_voxels(img, name=None):
     try:
         return np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise InputImageError(f"The image file {name} is truncated or damaged: its voxel data ends early or is "
-                              f"corrupt ({e}).", REEXPORT) from None
+        raise InputImageError(f"The image file {name} is truncated or corrupt: its voxel data ends early or cannot "
+                              f"be decompressed ({e}).", REEXPORT) from None
     except OSError as e:
         if e.errno is not None:
             raise file_error(e, name, reading=True) from None
         raise InputImageError(f"The image file {name} is truncated: {e}.".replace("\n", " "), REEXPORT) from None
     except ValueError as e:  # e.g. a memory map longer than the file
-        raise InputImageError(f"The image file {name} is truncated or damaged ({e}).", REEXPORT) from None
+        raise InputImageError(f"The image file {name} is truncated or corrupt ({e}).", REEXPORT) from None
 
 
 def load_nifti(path):

@@ -60,18 +60,6 @@ def read_label_table(img):
     return {}
 
 
-def sidecar_path(output, ml):
-    output = Path(output)
-    if ml:
-        name = output.name
-        for suffix in (".nii.gz", ".nii"):
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        return output.with_name(name + ".labels.json")
-    return output / "labels.json"
-
-
 def sidecar(task, class_map, note=None, files=()):
     """The sidecar's content; `files`: the paths the run writes (stored as names, beside it)."""
     return {"task": task, "labels": {str(k): v for k, v in class_map.items()},

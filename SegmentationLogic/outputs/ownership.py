@@ -12,14 +12,16 @@ A file counts as ours when
   each listed class, `statistics.json` and `preview_<task>.png` count;
 - it is a NIfTI labelmap whose header carries TotalSegmentator's label table (ours and
   the official tool's multilabel results: re-running into the same file is expected).
-Sidecars cost a JSON parse and labelmaps a header read (no voxel data).
+Sidecars cost a JSON parse and labelmaps a read of their header and extensions (no
+voxel data, no nibabel: the remote client checks with these rules in Slicer's Python).
 """
+import gzip
 import json
+import struct
+import zlib
 from pathlib import Path
 
-import nibabel as nib
-
-from .labelmap import read_label_table
+HEADER_LIMIT = 1 << 20  # header and extensions of a labelmap; the label table of all 117 classes is ~12 kB
 
 
 def read_sidecar(path):
@@ -41,12 +43,22 @@ def _listed(sidecar):
 
 
 def _is_labelmap(path):
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
+    """A NIfTI-1 file whose header extensions hold the label table (labelmap.label_table_xml)."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
         return False
     try:
-        return bool(read_label_table(nib.load(str(path))))
-    except Exception:  # noqa: BLE001 - unreadable or not NIfTI: not ours
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(HEADER_LIMIT)
+    except (OSError, EOFError, zlib.error):
         return False
+    order = next((o for o in ("<", ">") if len(head) >= 352 and struct.unpack(o + "i", head[:4])[0] == 348), None)
+    if order is None:
+        return False
+    vox_offset = struct.unpack(order + "f", head[108:112])[0]  # the extensions lie between 352 and here
+    extensions = head[352:int(vox_offset)] if 352 < vox_offset <= HEADER_LIMIT else b""
+    return b"<CaretExtension>" in extensions and b"<LabelTable>" in extensions
 
 
 def is_ours(path):

@@ -8,10 +8,9 @@
 
 Files are written under temporary names and renamed when all are complete
 (`AtomicWriter`), so a failure or cancel never leaves half a result behind (nor an
-output folder the writer created). `output_files` lists every file a request writes:
-the pre-flight check (`check_request_outputs`, before any work) and the writer use
-that one list. A write that fails (disk full, read-only, permissions) is an
-OutputPathError naming the file.
+output folder the writer created). Which files a request writes, and the check made
+before any work, are in layout.py. A write that fails (disk full, read-only,
+permissions) is an OutputPathError naming the file.
 """
 import logging
 import os
@@ -20,16 +19,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import OutputPathError
 from ..system.files import dump_json, file_error, refuse_overwriting, reserve_temp
-from ..system.output_checks import check_free_space, check_outputs
+from ..system.output_checks import check_free_space
 from ..system.signals import deferred
-from .labelmap import output_header, sidecar, sidecar_path
-from .ownership import is_ours
+from .labelmap import output_header, sidecar
+from .layout import sidecar_path
 from .preview import render_preview
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-BODY_EXTRA_MASKS = ("body", "skin")  # task 'body', per-class output (postprocessing.body_derived_masks)
 
 log = logging.getLogger(__name__)
 
@@ -121,40 +116,6 @@ def write_masks(writer, masks, reference, output_dir):
     """Extra masks {file stem: 0/1 array} (e.g. task 'body''s body and skin) with the input's affine."""
     for name, mask in masks.items():
         writer.nifti(nib.Nifti1Image(mask.astype(np.uint8), reference.affine), Path(output_dir) / f"{name}.nii.gz")
-
-
-def output_files(request, class_names, extra_masks=()):
-    """Every file a run of `request` writes: the labelmap or one mask per class (then the
-    `extra_masks` stems), the sidecar, statistics.json and the preview when asked."""
-    output = Path(request.output)
-    out_dir = output.parent if request.ml else output
-    if request.ml:
-        files = [output]
-    else:
-        files = [output / f"{name}.nii.gz" for name in list(class_names) + list(extra_masks)]
-    files.append(sidecar_path(output, request.ml))
-    if request.statistics:
-        files.append(out_dir / "statistics.json")
-    if request.preview:
-        files.append(out_dir / f"preview_{request.task}.png")
-    return files
-
-
-def check_request_outputs(request, class_names, extra_masks=()):
-    """Before any work: the files `request` will write can be written and replace nothing
-    they must not (system/output_checks.py; ours: ownership.py). Returns output_files(...)."""
-    output = Path(request.output)
-    if request.ml and output.is_dir():
-        raise OutputPathError(f"The output {output} is an existing folder, but --ml writes one multilabel file.",
-                              f"Give a file name, e.g. {output / 'segmentation.nii.gz'}, or drop --ml for one file "
-                              "per class in that folder.")
-    if request.ml and not output.name.lower().endswith(NIFTI_SUFFIXES):
-        raise OutputPathError(f"The multilabel output {output} must be a NIfTI file name (.nii.gz or .nii).",
-                              "Add .nii.gz to the output name, or drop --ml for a folder with one file per class.")
-    files = output_files(request, class_names, extra_masks)
-    check_outputs(files, [request.input], overwrite=request.overwrite, is_ours=is_ours,
-                  folder=None if request.ml else output)
-    return files
 
 
 def check_output_space(request, n_voxels, n_files):

@@ -21,7 +21,8 @@ from ..imaging.modality import check_modality
 from ..imaging.read import check_input, open_input
 from ..outputs.labelmap import multilabel_image
 from ..outputs.statistics import basic_statistics
-from ..outputs.writer import BODY_EXTRA_MASKS, check_output_space, check_request_outputs, write_result
+from ..outputs.layout import check_request_outputs, class_files
+from ..outputs.writer import check_output_space, write_result
 from ..progress import as_progress
 from ..request import SegmentRequest, SegmentResult
 from ..system.devices import parse_device, resolve_device, thread_settings
@@ -70,9 +71,7 @@ class Segmenter:
             check_input(request.input)
         n_files = 0
         if request.output is not None:
-            extra = BODY_EXTRA_MASKS if not request.ml and plan.spec.postprocessing == "body" else ()
-            class_names = [v for v in plan.spec.classes.values() if plan.roi_subset is None or v in plan.roi_subset]
-            n_files = len(check_request_outputs(request, class_names, extra))
+            n_files = len(check_request_outputs(request, *class_files(plan.spec, plan.roi_subset, request.ml)))
         # before torch starts: a missing model is a quick, clear error
         ensure_models(plan.all_models(), weights_dir, download=request.download and self.download, progress=progress)
         ctx = RunContext(self.models, resolve_device(device), weights_dir, progress)

@@ -17,7 +17,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,6 +142,11 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def json_safe(data):
+    """`data` with numpy values and paths as plain JSON values (worker events, MRML node attributes)."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
 def dump_json(data, path, indent=4):
     """Write `data` as JSON to `path` as it is (the caller makes it atomic)."""
     with open(path, "w", encoding="utf-8") as f:
@@ -200,3 +207,35 @@ def zip_member_problem(info):
     if info.flag_bits & 0x1:
         return "an encrypted file"
     return None
+
+
+@contextlib.contextmanager
+def temporary_dir(path):
+    """Point tempfile (and child processes, through TMPDIR) at `path` while the block runs; the
+    caller owns and removes the folder. None: leave both as they are.
+
+    When a signal stops the block (KeyboardInterrupt, Terminated), what it created in `path`
+    is removed here, since the caller may be gone too; what was there before is left alone."""
+    if not path:
+        yield
+        return
+    saved = (tempfile.tempdir, os.environ.get("TMPDIR"))
+    before = set(os.listdir(path)) if os.path.isdir(path) else set()
+    tempfile.tempdir = str(path)
+    os.environ["TMPDIR"] = str(path)
+    try:
+        yield
+    except KeyboardInterrupt:
+        for name in (set(os.listdir(path)) if os.path.isdir(path) else set()) - before:
+            entry = Path(path) / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        raise
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]

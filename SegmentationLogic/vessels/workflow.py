@@ -37,7 +37,7 @@ def _progress(progress):
 
 def _split_outputs(write_skeleton):
     """Names of the files a split writes (or, with labeled_only, removes: portal and hepatic)."""
-    keys = ["labeled", "portal", "hepatic"] + (["skeleton"] if write_skeleton else []) + ["metadata"]
+    keys = ["labeled", "portal", "hepatic"] + (["skeleton"] if write_skeleton else []) + ["confidence", "metadata"]
     return [OUTPUT_FILES[k] for k in keys]
 
 
@@ -50,10 +50,11 @@ def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None
     says so in the QC warnings); a path given but missing, another grid, or an empty
     vessel mask is an error. User seed points are RAS mm. Writes portal_vein_branches,
     hepatic_veins, liver_vessels_labeled (1 portal, 2 hepatic), the skeleton labels when
-    the skeleton is used (or as `write_skeleton` says), and the QC into
-    enhanced_liver_vessels_metadata.json (created, or updated when the enhancement wrote it).
-    Existing files there that are not vessel results of ours are refused before any work
-    unless `overwrite`. Returns {"qc", "files", "result"}.
+    the skeleton is used (or as `write_skeleton` says), the confidence map
+    liver_vessels_split_confidence (0.5-1.0 on vessel voxels, below 0.75 "unsure", 0
+    elsewhere), and the QC into enhanced_liver_vessels_metadata.json (created, or updated
+    when the enhancement wrote it). Existing files there that are not vessel results of
+    ours are refused before any work unless `overwrite`. Returns {"qc", "files", "result"}.
     """
     step = _progress(progress)
     write_skeleton = use_skeleton if write_skeleton is None else write_skeleton
@@ -73,7 +74,8 @@ def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None
     step("save", 0.0, "Writing the split")
     labels = from_canonical(result.labels, ref)
     skeleton = from_canonical(result.skeleton_labels, ref) if write_skeleton else None
-    files = write_split_files(out_dir, labels, ref, skeleton, labeled_only)
+    confidence = from_canonical(result.confidence, ref)
+    files = write_split_files(out_dir, labels, ref, skeleton, labeled_only, confidence)
 
     meta = read_metadata(out_dir)
     if not meta:
