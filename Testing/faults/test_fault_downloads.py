@@ -6,28 +6,22 @@ URL and the proxy (never its password), and nothing half-installed.
 import contextlib
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
+from faultkit import FASTEST_MODEL as FOLDER
 from faultkit import assert_error, assert_nothing_left, run_cli
 from http_server import WeightsServer
-from model_zips import assert_nothing_half_installed, installed_datasets, zip_dataset
+from model_zips import assert_nothing_half_installed, installed_datasets
 
-FOLDER = "Dataset298_TotalSegmentator_total_6mm_1559subj"
 QUICK = {"TOTALSEG_DOWNLOAD_CONNECT_TIMEOUT": "1", "TOTALSEG_DOWNLOAD_READ_TIMEOUT": "1",
          "TOTALSEG_DOWNLOAD_MIN_SPEED": "1", "TOTALSEG_DOWNLOAD_SPEED_WINDOW": "1.5",
          "TOTALSEG_DOWNLOAD_DEADLINE": "20"}
 
 
-@pytest.fixture(scope="module")
-def model_zip(test_weights, tmp_path_factory):
-    return zip_dataset(Path(test_weights) / FOLDER, tmp_path_factory.mktemp("zips") / f"{FOLDER}.zip").read_bytes()
-
-
 @pytest.fixture
 def server(model_zip):
-    with WeightsServer({f"/{FOLDER}.zip": model_zip}) as srv:
+    with WeightsServer({f"/{FOLDER}.zip": model_zip.read_bytes()}) as srv:
         yield srv
 
 

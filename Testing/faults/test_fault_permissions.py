@@ -10,11 +10,9 @@ import os
 import stat
 from pathlib import Path
 
-from faultkit import assert_nothing_left, run_batch, run_cli
+from faultkit import FASTEST_MODEL as FOLDER
+from faultkit import assert_nothing_left, modes, run_batch, run_cli, run_cli_many
 from http_server import WeightsServer
-from model_zips import zip_dataset
-
-FOLDER = "Dataset298_TotalSegmentator_total_6mm_1559subj"
 
 
 def _umask(mask):
@@ -23,19 +21,9 @@ def _umask(mask):
     return set_mask
 
 
-def _modes(root):
-    """{relative path: permission bits} of everything under `root` (and root itself as ".")."""
-    root = Path(root)
-    out = {".": stat.S_IMODE(root.stat().st_mode)}
-    for p in root.rglob("*"):
-        out[str(p.relative_to(root))] = stat.S_IMODE(p.lstat().st_mode)
-    return out
-
-
-def _assert_modes(root, mask, skip_root=False):
-    for name, mode in _modes(root).items():
-        if name == "." and skip_root:
-            continue
+def _assert_modes(root, mask, found=None):
+    """Every file under `root` is 0666 and every folder 0777 minus `mask` (`found`: modes(root) taken earlier)."""
+    for name, mode in (found or modes(root)).items():
         wanted = (0o777 if (Path(root) / name).is_dir() else 0o666) & ~mask
         assert mode == wanted, f"{name}: {oct(mode)} instead of {oct(wanted)} (umask {oct(mask)})"
 
@@ -52,29 +40,24 @@ def test_segment_outputs_follow_the_umask_and_a_rerun_replaces_its_own_results(c
     run = run_cli([*args, "-o", out / "seg.nii.gz", "--ml", "--statistics", "--preview"], tmp_path,
                   preexec=_umask(0o002))
     assert run.rc == 0, run.stderr[-3000:]
-    modes = _modes(out)
+    found = modes(out)
     for name in ("seg.nii.gz", "seg.labels.json", "statistics.json", "preview_total.png"):
-        assert modes[name] == 0o664, (name, oct(modes[name]))
-    assert modes["liver.nii.gz"] == 0o640  # untouched by the second run
+        assert found[name] == 0o664, (name, oct(found[name]))
+    assert found["liver.nii.gz"] == 0o640  # untouched by the second run
     assert_nothing_left(run, out)
 
 
-def test_batch_and_vessel_outputs_follow_the_umask(ct, test_weights, tmp_path):
-    inputs, outputs = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir()
-    os.symlink(ct, inputs / "case1.nii.gz")
-    run = run_batch(["--input-dir", inputs, "--output-dir", outputs, "--quality", "fastest", "--device", "cpu",
-                     "--weights-dir", test_weights, "--roi-subset", "liver"], tmp_path, preexec=_umask(0o002))
-    assert run.rc == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert sorted(p.name for p in outputs.iterdir()) == ["case1.seg.nrrd", "summary.csv"]
-    _assert_modes(outputs, 0o002)
+def test_batch_and_vessel_outputs_follow_the_umask(mixed_batch, tmp_path):
+    outputs = mixed_batch.outputs
+    assert mixed_batch.listing == ["case1.seg.nrrd", "summary.csv"], mixed_batch.run.stdout[-2000:]
+    _assert_modes(outputs, mixed_batch.umask, mixed_batch.modes)
     # a second batch accepts its own .seg.nrrd and summary without --overwrite (its case then
     # fails at once on an unknown task: no model runs) and starts a new summary under the new umask
-    seg_mode = _modes(outputs)["case1.seg.nrrd"]
-    run = run_batch(["--input-dir", inputs, "--output-dir", outputs, "--task", "no_such_task"], tmp_path,
-                    preexec=_umask(0o022))
+    seg_mode = mixed_batch.modes["case1.seg.nrrd"]
+    run = run_batch(["--input-dir", mixed_batch.inputs, "--output-dir", outputs, "--task", "no_such_task"],
+                    tmp_path, preexec=_umask(0o022))
     assert run.rc == 1 and "no_such_task" in (outputs / "summary.csv").read_text(), run.stdout[-2000:]
-    assert _modes(outputs)["summary.csv"] == 0o644 and _modes(outputs)["case1.seg.nrrd"] == seg_mode
+    assert modes(outputs)["summary.csv"] == 0o644 and modes(outputs)["case1.seg.nrrd"] == seg_mode
     assert_nothing_left(run, outputs)
 
     import nibabel as nib
@@ -92,19 +75,18 @@ def test_batch_and_vessel_outputs_follow_the_umask(ct, test_weights, tmp_path):
     _assert_modes(tmp_path / "split", 0o027)
 
 
-def test_weights_downloaded_or_imported_follow_the_umask_and_the_licence_stays_private(test_weights, tmp_path):
-    data = zip_dataset(Path(test_weights) / FOLDER, tmp_path / f"{FOLDER}.zip")
-    with WeightsServer({f"/{FOLDER}.zip": data.read_bytes()}) as srv:
-        run = run_cli(["download-weights", "--fastest", "--mirror", srv.url(), "--weights_dir", tmp_path / "dl"],
-                      tmp_path, preexec=_umask(0o022))
-    assert run.rc == 0, run.stderr[-3000:]
-    _assert_modes(tmp_path / "dl" / FOLDER, 0o022)
-    run = run_cli(["import-weights", data, "--weights_dir", tmp_path / "imported"], tmp_path, preexec=_umask(0o002))
-    assert run.rc == 0, run.stderr[-3000:]
-    _assert_modes(tmp_path / "imported" / FOLDER, 0o002)
-    run = run_cli(["set-license", "aca_ABCDEFGHIJ1234"], tmp_path, preexec=_umask(0o002))
-    assert run.rc == 0, run.stderr[-3000:]
+def test_weights_downloaded_or_imported_follow_the_umask_and_the_licence_stays_private(model_zip, tmp_path):
+    with WeightsServer({f"/{FOLDER}.zip": model_zip.read_bytes()}) as srv:
+        runs = run_cli_many([
+            ["download-weights", "--fastest", "--mirror", srv.url(), "--weights_dir", tmp_path / "dl"],
+            ["import-weights", model_zip, "--weights_dir", tmp_path / "imported"],
+            ["set-license", "aca_ABCDEFGHIJ1234"],
+        ], tmp_path, preexec=_umask(0o007))
+    for run in runs:
+        assert run.rc == 0, run.stderr[-3000:]
+    _assert_modes(tmp_path / "dl" / FOLDER, 0o007)
+    _assert_modes(tmp_path / "imported" / FOLDER, 0o007)
     config = tmp_path / "totalseg-home" / "config.json"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    assert "ABCDEFGHIJ1234" not in run.stdout + run.stderr
-    assert_nothing_left(run)
+    assert "ABCDEFGHIJ1234" not in runs[2].stdout + runs[2].stderr
+    assert_nothing_left(runs[0])

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from faultkit import (BATCH, assert_nothing_left, digest, finish, listing, stage_event, start_cli, wait_for_line,
+from faultkit import (BATCH, FASTEST_MODEL, assert_nothing_left, digest, finish, listing, stage_event, start_cli, wait_for_line,
                       write_dicom_stack)
 from http_server import WeightsServer
-from model_zips import assert_nothing_half_installed, zip_dataset
+from model_zips import assert_nothing_half_installed
 
 
 def _end(proc, env, started, sig, pause=False, timeout=120):
@@ -90,11 +90,9 @@ def test_sigterm_while_a_dicom_zip_is_unpacked(engine, tmp_path):
     assert not (tmp_path / "seg.nii.gz").exists()
 
 
-def test_sigint_and_sigterm_during_weights_download_and_import(test_weights, tmp_path):
-    folder = "Dataset298_TotalSegmentator_total_6mm_1559subj"
-    data = zip_dataset(Path(test_weights) / folder, tmp_path / f"{folder}.zip")
-    wdir = tmp_path / "weights"
-    with WeightsServer({f"/{folder}.zip": data.read_bytes()}) as srv:
+def test_sigint_and_sigterm_during_weights_download_and_import(model_zip, tmp_path):
+    data, wdir = model_zip, tmp_path / "weights"
+    with WeightsServer({f"/{FASTEST_MODEL}.zip": data.read_bytes()}) as srv:
         srv.fault = "trickle"
         for sig, rc in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
             proc, env = start_cli(["download-weights", "--fastest", "--mirror", srv.url(), "--weights_dir", wdir,
@@ -185,11 +183,9 @@ def test_batch_script_records_the_stopped_case(ct, test_weights, tmp_path, sig):
     assert_nothing_left(run)
 
 
-def test_signals_ignored_by_the_caller_stay_ignored(test_weights, tmp_path):
+def test_signals_ignored_by_the_caller_stay_ignored(model_zip, tmp_path):
     """nohup ignores SIGHUP for its child: the engine must not start honouring it."""
-    folder = "Dataset298_TotalSegmentator_total_6mm_1559subj"
-    data = zip_dataset(Path(test_weights) / folder, tmp_path / f"{folder}.zip")
-    with WeightsServer({f"/{folder}.zip": data.read_bytes()}) as srv:
+    with WeightsServer({f"/{FASTEST_MODEL}.zip": model_zip.read_bytes()}) as srv:
         srv.fault = "trickle"
         proc, env = start_cli(None, tmp_path, command=["nohup", sys.executable, "-m", "SegmentationLogic",
                                                        "download-weights", "--fastest", "--mirror", srv.url(),

@@ -26,6 +26,7 @@ import re
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BATCH = REPO / "TotalSegmentatorModule" / "TotalSegmentatorScripts" / "batch.py"
 MARK = "FAULTKIT_RUN"
+FASTEST_MODEL = "Dataset298_TotalSegmentator_total_6mm_1559subj"  # the model of --fastest (task total)
 
 
 @dataclass
@@ -199,6 +201,15 @@ def digest(*paths):
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
             out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+    return out
+
+
+def modes(root):
+    """{relative path: permission bits} of everything under `root` (and root itself as ".")."""
+    root = Path(root)
+    out = {".": stat.S_IMODE(root.stat().st_mode)}
+    for p in root.rglob("*"):
+        out[str(p.relative_to(root))] = stat.S_IMODE(p.lstat().st_mode)
     return out
 
 
