@@ -88,6 +88,23 @@ class SceneImportError(SegmentationError):
     kind = "import"
 
 
+class OutputPathError(SegmentationError):
+    """An output that cannot or must not be written: it would replace the input or a file the
+    run did not create, its folder is not writable, the disk is full..."""
+
+    kind = "output"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived (system/signals.py): the run stops as on Ctrl+C (SIGINT),
+    temporary and partial files are removed, and the process exits with 128 + the signal number."""
+
+    def __init__(self, signum, name):
+        super().__init__(name)
+        self.signum = signum
+        self.name = name
+
+
 def error_event(error=None, **fields):
     """The progress protocol's `error` event: {"event": "error", "kind", "type", "cause", "fix"}.
 
@@ -97,8 +114,13 @@ def error_event(error=None, **fields):
     """
     if isinstance(error, SegmentationError):
         data = error.to_dict()
+    elif isinstance(error, Terminated):
+        data = {"kind": "cancelled", "type": "Terminated", "signal": error.name,
+                "cause": f"Stopped by {error.name}; partial and temporary files were removed.",
+                "fix": ""}
     elif isinstance(error, KeyboardInterrupt):
-        data = {"kind": "cancelled", "type": "KeyboardInterrupt", "cause": "Interrupted.", "fix": ""}
+        data = {"kind": "cancelled", "type": "KeyboardInterrupt",
+                "cause": "Interrupted; partial and temporary files were removed.", "fix": ""}
     elif isinstance(error, BaseException):
         data = {"kind": "internal", "type": type(error).__name__, "cause": f"Internal error: {error}",
                 "fix": INTERNAL_FIX}

@@ -57,6 +57,7 @@ class SegmentRequest:
     weights_dir: Optional[str] = None
     download: bool = True
     check_modality: bool = True
+    overwrite: bool = False  # replace existing files that are not results of ours (outputs/ownership.py)
 
     def __post_init__(self):
         check_quality(self.quality)

@@ -18,6 +18,11 @@ Protocol: one JSON message per stdin line, answered with the progress protocol's
 On start it sends {"event": "ready", "pid": ...}. Messages run one at a time, in order;
 "tmpdir" (any command) is where that command's temporary files go.
 
+SIGTERM, SIGHUP and SIGINT stop the worker like a cancel (system/signals.py): the
+running message gets an error event (kind "cancelled"), its partial outputs and the
+files it created in its "tmpdir" are removed, and the worker exits with 128 + the
+signal number (143 for SIGTERM).
+
 More commands: `register_command(name, handler)` from any module; the worker imports the
 modules named with `worker --plugin MODULE` before it serves. A handler is called as
 `handler(message, context)` and returns the result payload (a dict); it reports progress
@@ -41,6 +46,7 @@ from .request import BadRequestError, SegmentRequest
 from .server.client import run_worker_request
 from .system import files
 from .system.devices import available_devices
+from .system.signals import exit_code, stop_on_signals
 
 CORE_COMMANDS = ("cancel", "shutdown")  # handled by the worker itself, never by a handler
 _COMMANDS = {}
@@ -144,11 +150,20 @@ class Worker:
                 self.send({"event": "result", **payload}, request_id)
             except SegmentationError as e:
                 self.send(error_event(e), request_id)
+            except KeyboardInterrupt as e:  # SIGTERM/SIGHUP/SIGINT: this message ends, then the worker
+                self._send_quietly(error_event(e), request_id)
+                raise
             except Exception as e:  # keep serving: one bad request must not cost the loaded models
                 traceback.print_exc(file=sys.stderr)
                 self.send(error_event(e), request_id)
             finally:
                 self._current = None
+
+    def _send_quietly(self, event, request_id):
+        try:
+            self.send(event, request_id)
+        except (OSError, ValueError):  # the client is gone (closed pipe)
+            pass
 
     def _warm_up(self):
         """Import torch and nnU-Net now, while the user is still choosing options."""
@@ -220,6 +235,13 @@ def serve(plugins=()):
     sys.stdout = sys.stderr
     stdin = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
     try:
-        return Worker(out).serve(stdin)
+        with stop_on_signals():
+            return Worker(out).serve(stdin)
+    except KeyboardInterrupt as e:  # SIGTERM, SIGHUP or SIGINT
+        print(error_event(e)["cause"].replace("Stopped", "Worker stopped", 1), file=sys.stderr)
+        return exit_code(e)
     finally:
-        out.flush()
+        try:
+            out.flush()
+        except (OSError, ValueError):
+            pass

@@ -14,4 +14,5 @@ def add_parser(sub):
     p.add_argument("prediction")
     p.add_argument("reference")
     p.add_argument("-ta", "--task", default=None, help="names the classes in the report")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=cmd_evaluate)

@@ -2,9 +2,15 @@
 
 Flags follow the official TotalSegmentator CLI where they overlap, so scripts carry over.
 With `--progress json` every event is one JSON object per stdout line (see progress.py);
-otherwise progress goes to stderr as short human lines. Errors end with exit code 1 (130
-when cancelled) and a cause + fix message (or an `error` event), never a traceback,
-unless `--debug`.
+otherwise progress goes to stderr as short human lines. Errors end with exit code 1 and a
+cause + fix message (or an `error` event), never a traceback, unless `--debug`. A file
+fault nobody anticipated (an OSError: permissions, full or read-only disk, a folder
+where a file should be) still gets a cause and fix from its errno.
+
+Stopping: Ctrl+C (SIGINT), SIGTERM and SIGHUP all stop a command the same way
+(system/signals.py): partial output files and temporary folders are removed, one line
+says so, and the exit code is 128 + the signal number: 130 (SIGINT, also a Cancel),
+143 (SIGTERM), 129 (SIGHUP).
 """
 import sys
 import traceback
@@ -12,6 +18,8 @@ import traceback
 from ..errors import Cancelled, SegmentationError, error_event
 from ..cohort.cli import add_commands as add_cohort_commands
 from ..server.cli import add_commands as add_server_commands
+from ..system.files import file_error
+from ..system.signals import exit_code, stop_on_signals
 from ..vessels.cli import add_commands as add_vessel_commands
 from . import evaluate, segment, tasks, weights, worker
 from .common import FlagParser, add_common, emit, emit_result, json_mode, progress_from_args, protocol_stdout
@@ -48,20 +56,26 @@ def _report_error(args, event):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
-    with protocol_stdout(json_mode(args)):
+    with protocol_stdout(json_mode(args)), stop_on_signals():
         try:
             return args.func(args)
         except SegmentationError as e:
             if debug:
-                raise
+                traceback.print_exc(file=sys.stderr)
             _report_error(args, error_event(e))
             return EXIT_CANCELLED if isinstance(e, Cancelled) else EXIT_ERROR
-        except KeyboardInterrupt as e:
-            _report_error(args, error_event(e))
-            return EXIT_CANCELLED
-        except Exception as e:  # noqa: BLE001 - a bug: still one error event, never a bare traceback
+        except KeyboardInterrupt as e:  # Ctrl+C, SIGTERM, SIGHUP (Terminated)
             if debug:
-                raise
-            traceback.print_exc(file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
+            _report_error(args, error_event(e))
+            return exit_code(e)
+        except OSError as e:  # a file fault no check caught: cause and fix from its errno
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            _report_error(args, error_event(file_error(e, reading=None)))
+            return EXIT_ERROR
+        except Exception as e:  # noqa: BLE001 - a bug: still one error event, the traceback with --debug
+            if debug:
+                traceback.print_exc(file=sys.stderr)
             _report_error(args, error_event(e))
             return EXIT_ERROR

@@ -12,23 +12,21 @@ def request_from_args(args):
         roi_subset=args.roi_subset, device=args.device, ml=args.ml, statistics=args.statistics, preview=args.preview,
         body_seg=args.body_seg, force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
         robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download,
-        check_modality=not args.ignore_modality)
+        check_modality=not args.ignore_modality, overwrite=args.overwrite)
 
 
 def cmd_segment(args):
     request, progress = request_from_args(args), progress_from_args(args)
     if getattr(args, "server", None):
         # on a segmentation server: the client needs no torch, nnU-Net or nibabel here
-        from ..server.cli import sigterm_interrupts
         from ..server.client import RemoteSegmenter
 
         ignored = [flag for flag, used in (("--device", args.device != "auto"), ("--weights_dir", args.weights_dir),
                                            ("--no_download", args.no_download)) if used]
         if ignored:
             progress.log(f"{', '.join(ignored)}: decided by the server, ignored with --server.", "warning")
-        with sigterm_interrupts():
-            result = RemoteSegmenter(args.server, token_file=args.token_file, ca_cert=args.ca_cert).run(request,
-                                                                                                     progress)
+        # SIGTERM stops it as Ctrl+C does (cli/main: system/signals), and the server's job is cancelled
+        result = RemoteSegmenter(args.server, token_file=args.token_file, ca_cert=args.ca_cert).run(request, progress)
     else:
         from ..pipeline import default_segmenter  # the engine (numpy, nibabel, torch): imported when it runs
 
@@ -61,5 +59,8 @@ def add_parser(sub):
     p.add_argument("--no_download", action="store_true", help="fail instead of downloading missing weights")
     p.add_argument("--ignore_modality", action="store_true",
                    help="run a CT task even when the volume does not look like CT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files that are not results of this tool (results of earlier runs "
+                        "are replaced anyway); the input is never replaced")
     add_common(p)
     p.set_defaults(func=cmd_segment)

@@ -3,7 +3,8 @@
 Folder: every NIfTI / NRRD / MetaImage file, zip of a DICOM series and sub-folder (one
 DICOM series) directly inside it is a case, named after the file without its suffix
 (`ct.nii.gz` -> `ct`; a second `ct.nrrd` -> `ct_2`). Hidden entries are ignored; other
-files are returned as skipped. The Slicer batch script uses the same function.
+files, `.seg.nrrd` segmentations among them, are returned as skipped. The Slicer batch
+script uses the same function.
 
 Manifest (`.csv`, UTF-8, header row): `input` (required; relative paths are relative to
 the manifest's folder), `case` (optional unique id; default: the input's name as above),
@@ -43,6 +44,8 @@ class Case:
 
 
 def _image_suffix(name):
+    if name.lower().endswith(".seg.nrrd"):  # a segmentation (a result), not an image to segment
+        return None
     return next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
 
 

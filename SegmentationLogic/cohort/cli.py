@@ -1,8 +1,9 @@
 """`python -m SegmentationLogic cohort`: a folder or CSV manifest of cases, segmented on Ray.
 
 Registered on the main parser by `add_commands` (one hook in the CLI's build_parser).
-Exit code: 0 when every case is done, 1 when any failed, 130 when stopped (Ctrl+C or
-SIGTERM: the running cases finish first; a second signal cancels them).
+Exit code: 0 when every case is done, 1 when any failed, 128 + the signal when stopped
+(130 Ctrl+C, 143 SIGTERM, as every command: the running cases finish first; a second
+signal cancels them).
 """
 from ..request import QUALITIES
 
@@ -24,11 +25,12 @@ def cmd_cohort(args, progress_from_args, emit_result):
                "robust_crop": args.robust_crop, "check_modality": not args.ignore_modality,
                "statistics": args.statistics, "preview": args.preview}
     progress = progress_from_args(args)
+    stop = StopRequest()
     summary = run_cohort(args.input, args.output, options, address=args.address, actors=args.actors,
                          cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
                          memory_per_actor_gb=args.memory_per_actor, retries=args.retries, device=args.device,
                          weights_dir=args.weights_dir, download=not args.no_download, verify=args.verify,
-                         progress=_callback(args, progress), stop=StopRequest(), handle_signals=True,
+                         progress=_callback(args, progress), stop=stop, handle_signals=True,
                          debug=args.debug)
     emit_result(args, summary)
     if getattr(args, "progress", "text") != "json" and not args.quiet:
@@ -36,7 +38,7 @@ def cmd_cohort(args, progress_from_args, emit_result):
                      f"{summary['skipped_done']} done earlier, {summary['cancelled']} cancelled, "
                      f"{summary['not_started']} not started; manifest {summary['manifest']}")
     if summary["interrupted"]:
-        return EXIT_STOPPED
+        return 128 + stop.signum if stop.signum else EXIT_STOPPED
     return EXIT_FAILED if summary["failed"] else EXIT_OK
 
 

@@ -73,6 +73,7 @@ class StopRequest:
 
     def __init__(self):
         self.level = 0
+        self.signum = None  # the first signal that asked to stop (exit code 128 + it)
         self._last = 0.0
 
     def stop(self):
@@ -81,8 +82,10 @@ class StopRequest:
     def cancel(self):
         self.level = 2
 
-    def request(self, *_):
+    def request(self, signum=None, frame=None):
         now = time.monotonic()
+        if self.signum is None and signum is not None:
+            self.signum = int(signum)
         # The same signal delivered twice at once (a wrapper such as `timeout` or srun
         # forwarding it to the process group as well) is one request, not two.
         if self.level == 0:

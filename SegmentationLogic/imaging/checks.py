@@ -5,13 +5,13 @@
 this machine's memory) and returns a list of warnings for those that can. Geometry and
 size are checked from the header first, before any voxel is read.
 """
-import zlib
 
 import nibabel as nib
 import numpy as np
 
 from ..errors import InputImageError, OutOfMemoryError
 from ..system.memory import available_memory, format_bytes, limit_note
+from .nifti import read_voxels
 
 # Orthonormality tolerance on the unit direction vectors: float32-rounded NIfTI headers
 # are ~1e-7 off; a 0.1 degree gantry tilt is ~2e-3.
@@ -141,18 +141,8 @@ def check_image(img, target_spacing=None, n_classes=None, available_bytes=None):
             "Slicer: Crop Volume), close other programs, or use a machine with more memory.")
     if avail is not None and need > 0.7 * avail:
         warnings.append(f"The run may need about {format_bytes(need)} of the {format_bytes(avail)} memory available.")
-    _check_values(_pixels(img).reshape(shape[:3]))
+    _check_values(read_voxels(img).reshape(shape[:3]))
     return warnings
-
-
-def _pixels(img):
-    """The voxel values; a file whose pixel data ends early or is corrupt is an input error."""
-    try:
-        return np.asanyarray(img.dataobj)
-    except (EOFError, zlib.error, OSError, ValueError) as e:  # gzip/zlib/short reads, as nibabel raises them
-        raise InputImageError(f"The image's pixel data cannot be read: the file is truncated or corrupt ({e}).",
-                              "Copy or export the image again and check that the transfer finished "
-                              "(compare the file size with the original).") from e
 
 
 def _check_values(data):

@@ -265,3 +265,14 @@ def _place_in_hierarchy(scene, segmentation_node, volume_node):
     parent = sh.GetItemParent(volume_item) if volume_item else 0
     if parent and parent != sh.GetSceneItemID():
         sh.SetItemParent(sh.GetItemByDataNode(segmentation_node), parent)
+
+
+def is_our_segmentation(path):
+    """Whether the .seg.nrrd at `path` was written by this extension (its segments carry our
+    class tag in the header): the batch script may replace it without --overwrite."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(1 << 20).split(b"\n\n", 1)[0]
+    except OSError:
+        return False
+    return header.startswith(b"NRRD") and TAG_CLASS.encode() in header

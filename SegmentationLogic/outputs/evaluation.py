@@ -17,6 +17,7 @@ import numpy as np
 
 from ..catalogue import load_catalogue
 from ..errors import InputImageError
+from ..imaging.nifti import read_voxels
 from ..imaging.read import load_image
 from .labelmap import read_label_table
 
@@ -42,7 +43,7 @@ def dice(pred_mask, ref_mask):
 def _labels(x):
     """Integer label array of an array or image (rounded: masks saved as float are fine)."""
     if hasattr(x, "dataobj"):
-        x = np.asanyarray(x.dataobj)
+        x = read_voxels(x)
     x = np.asanyarray(x)
     if x.ndim > 3 and all(n == 1 for n in x.shape[3:]):
         x = x.reshape(x.shape[:3])

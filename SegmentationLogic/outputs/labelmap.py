@@ -5,7 +5,8 @@
   CaretExtension XML LabelTable), so tools that read TotalSegmentator files read ours.
   `read_label_table` is the one parser of that table (ours and the official tool's).
 - Sidecar `<name>.labels.json` (multilabel) or `labels.json` (per class): task, label
-  values and names, and a note when the weights were test models.
+  values and names, the names of the files the run wrote (how a later run recognises
+  them as ours: ownership.py), and a note when the weights were test models.
 """
 import re
 from pathlib import Path
@@ -59,20 +60,9 @@ def read_label_table(img):
     return {}
 
 
-def sidecar_path(output, ml):
-    output = Path(output)
-    if ml:
-        name = output.name
-        for suffix in (".nii.gz", ".nii"):
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        return output.with_name(name + ".labels.json")
-    return output / "labels.json"
-
-
-def sidecar(task, class_map, note=None):
+def sidecar(task, class_map, note=None, files=()):
+    """The sidecar's content; `files`: the paths the run writes (stored as names, beside it)."""
     return {"task": task, "labels": {str(k): v for k, v in class_map.items()},
-            **({"note": note} if note else {})}
+            "files": [Path(f).name for f in files], **({"note": note} if note else {})}
 
 

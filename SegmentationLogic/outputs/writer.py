@@ -9,7 +9,10 @@
   field reads TEST_MODEL_DESCRIPTION, statistics.json and the sidecar carry a "note".
 
 Files are written under temporary names and renamed when all are complete
-(`AtomicWriter`), so a failure or cancel never leaves half a result behind.
+(`AtomicWriter`), so a failure or cancel never leaves half a result behind (nor an
+output folder the writer created). Which files a request writes, and the check made
+before any work, are in layout.py. A write that fails (disk full, read-only,
+permissions) is an OutputPathError naming the file.
 """
 import logging
 import os
@@ -18,8 +21,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..system.files import dump_json, refuse_overwriting, reserve_temp
-from .labelmap import output_header, sidecar, sidecar_path
+from ..system.files import dump_json, file_error, refuse_overwriting, reserve_temp
+from ..system.output_checks import check_free_space
+from ..system.signals import deferred
+from .labelmap import output_header, sidecar
+from .layout import sidecar_path
 from .preview import render_preview
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,7 @@ class AtomicWriter:
 
     def __init__(self, protect=(), note=None):
         self._pending = []  # (tmp, final)
+        self._created = []  # folders this writer made, removed again on abort
         self.files = []
         self.protect = tuple(protect)
         self.note = note
@@ -47,6 +54,10 @@ class AtomicWriter:
     def path(self, final, suffix=""):
         """A temporary path to write `final` to; it is renamed to `final` by `commit()`."""
         refuse_overwriting(final, self.protect)
+        folder = Path(final).parent
+        while not folder.exists():
+            self._created.append(folder)
+            folder = folder.parent
         tmp = reserve_temp(final, suffix)
         self._pending.append((tmp, Path(final)))
         return tmp
@@ -55,10 +66,22 @@ class AtomicWriter:
         if self.note:
             img.header["descrip"] = TEST_MODEL_DESCRIPTION.encode()
         # nibabel picks compression from the name: keep the NIfTI suffix at the end of the temp name
-        nib.save(img, self.path(final, ".nii.gz" if str(final).endswith(".nii.gz") else ".nii"))
+        tmp = self.path(final, ".nii.gz" if str(final).endswith(".nii.gz") else ".nii")
+        try:
+            nib.save(img, tmp)
+        except OSError as e:
+            raise file_error(e, final) from None
 
     def json(self, data, final):
-        dump_json(data, self.path(final, ".json"))
+        tmp = self.path(final, ".json")
+        try:
+            dump_json(data, tmp)
+        except OSError as e:
+            raise file_error(e, final) from None
+
+    def finals(self):
+        """The final paths of the files written so far."""
+        return [final for _, final in self._pending]
 
     def adopt(self, tmp, final):
         """Take over a file someone else wrote to `tmp`."""
@@ -66,10 +89,14 @@ class AtomicWriter:
         self._pending.append((Path(tmp), Path(final)))
 
     def commit(self):
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-            self.files.append(final)
-        self._pending = []
+        with deferred():  # a signal must not leave half of the renames done
+            for tmp, final in self._pending:
+                try:
+                    os.replace(tmp, final)
+                except OSError as e:
+                    raise file_error(e, final) from None
+                self.files.append(final)
+            self._pending = []
         return self.files
 
     def abort(self):
@@ -79,6 +106,11 @@ class AtomicWriter:
             except OSError:
                 pass
         self._pending = []
+        for folder in dict.fromkeys(self._created):  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty (someone else's files) or gone
 
 
 def write_multilabel(writer, img, output):
@@ -99,6 +131,22 @@ def write_masks(writer, masks, reference, output_dir):
         writer.nifti(nib.Nifti1Image(mask.astype(np.uint8), reference.affine), Path(output_dir) / f"{name}.nii.gz")
 
 
+def check_output_space(request, n_voxels, n_files):
+    """Once the input's size is known (still before inference): enough free disk for the
+    results? Estimate: an uncompressed .nii labelmap is 1 byte per voxel; gzip shrinks a
+    labelmap at least 20 times and a single-class mask at least 200 times."""
+    output = Path(request.output)
+    if request.ml:
+        need = n_voxels + 65536 if not output.name.lower().endswith(".gz") else n_voxels // 20 + 65536
+        folder = output.parent
+    else:
+        need = n_files * (n_voxels // 200 + 4096)
+        folder = output
+    if request.preview:
+        need += 2 * 1024 * 1024
+    check_free_space(folder, need)
+
+
 def write_result(request, result, reference, progress, extra_masks=None):
     """Every file a run's `request` asks for, from its `result`; all written or none. Returns the paths.
 
@@ -114,13 +162,15 @@ def write_result(request, result, reference, progress, extra_masks=None):
         else:
             write_per_class(writer, np.asanyarray(result.labelmap.dataobj), reference, result.class_map, output)
             write_masks(writer, extra_masks or {}, reference, output)
-        writer.json(sidecar(request.task, result.class_map, result.model_note), sidecar_path(output, request.ml))
         if result.statistics is not None:
             writer.json(statistics_document(result.statistics, result.model_note), out_dir / "statistics.json")
         if request.preview:
             title = f"TotalSegmentator {request.task}" + (f" --{request.quality}" if request.quality != "normal"
                                                           else "")
             _preview(writer, result, out_dir / f"preview_{request.task}.png", title, progress)
+        label_file = sidecar_path(output, request.ml)  # last: it lists what this run wrote
+        writer.json(sidecar(request.task, result.class_map, result.model_note, writer.finals() + [label_file]),
+                    label_file)
         return writer.commit()
     except BaseException:
         writer.abort()

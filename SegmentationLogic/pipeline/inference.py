@@ -222,7 +222,15 @@ class ModelCache:
         with self._lock:
             model = self._models.get(key)
             if model is None:
-                model = LoadedModel(folder, device, folds, name=name)
+                try:
+                    model = LoadedModel(folder, device, folds, name=name)
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+                    # files that parse but lack what nnU-Net needs (a hand-edited or foreign plans.json)
+                    raise InvalidWeightsError(
+                        f"Model {name or Path(folder).parent.name}: plans.json, dataset.json or a checkpoint in "
+                        f"{folder} lacks what nnU-Net needs ({type(e).__name__}: {e}).",
+                        "Download or import the weights of this model again (python -m SegmentationLogic "
+                        "download-weights, or import-weights with the official zip).") from e
                 self._models[key] = model
             return model
 

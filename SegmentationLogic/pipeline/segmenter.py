@@ -12,20 +12,20 @@ module-level `segment(...)` are the Python API's keyword form of the same call. 
 Segmenter keeps the loaded models between runs.
 """
 import time
-from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
-from ..errors import InputImageError, OutOfMemoryError, SegmentationError
+from ..errors import OutOfMemoryError, SegmentationError
 from ..imaging.modality import check_modality
-from ..imaging.read import open_input
+from ..imaging.read import check_input, open_input
 from ..outputs.labelmap import multilabel_image
 from ..outputs.statistics import basic_statistics
-from ..outputs.writer import write_result
+from ..outputs.layout import check_request_outputs, class_files
+from ..outputs.writer import check_output_space, write_result
 from ..progress import as_progress
 from ..request import SegmentRequest, SegmentResult
 from ..system.devices import parse_device, resolve_device, thread_settings
-from ..system.files import refuse_overwriting
 from ..weights import ensure_models
 from . import geometry
 from .inference import ModelCache
@@ -65,16 +65,20 @@ class Segmenter:
         device = self.device if request.device in (None, "auto") else request.device
         weights_dir = request.weights_dir if request.weights_dir is not None else self.weights_dir
         parse_device(device)
+        # Before any work (download, model load, inference): the input can be read and the
+        # outputs can be written without replacing anything that must survive.
         if not isinstance(request.input, nib.spatialimages.SpatialImage):
-            if not Path(request.input).exists():
-                raise InputImageError(f"Input not found: {request.input}", "Check the path.")
-            if request.output is not None and request.ml:  # before any work (the writer checks every file)
-                refuse_overwriting(request.output, [request.input])
+            check_input(request.input)
+        n_files = 0
+        if request.output is not None:
+            n_files = len(check_request_outputs(request, *class_files(plan.spec, plan.roi_subset, request.ml)))
         # before torch starts: a missing model is a quick, clear error
         ensure_models(plan.all_models(), weights_dir, download=request.download and self.download, progress=progress)
         ctx = RunContext(self.models, resolve_device(device), weights_dir, progress)
         with thread_settings(ctx.device):
             img, image = self._read(request, plan, ctx)
+            if request.output is not None:  # the input's size is known: enough disk for the results?
+                check_output_space(request, int(np.prod(img.shape[:3])), n_files)
             try:
                 labels, fast_stats = run_task(ctx, plan, image)
             except SegmentationError:

@@ -7,12 +7,10 @@ every job folder deleted.
 """
 import logging
 import os
-import signal
 import ssl
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import SegmentationError
@@ -122,25 +120,6 @@ def _run_uvicorn(queue, checker, config, log_level):
         ssl_context_factory=tls_context if config.tls_cert else None)
     Server(uv_config).run()
     return 0
-
-
-# -- the client side of the CLI ------------------------------------------------------------------
-
-@contextmanager
-def sigterm_interrupts():
-    """SIGTERM acts like Ctrl+C while a remote run waits, so the server's job is cancelled and nothing is left."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def add_commands(sub):

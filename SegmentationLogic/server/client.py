@@ -28,8 +28,10 @@ from pathlib import Path
 
 import requests  # Slicer ships it
 
+from ..catalogue import load_catalogue
 from ..errors import (Cancelled, DeviceError, InputImageError, LicenseError, OutOfMemoryError, SegmentationError,
                       UnknownTaskError, WeightsMissingError)
+from ..outputs.layout import check_request_outputs, class_files, sidecar_path
 from ..progress import CancelToken, Progress
 from ..request import BadRequestError, SegmentRequest, SegmentResult
 from .protocol import (API, API_VERSION, FORMAT_HEADER, INPUT_FORMATS, LABELMAP_NAME, OUTPUT_HEADER, REQUEST_HEADER,
@@ -285,6 +287,9 @@ def _check_request(request):
         except ImportError:
             raise BadRequestError("A remote run without an output path returns the labelmap in memory, which needs "
                                   "nibabel, and it is not installed here.", "Give an output path.") from None
+    else:  # before the upload: the result can be written here and replaces nothing that must survive
+        spec = load_catalogue().task(request.task)
+        check_request_outputs(request, *class_files(spec, request.roi_subset, request.ml))
     return source, (Path(output).expanduser() if output is not None else None)
 
 
@@ -402,13 +407,8 @@ def _target(name, output, ml):
         return output / name
     if name in (f"{LABELMAP_NAME}.nii.gz", f"{LABELMAP_NAME}.nii"):
         return output
-    if name == f"{LABELMAP_NAME}.labels.json":  # the engine's rule (outputs.sidecar_path), which needs nibabel
-        base = output.name
-        for suffix in (".nii.gz", ".nii"):
-            if base.endswith(suffix):
-                base = base[: -len(suffix)]
-                break
-        return output.with_name(base + ".labels.json")
+    if name == f"{LABELMAP_NAME}.labels.json":
+        return sidecar_path(output, ml)
     return output.parent / name
 
 

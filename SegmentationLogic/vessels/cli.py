@@ -26,7 +26,7 @@ def cmd_split_vessels(args, progress_from_args, emit_result):
                              ivc=args.ivc, use_skeleton=not args.no_skeleton,
                              min_component_size=args.min_split_component_size, labeled_only=args.labeled_only,
                              portal_points_ras=_points(args.portal_point), hepatic_points_ras=_points(args.hepatic_point),
-                             progress=progress_from_args(args))
+                             progress=progress_from_args(args), overwrite=args.overwrite)
     files = [str(f) for f in res["files"]]
     emit_result(args, {"files": files, "qc": res["qc"]})
     _print_qc(args, res["qc"], files)
@@ -44,7 +44,7 @@ def cmd_liver_vessels(args, progress_from_args, emit_result):
         skip_main_body_veins=args.skip_main_body_veins, no_skeleton=args.no_skeleton,
         min_split_component_size=args.min_split_component_size, labeled_only=args.labeled_only,
         remove_enhanced_binary=args.remove_enhanced_binary, weights_dir=args.weights_dir,
-        progress=progress_from_args(args), check_modality=not args.ignore_modality)
+        progress=progress_from_args(args), check_modality=not args.ignore_modality, overwrite=args.overwrite)
     emit_result(args, {"files": res["files"], "qc": res["qc"], "note": res["note"]})
     _print_qc(args, res["qc"], res["files"])
     if res.get("note") and args.progress != "json":
@@ -65,6 +65,9 @@ def _split_options(p):
                    help="per class, smaller pieces join the class around them or are dropped (voxels)")
     p.add_argument("--labeled_only", action="store_true",
                    help="write only liver_vessels_labeled.nii.gz (1 portal, 2 hepatic)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files that are not results of this tool (earlier results are "
+                        "replaced anyway); inputs are never replaced")
 
 
 def add_commands(sub, common, progress_from_args, emit_result):

@@ -14,8 +14,10 @@ import numpy as np
 
 from ..errors import InputImageError
 from ..imaging import orientation
+from ..imaging.nifti import check_header, load_nifti, read_voxels
 from ..system import files
 from ..system.files import atomic_path, json_safe  # noqa: F401 (json_safe: vessel review)
+from ..system.output_checks import check_outputs
 
 OUTPUT_FILES = {
     "portal": "portal_vein_branches.nii.gz",
@@ -49,11 +51,21 @@ def load_image(path, what):
         raise VesselInputError(f"The {name} file does not exist: {path}",
                                f"Check the path, or leave the {name} out (the split then falls back on anatomy "
                                "and says so in its warnings).")
-    try:
-        img = nib.load(str(path))
-    except Exception as e:
-        raise VesselInputError(f"The {name} file {path} cannot be read as an image ({e}).",
-                               "Pass a NIfTI file (.nii or .nii.gz), e.g. a TotalSegmentator output.") from e
+    if path.is_dir():
+        raise VesselInputError(f"The {name} {path} is a folder, not a mask file.",
+                               "Pass a NIfTI file (.nii or .nii.gz), e.g. a TotalSegmentator output.")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        try:
+            check_header(path)  # no invented spacing, not truncated, readable
+            img = load_nifti(path)
+        except InputImageError as e:
+            raise VesselInputError(f"The {name} file {path} cannot be read as an image: {e.cause}", e.fix) from None
+    else:
+        try:
+            img = nib.load(str(path))
+        except Exception as e:
+            raise VesselInputError(f"The {name} file {path} cannot be read as an image ({e}).",
+                                   "Pass a NIfTI file (.nii or .nii.gz), e.g. a TotalSegmentator output.") from e
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         img = img.slicer[..., 0]
@@ -103,10 +115,15 @@ def ras_to_ijk(points_ras, affine):
     return (np.linalg.inv(affine) @ homo.T).T[:, :3]
 
 
+def mask_data(img):
+    """The voxels of a mask image (a truncated or damaged file is an InputImageError)."""
+    return read_voxels(img)
+
+
 def vessel_array(img, path, notes):
     """Binary vessel mask from a vessel file. A liver_vessels multilabel result (1 vessels,
     2 tumour) keeps label 1; the tumour is not a vessel and is noted."""
-    data = np.asanyarray(img.dataobj)
+    data = mask_data(img)
     values = np.unique(data[data != 0]) if data.any() else np.array([])
     if len(values) == 2 and set(np.round(values).astype(int)) == {1, LIVER_VESSELS_TUMOUR_LABEL}:
         notes.append(f"{path} holds vessels (1) and liver tumour (2): only label 1 is split.")
@@ -129,7 +146,7 @@ def load_masks(vessels, liver=None, portal_trunk=None, ivc=None):
         img = ref if what == "vessels" else load_image(path, what)
         if what != "vessels":
             check_same_grid(ref, img, vessels, path, what)
-        raw = vessel_array(img, path, notes) if what == "vessels" else np.asanyarray(img.dataobj) > 0
+        raw = vessel_array(img, path, notes) if what == "vessels" else mask_data(img) > 0
         data, can, spacing = to_canonical(nib.Nifti1Image(raw.astype(np.uint8), img.affine))
         arrays[what] = data > 0
     return ref, arrays, spacing, can, notes
@@ -137,6 +154,31 @@ def load_masks(vessels, liver=None, portal_trunk=None, ivc=None):
 
 # ---------------------------------------------------------------------------------------
 # writing
+
+def _our_metadata(path):
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and ("portal_hepatic_split_qc" in data or {"input", "timestamp"} <= set(data))
+
+
+def is_vessel_result(path):
+    """A file a vessel command wrote (replaced by a new run without --overwrite): one of the
+    vessel or support file names in a folder whose metadata JSON is ours, or that JSON."""
+    path = Path(path)
+    metadata = path.parent / OUTPUT_FILES["metadata"]
+    names = set(OUTPUT_FILES.values()) | set(SUPPORT_FILES.values())
+    return path.name in names and _our_metadata(metadata)
+
+
+def check_vessel_outputs(out_dir, names, inputs, overwrite=False):
+    """Before any work: `out_dir` can take the files `names` without replacing an input or a
+    file that is not a vessel result of ours (unless `overwrite`)."""
+    out_dir = Path(out_dir)
+    check_outputs([out_dir / n for n in names], [p for p in inputs if p is not None], overwrite=overwrite,
+                  is_ours=is_vessel_result, folder=out_dir)
+
 
 def write_nifti(data, ref_img, path, dtype=np.uint8):
     """Write `data` (in ref_img's axis order) with ref_img's geometry, atomically."""

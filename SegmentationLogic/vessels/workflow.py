@@ -17,8 +17,9 @@ from ..errors import SegmentationError
 from ..pipeline import segment
 from ..progress import Progress
 from .enhancement import enhance, no_liver_error
-from .io import (OUTPUT_FILES, SUPPORT_FILES, VesselInputError, check_same_grid, from_canonical, load_image,
-                 load_masks, mask_metadata, ras_to_ijk, read_metadata, write_json, write_nifti, write_split_files)
+from .io import (OUTPUT_FILES, SUPPORT_FILES, VesselInputError, check_same_grid, check_vessel_outputs, from_canonical,
+                 load_image, load_masks, mask_data, mask_metadata, ras_to_ijk, read_metadata, write_json, write_nifti,
+                 write_split_files)
 from .split import split_vessels
 
 MODES = ("enhanced_liver", "liver_vessels_only", "standard")
@@ -34,9 +35,15 @@ def _progress(progress):
     return progress if progress is not None else (lambda *a, **k: None)
 
 
+def _split_outputs(write_skeleton):
+    """Names of the files a split writes (or, with labeled_only, removes: portal and hepatic)."""
+    keys = ["labeled", "portal", "hepatic"] + (["skeleton"] if write_skeleton else []) + ["confidence", "metadata"]
+    return [OUTPUT_FILES[k] for k in keys]
+
+
 def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None, use_skeleton=True,
                        min_component_size=20, write_skeleton=None, labeled_only=False, portal_points_ras=None,
-                       hepatic_points_ras=None, progress=None):
+                       hepatic_points_ras=None, progress=None, overwrite=False):
     """Split a vessel mask file into portal and hepatic files in `out_dir`.
 
     Any of liver, portal_trunk, ivc may be None (the split then falls back on anatomy and
@@ -46,9 +53,12 @@ def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None
     the skeleton is used (or as `write_skeleton` says), the confidence map
     liver_vessels_split_confidence (0.5-1.0 on vessel voxels, below 0.75 "unsure", 0
     elsewhere), and the QC into enhanced_liver_vessels_metadata.json (created, or updated
-    when the enhancement wrote it). Returns {"qc", "files", "result"}.
+    when the enhancement wrote it). Existing files there that are not vessel results of
+    ours are refused before any work unless `overwrite`. Returns {"qc", "files", "result"}.
     """
     step = _progress(progress)
+    write_skeleton = use_skeleton if write_skeleton is None else write_skeleton
+    check_vessel_outputs(out_dir, _split_outputs(write_skeleton), [vessels, liver, portal_trunk, ivc], overwrite)
     step("load", 0.0, "Reading the masks")
     ref, arrays, spacing, can_affine, notes = load_masks(vessels, liver, portal_trunk, ivc)
     if not arrays["vessels"].any():
@@ -62,7 +72,6 @@ def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None
     qc = result.qc
     qc["warnings"] = notes + qc["warnings"] + _support_warnings(arrays)
     step("save", 0.0, "Writing the split")
-    write_skeleton = use_skeleton if write_skeleton is None else write_skeleton
     labels = from_canonical(result.labels, ref)
     skeleton = from_canonical(result.skeleton_labels, ref) if write_skeleton else None
     confidence = from_canonical(result.confidence, ref)
@@ -122,7 +131,7 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
                       split_support_dir=None, generate_split_support=False, skip_main_body_veins=False,
                       no_skeleton=False, min_split_component_size=20, labeled_only=False,
                       remove_enhanced_binary=False, weights_dir=None, progress=None, cancel=None,
-                      check_modality=True):
+                      check_modality=True, overwrite=False):
     """The enhanced liver-vessel pipeline on a CT (options as the published CLI).
 
     mode enhanced_liver: liver_vessels task, restricted to the liver (given, found in
@@ -130,7 +139,8 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
     small components removed -> enhanced_liver_vessels.nii.gz + metadata; with
     split_portal_hepatic (implied by labeled_only) the portal/hepatic split follows.
     mode liver_vessels_only: the liver_vessels task's files. mode standard: a total run.
-    Returns {"files", "metadata", "qc"}.
+    Existing files in `output` that are not results of ours are refused before any work
+    unless `overwrite`. Returns {"files", "metadata", "qc"}.
     """
     if mode not in MODES:
         raise SegmentationError(f"Unknown mode '{mode}'.", f"Use one of: {', '.join(MODES)}.")
@@ -141,15 +151,17 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
     if cancel is not None and progress is None:  # our own steps check the token too
         progress = Progress(None, cancel=cancel)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     common = dict(device=device, robust_crop=robust_crop, weights_dir=weights_dir, progress=progress, cancel=cancel,
                   check_modality=check_modality)
     if mode == "standard":
-        res = segment(input, out, task="total", ml=False, **common)
+        res = segment(input, out, task="total", ml=False, overwrite=overwrite, **common)
         return {"files": list(res.files), "metadata": None, "qc": None, "note": res.model_note}
     if mode == "liver_vessels_only":
-        res = segment(input, out, task="liver_vessels", ml=False, **common)
+        res = segment(input, out, task="liver_vessels", ml=False, overwrite=overwrite, **common)
         return {"files": list(res.files), "metadata": None, "qc": None, "note": res.model_note}
+    names = [OUTPUT_FILES["enhanced"], OUTPUT_FILES["metadata"]] + (_split_outputs(not no_skeleton) if split else [])
+    support = [Path(split_support_dir) / f for f in SUPPORT_FILES.values()] if split_support_dir else []
+    check_vessel_outputs(out, names, [input, liver_mask, *support], overwrite)  # before any work
 
     ct = load_image(input, "CT") if not hasattr(input, "affine") else input
     notes, generated = [], []
@@ -181,7 +193,7 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
     if liver_path is not None:  # checked before the long vessel run
         liver_img = load_image(liver_path, "liver")
         check_same_grid(ct, liver_img, input, liver_path, "liver")
-        liver = np.asanyarray(liver_img.dataobj) > 0
+        liver = mask_data(liver_img) > 0
         liver_source = "generated" if str(liver_path) in generated else "provided"
     if (liver is None or not liver.any()) and no_fallback_full_liver:
         raise no_liver_error()
@@ -219,7 +231,7 @@ def run_liver_vessels(input, output, mode="enhanced_liver", liver_mask=None, rob
                                        portal_trunk=trunk if trunk.exists() else None,
                                        ivc=ivc if ivc.exists() else None, use_skeleton=not no_skeleton,
                                        min_component_size=min_split_component_size, labeled_only=labeled_only,
-                                       progress=progress)
+                                       progress=progress, overwrite=overwrite)
         qc = split_res["qc"]
         files += [f for f in split_res["files"] if f not in files]
         if labeled_only and remove_enhanced_binary:

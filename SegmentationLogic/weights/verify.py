@@ -17,6 +17,7 @@ import contextlib
 import json
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,35 @@ def verify_model_folder(folder, folds=None, progress=None):
             progress(f"fold_{f}", i, len(present))
         check_checkpoint(folder / f"fold_{f}" / CHECKPOINT, n_labels)
     return present
+
+
+def quick_check(folder, folds):
+    """What a run checks of an installed model before it starts (milliseconds, no torch):
+    dataset.json and plans.json parse and hold the labels and this folder's configuration,
+    and each fold's checkpoint is a complete file (torch saves a zip archive; a truncated
+    copy has no central directory). `verify_model_folder` is the full check made on install."""
+    folder = Path(folder)
+    m = SUBDIR_RE.match(folder.name)
+    dataset = _load_json(folder / "dataset.json", "labels and channels")
+    plans = _load_json(folder / "plans.json", "network and preprocessing plans")
+    if not isinstance(dataset.get("labels"), dict) or not dataset["labels"]:
+        raise InvalidWeightsError(f"{folder / 'dataset.json'} has no 'labels'.", _FIX)
+    configs = plans.get("configurations")
+    if m and (not isinstance(configs, dict) or m["configuration"] not in configs):
+        raise InvalidWeightsError(
+            f"{folder / 'plans.json'} has no configuration '{m['configuration']}' "
+            f"(has: {', '.join(configs) if isinstance(configs, dict) else 'none'}).", _FIX)
+    for f in folds:
+        path = folder / f"fold_{f}" / CHECKPOINT
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(2)
+            if magic == b"PK":
+                zipfile.ZipFile(path).close()  # reads only the central directory, at the end of the file
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            raise InvalidWeightsError(f"{path} is damaged or incomplete ({_short(e)}).", _FIX) from None
+        if magic != b"PK" and magic[:1] != b"\x80":  # a zip, or a legacy pickle
+            raise InvalidWeightsError(f"{path} is not a PyTorch checkpoint (empty or another kind of file).", _FIX)
 
 
 def model_subdirs(dataset_folder):

@@ -226,7 +226,7 @@ def test_missing_and_unsupported_inputs(tmp_path):
         load_image(tmp_path / "scan.png")
     assert "Unsupported input format: scan.png" in e.value.cause and ".nrrd" in e.value.fix
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
-    with pytest.raises(InputImageError, match="Cannot read NIfTI file broken.nii.gz"):
+    with pytest.raises(InputImageError, match="broken.nii.gz is not a compressed NIfTI image: it is a text file"):
         load_image(tmp_path / "broken.nii.gz")
     (tmp_path / "series.zip").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(InputImageError, match="Cannot open zip file series.zip"):

@@ -160,7 +160,7 @@ def test_sigterm_to_the_cli_cancels_the_job_on_the_server(remote_server, test_ca
                 cli.send_signal(signal.SIGTERM)  # what a batch system or the Slicer module does to stop it
                 break
         rest = [json.loads(line) for line in cli.stdout]
-        assert cli.wait(60) == 130
+        assert cli.wait(60) == 143  # 128 + SIGTERM, as every command
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -28,6 +28,9 @@ FAULTS = {
     "html": "200 with an HTML page instead of the zip (captive portal)",
     "no_validator": "no ETag, If-Range ignored (a changed file is resumed blindly)",
     "json_200": "licence server: a wrong key gets 200 with a JSON status instead of 403",
+    "no_answer": "accept the connection and read the request, then send nothing until the server stops",
+    "headers_stall": "send the status line, then nothing more (the headers never end)",
+    "trickle": "headers for the whole file, then one byte every 50 ms (20 bytes/s)",
 }
 
 
@@ -114,6 +117,16 @@ class WeightsServer:
             def _serve(self, data, n):
                 fault = server.fault
                 try:
+                    if fault == "no_answer":
+                        server._stop.wait(60)
+                        self.close_connection = True
+                        return
+                    if fault == "headers_stall":
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                        self.wfile.flush()
+                        server._stop.wait(60)
+                        self.close_connection = True
+                        return
                     if data is None:
                         return self._send_json(404, {"status": "not_found"})
                     if fault == "500" or (fault == "500_once" and n == 1):
@@ -159,6 +172,13 @@ class WeightsServer:
                         self.wfile.flush()
                         server._stop.wait(30)
                         self.close_connection = True
+                        return
+                    if fault == "trickle":
+                        for i in range(len(body)):
+                            if server._stop.wait(0.05):
+                                return
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
                         return
                     if fault == "slow":
                         for i in range(0, len(body), 4096):

@@ -58,7 +58,9 @@ def test_split_vessels_cli_writes_the_published_outputs(files, phantom, tmp_path
 
 
 def test_labeled_only_and_no_skeleton(files, tmp_path):
-    (tmp_path / OUTPUT_FILES["portal"]).write_bytes(b"stale")
+    # an earlier full split left per-class files: a labeled-only run removes them (they are ours)
+    assert _cli("--vessels", files["liver_vessels"], "-o", tmp_path, "--no_skeleton") == 0
+    assert (tmp_path / OUTPUT_FILES["portal"]).is_file()
     rc = _cli("--vessels", files["liver_vessels"], "--portal_trunk", files["portal_vein_and_splenic_vein"],
               "--ivc", files["inferior_vena_cava"], "-o", tmp_path, "--labeled_only", "--no_skeleton")
     assert rc == 0

@@ -19,7 +19,17 @@ A failing case is reported and the others still run. O/summary.csv gets one row 
 case as it finishes (case, status, seconds, segments, error, output, note: e.g. that a
 test model ran instead of the real weights). Progress lines
 go to stdout. Exit code: 0 when every case succeeded, 1 when any failed, 2 for a usage
-error (missing folder, no cases), 130 when interrupted.
+error (missing folder, no cases, an output that cannot or must not be written), and
+128 + the signal number when stopped: 130 Ctrl+C (SIGINT), 143 SIGTERM (what `timeout`,
+`kill` and cluster schedulers send), 129 SIGHUP; the case that was running is recorded
+as "cancelled", its partial file and temporary files are removed.
+
+Before the first case: the output folder must be writable, and an existing
+`<case>.seg.nrrd` or summary CSV that this script did not write (ours: the segments carry
+the TotalSegmentator class tag, or our earlier summary lists the file; the CSV starts with
+our header) is only replaced with
+--overwrite (--skip-existing keeps finished cases instead). `.seg.nrrd` files in the
+input folder are results, not images, and are skipped.
 """
 import argparse
 import csv
@@ -28,6 +38,7 @@ import time
 import traceback
 from pathlib import Path
 
+RESULT_SUFFIX = ".seg.nrrd"
 SUMMARY_FIELDS = ("case", "status", "seconds", "segments", "error", "output", "note")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 NOTE_TAG = "TotalSegmentator.Note"  # segment tag: e.g. that a TEST MODEL made the segment
@@ -107,12 +118,48 @@ def build_parser():
                    help="segment cases that do not look like the task's modality (CT task on MR) anyway")
     p.add_argument("--class-names", action="store_true", help="name segments by class name, not standard name")
     p.add_argument("--skip-existing", action="store_true", help="keep cases whose .seg.nrrd already exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing .seg.nrrd / summary files that this script did not write")
     p.add_argument("--summary", type=Path, help="summary CSV (default OUTPUT_DIR/summary.csv)")
     return p
 
 
 def _say(message):
     print(message, flush=True)
+
+
+def _our_summary(path):
+    """The rows of a summary CSV this script wrote (its header is ours), else None."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            if f.readline().strip() != ",".join(SUMMARY_FIELDS):
+                return None
+            return list(csv.DictReader(f, fieldnames=SUMMARY_FIELDS))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+
+
+def check_outputs(cases, args, summary_path):
+    """Before the first case (SegmentationLogic's output checks): raises OutputPathError.
+
+    Ours: a summary with our header, and a .seg.nrrd whose segments carry our class tag or
+    that an earlier summary of ours lists as written (an empty result has no segment)."""
+    from SegmentationLogic.mrml.segmentation_import import is_our_segmentation
+    from SegmentationLogic.system.output_checks import check_outputs as check
+
+    outputs = [args.output_dir / f"{case}{RESULT_SUFFIX}" for case, _ in cases]
+    if args.skip_existing:
+        outputs = [o for o in outputs if not o.is_file()]
+    rows = _our_summary(summary_path) or []
+    written = {Path(r["output"]).resolve() for r in rows if r.get("status") == "ok" and r.get("output")}
+
+    def ours(path):
+        if path == summary_path:
+            return _our_summary(path) is not None
+        return is_our_segmentation(path) or path.resolve() in written
+
+    check(outputs + [summary_path], [path for _, path in cases], overwrite=args.overwrite, is_ours=ours,
+          folder=args.output_dir)
 
 
 def run_case(scene, segmenter, path, output, args, progress):
@@ -162,11 +209,17 @@ def main(argv=None):
     if missing:
         _say(missing)
         return EXIT_USAGE
-    from SegmentationLogic.errors import Cancelled, SegmentationError
+    from SegmentationLogic.errors import SegmentationError
     from SegmentationLogic.mrml.scene import new_scene
     from SegmentationLogic.pipeline import Segmenter
-    from SegmentationLogic.progress import Progress, text_writer
+    from SegmentationLogic.system.signals import stop_on_signals
 
+    summary_path = args.summary or args.output_dir / "summary.csv"
+    try:
+        check_outputs(cases, args, summary_path)
+    except SegmentationError as e:
+        _say(f"ERROR: {e}")
+        return EXIT_USAGE
     if _in_slicer_app():
         import slicer
 
@@ -174,8 +227,31 @@ def main(argv=None):
     else:
         scene = new_scene()
     segmenter = Segmenter(device=args.device, weights_dir=args.weights_dir)
+    try:
+        with stop_on_signals():
+            return run_cases(scene, segmenter, cases, args, summary_path)
+    except KeyboardInterrupt as e:  # between two cases
+        from SegmentationLogic.errors import error_event
+        from SegmentationLogic.system.signals import exit_code
+
+        _say(f"{error_event(e)['cause']} Remaining cases not run.")
+        return exit_code(e)
+    except OSError as e:  # the summary itself cannot be written (disk full, folder removed)
+        from SegmentationLogic.system.files import file_error
+
+        _say(f"ERROR: {file_error(e, summary_path)}")
+        return EXIT_FAILED
+
+
+def run_cases(scene, segmenter, cases, args, summary_path):
+    """Every case in turn, one summary row each; returns the exit code."""
+    from SegmentationLogic.errors import Cancelled, SegmentationError, error_event
+    from SegmentationLogic.progress import Progress, text_writer
+    from SegmentationLogic.system.files import file_error
+    from SegmentationLogic.system.signals import exit_code
+
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = args.summary or args.output_dir / "summary.csv"
+    Path(summary_path).unlink(missing_ok=True)  # a new file (umask permissions), not the old one truncated
     failed = 0
     with open(summary_path, "w", newline="", encoding="utf-8") as summary_file:
         summary = csv.DictWriter(summary_file, fieldnames=SUMMARY_FIELDS)
@@ -195,13 +271,16 @@ def main(argv=None):
                                                             Progress(text_writer(sys.stdout)))
                     row.update(status="ok", output=str(output))
                     _say(f"  done: {row['segments']} segments -> {output.name} ({time.time() - start:.1f} s)")
-                except (KeyboardInterrupt, Cancelled):
-                    row.update(status="cancelled", seconds=f"{time.time() - start:.1f}", error="interrupted")
+                except (KeyboardInterrupt, Cancelled) as e:  # Ctrl+C, SIGTERM, SIGHUP
+                    stopped = error_event(e)["cause"] if isinstance(e, KeyboardInterrupt) else "interrupted"
+                    row.update(status="cancelled", seconds=f"{time.time() - start:.1f}", error=stopped)
                     summary.writerow(row)
-                    _say("Interrupted: remaining cases not run.")
-                    return EXIT_INTERRUPTED
-                except SegmentationError as e:
+                    summary_file.flush()
+                    _say(f"{stopped} Remaining cases not run.")
+                    return exit_code(e) if isinstance(e, KeyboardInterrupt) else EXIT_INTERRUPTED
+                except (SegmentationError, OSError) as e:
                     failed += 1
+                    e = file_error(e, reading=None) if isinstance(e, OSError) else e
                     row.update(status="failed", error=f"{e.cause} Fix: {e.fix}" if e.fix else e.cause)
                     _say(f"  FAILED: {e}")
                 except Exception as e:  # one broken case must not stop the batch
