@@ -59,6 +59,7 @@ class SegmentRequest:
     weights_dir: Optional[str] = None
     download: bool = True
     check_modality: bool = True
+    deterministic: bool = False  # GPU: no cuDNN autotuning, deterministic algorithms (CPU: always reproducible)
 
     def __post_init__(self):
         check_quality(self.quality)

@@ -3,6 +3,7 @@ import sys
 
 from ..pipeline import default_segmenter
 from ..request import SegmentRequest, quality_from_flags
+from ..system.process import process_age
 from .common import add_common, add_quality_flags, emit_result, json_mode, print_paths, progress_from_args
 
 
@@ -13,11 +14,14 @@ def request_from_args(args):
         roi_subset=args.roi_subset, device=args.device, ml=args.ml, statistics=args.statistics, preview=args.preview,
         body_seg=args.body_seg, force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
         robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download,
-        check_modality=not args.ignore_modality)
+        check_modality=not args.ignore_modality, deterministic=args.deterministic)
 
 
 def cmd_segment(args):
+    startup = process_age()  # interpreter and imports, before the run starts
     result = default_segmenter().run(request_from_args(args), progress_from_args(args))
+    if startup is not None:
+        result.timings["startup"] = round(startup, 3)
     emit_result(args, result.to_json())
     if not json_mode(args) and not args.quiet:
         print_paths(args, result.files)
@@ -45,5 +49,8 @@ def add_parser(sub):
     p.add_argument("--no_download", action="store_true", help="fail instead of downloading missing weights")
     p.add_argument("--ignore_modality", action="store_true",
                    help="run a CT task even when the volume does not look like CT")
+    p.add_argument("--deterministic", action="store_true",
+                   help="GPU: the same labelmap run after run (no cuDNN autotuning, deterministic algorithms; "
+                        "slower). The CPU is reproducible without it")
     add_common(p)
     p.set_defaults(func=cmd_segment)

@@ -24,11 +24,11 @@ from ..outputs.statistics import basic_statistics
 from ..outputs.writer import write_result
 from ..progress import as_progress
 from ..request import SegmentRequest, SegmentResult
-from ..system.devices import parse_device, resolve_device, thread_settings
+from ..system.devices import deterministic_algorithms, parse_device, resolve_device, thread_settings
 from ..system.files import refuse_overwriting
 from ..weights import ensure_models
 from . import geometry
-from .inference import ModelCache
+from .inference import ModelCache, WarmUp
 from .plan import plan_run
 from .postprocessing import body_derived_masks
 from .stages import OOM_FIX, InputImage, RunContext, is_out_of_memory, run_task
@@ -72,9 +72,14 @@ class Segmenter:
                 refuse_overwriting(request.output, [request.input])
         # before torch starts: a missing model is a quick, clear error
         ensure_models(plan.all_models(), weights_dir, download=request.download and self.download, progress=progress)
-        ctx = RunContext(self.models, resolve_device(device), weights_dir, progress)
-        with thread_settings(ctx.device):
-            img, image = self._read(request, plan, ctx)
+        ctx = RunContext(self.models, None, weights_dir, progress)
+        imports = WarmUp()  # torch and the network classes load while the image is read
+        img, image = self._read(request, plan, ctx)
+        t = time.time()
+        imports.wait()
+        ctx.device = resolve_device(device)
+        ctx.timed("imports", time.time() - t)
+        with thread_settings(ctx.device), deterministic_algorithms(ctx.device, request.deterministic):
             try:
                 labels, fast_stats = run_task(ctx, plan, image)
             except SegmentationError:
