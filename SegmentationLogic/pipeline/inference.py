@@ -239,7 +239,12 @@ class LoadedModel:
                 self.network, tensor, plans.patch_size, self.num_heads, step_size, self.device, on_device, clock,
                 tile_callback)
             if logits.device.type != "cpu":  # nnU-Net divides on the GPU, then moves the logits
-                logits, weights, unpad = sliding_window.divided(logits, weights, unpad).to("cpu"), None, None
+                logits = sliding_window.divided(logits, weights, unpad)
+                labels = sliding_window.labels_on_device(logits, plans, props)
+                clock.settle()
+                if labels is not None:
+                    return labels
+                logits, weights, unpad = logits.to("cpu"), None, None
             clock.settle()
             return sliding_window.labels_from_logits(logits, plans, props, weights, unpad)
         total = None

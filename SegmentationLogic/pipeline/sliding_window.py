@@ -285,6 +285,28 @@ def _exact_slab(logits, weights, z0, z1):
     return slab.numpy().argmax(0)
 
 
+def _export_is_argmax(plans, props, shape):
+    """Whether nnU-Net's export is only the argmax: its standard resampling function
+    returns its input when the logits already have the shape before resampling."""
+    target = tuple(int(s) for s in props["shape_after_cropping_and_before_resampling"])
+    return plans.resampling("probabilities")[0] == STANDARD_EXPORT_RESAMPLING and tuple(shape) == target
+
+
+def labels_on_device(logits, plans, props):
+    """The export's argmax where the (divided, unpadded) logits are, on a GPU: only labels
+    travel to the host instead of every channel in float16. torch.argmax returns the first
+    maximum, as numpy's; with a NaN anywhere (where the two could disagree on which) or an
+    export that resamples, None: the caller exports on the CPU as nnU-Net."""
+    torch = _torch()
+    if not _export_is_argmax(plans, props, logits.shape[1:]) or bool(torch.isnan(logits).any()):
+        return None
+    seg_dtype = np.dtype(plans.seg_dtype_name)
+    out = np.zeros(tuple(props["shape_before_cropping"]), dtype=seg_dtype)
+    box = tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])
+    out[box] = torch.argmax(logits, 0).to(torch.int32).cpu().numpy()
+    return out.transpose(plans.transpose_backward)
+
+
 def labels_from_logits(logits, plans, props, weights=None, unpad=None):
     """convert_predicted_logits_to_segmentation_with_correct_shape(...) for a model without
     regions: labels in the image's shape before nnU-Net's crop, in the reader's axis order.
@@ -299,8 +321,7 @@ def labels_from_logits(logits, plans, props, weights=None, unpad=None):
     padded_shape = tuple(logits.shape[1:])
     unpad = unpad or tuple(slice(0, n) for n in padded_shape)
     shape = tuple(len(range(*u.indices(n))) for u, n in zip(unpad, padded_shape))
-    name, _ = plans.resampling("probabilities")
-    if name == STANDARD_EXPORT_RESAMPLING and shape == target_shape:  # nnU-Net's resampling returns its input
+    if _export_is_argmax(plans, props, shape):
         if shape == padded_shape:
             argmax_channels(logits, weights, out=out[box])
         else:  # the infinity check covers the padding too, as nnU-Net's
