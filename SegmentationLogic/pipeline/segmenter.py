@@ -18,7 +18,8 @@ import nibabel as nib
 
 from ..errors import InputImageError, OutOfMemoryError, SegmentationError
 from ..imaging.modality import check_modality
-from ..imaging.read import open_input
+from ..imaging.checks import check_header, check_values
+from ..imaging.read import load_image
 from ..outputs.labelmap import multilabel_image
 from ..outputs.statistics import basic_statistics
 from ..outputs.writer import write_result
@@ -109,11 +110,12 @@ class Segmenter:
         """The input as the official tool sees it (a Nifti1Image) and as the stages use it, checked."""
         t = time.time()
         ctx.progress("load", 0.0, "reading the image")
-        img, warnings = open_input(request.input, progress=ctx.progress, target_spacing=plan.mode.resample,
-                                   n_classes=plan.n_classes)
+        img = load_image(request.input, progress=ctx.progress)
+        warnings = check_header(img, target_spacing=plan.mode.resample, n_classes=plan.n_classes)
+        values = geometry.exact_values(img)  # the file's voxels are read (decompressed) here, once
+        check_values(values)
         for w in warnings:
             ctx.progress.log(w, "warning")
-        values = geometry.exact_values(img)
         if request.check_modality:  # on the voxels already read, not a second read of the file
             warning = check_modality(values, plan.spec.name, plan.spec.modality)  # raises: CT task, MR volume
             if warning:

@@ -143,7 +143,11 @@ def _accumulate(network, data, slicers, patch_size, num_heads, device, results_d
     data = data.to(results_device)
     gaussian = compute_gaussian(tuple(patch_size), sigma_scale=1. / 8, value_scaling_factor=10,
                                 device=results_device)
-    logits = torch.zeros((num_heads, *data.shape[1:]), dtype=torch.half, device=results_device)
+    shape = (num_heads, *data.shape[1:])
+    if results_device.type == "cpu":  # calloc'd: the OS zeroes pages as the tiles first touch them
+        logits = torch.from_numpy(np.zeros(shape, dtype=np.float16))
+    else:
+        logits = torch.zeros(shape, dtype=torch.half, device=results_device)
     by_channel = results_device.type == "cpu"
     buffer = torch.empty(tuple(patch_size), dtype=torch.float32) if by_channel else None
     gaussian32 = gaussian.float() if by_channel else None  # exact: x * float(g) is what x *= g computes
