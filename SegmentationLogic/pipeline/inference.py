@@ -217,9 +217,10 @@ class LoadedModel:
         return int(weights + tile + accumulate + export)
 
     # -- one prediction -----------------------------------------------------------------
-    def segment(self, tensor, props, step_size, tile_callback=None, clock=None):
+    def segment(self, tensor, props, step_size, tile_callback=None, clock=None, cache=None):
         """Labels (reader's axis order, before nnU-Net's crop) of a preprocessed image:
-        nnUNetPredictor.predict_logits_from_preprocessed_data, then the export."""
+        nnUNetPredictor.predict_logits_from_preprocessed_data, then the export. `cache`: a
+        dict shared by the models of one run, for what they can share."""
         clock = clock or sliding_window.Clock()
         if self.reference is not None:
             return self.reference.segment(tensor, props, step_size, tile_callback, clock)
@@ -228,16 +229,16 @@ class LoadedModel:
         torch.set_num_threads(min(sliding_window.default_num_processes(), threads))  # as nnU-Net
         try:
             with torch.inference_mode():
-                return self._segment(tensor, props, step_size, tile_callback, clock)
+                return self._segment(tensor, props, step_size, tile_callback, clock, cache)
         finally:
             torch.set_num_threads(threads)
 
-    def _segment(self, tensor, props, step_size, tile_callback, clock):
+    def _segment(self, tensor, props, step_size, tile_callback, clock, cache):
         plans, on_device = self.plans, self.device.type == "cuda"
         if len(self.parameters) == 1:
             logits, weights, unpad = sliding_window.sliding_window_logits(
                 self.network, tensor, plans.patch_size, self.num_heads, step_size, self.device, on_device, clock,
-                tile_callback)
+                tile_callback, cache)
             if logits.device.type != "cpu":  # nnU-Net divides on the GPU, then moves the logits
                 logits = sliding_window.divided(logits, weights, unpad)
                 labels = sliding_window.labels_on_device(logits, plans, props)
@@ -252,7 +253,7 @@ class LoadedModel:
             self.network.load_state_dict(params)
             logits, weights, unpad = sliding_window.sliding_window_logits(
                 self.network, tensor, plans.patch_size, self.num_heads, step_size, self.device, on_device, clock,
-                tile_callback)
+                tile_callback, cache)
             logits = sliding_window.divided(logits, weights, unpad).to("cpu")
             if total is None:
                 total = logits
@@ -366,7 +367,7 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
             if preprocessed is not None:
                 preprocessed[key] = (tensor, props)
         t, forward = time.perf_counter(), clock.forward
-        seg = model.segment(tensor, dict(props), step_size, tile_callback, clock)
+        seg = model.segment(tensor, dict(props), step_size, tile_callback, clock, preprocessed)
         clock.window += time.perf_counter() - t - (clock.forward - forward)
         if workdir is not None:
             return _file_round_trip_output(model, seg, props, workdir)

@@ -13,7 +13,7 @@ averaged in float16, the argmax over channels (first maximum wins). What changes
   of one mixed-dtype in-place add over all channels (a slow, cache-missing path in torch):
   the same two roundings per value, three to four times faster;
 - the weight map depends only on the image size, patch, step and Gaussian: it is computed
-  once and reused by every model part with the same patch;
+  once per run and reused by every model part with the same patch;
 - division, infinity check and argmax run in one pass over slabs of the image in float32
   (exact for float16 values), instead of three passes and numpy's slow float16 argmax;
   a slab with a NaN falls back to numpy's argmax for exactly numpy's answer;
@@ -110,29 +110,21 @@ def tile_slicers(image_size, patch_size, step_size):
             for sx in steps[0] for sy in steps[1] for sz in steps[2]]
 
 
-class WeightCache:
-    """nnU-Net's per-voxel sum of Gaussian weights (float16), by image size, patch, step and
-    device: identical for every model part with the same patch, so it is computed once."""
+def gaussian_weights(shape, patch_size, step_size, gaussian, slicers, device, cache=None):
+    """nnU-Net's per-voxel sum of Gaussian weights (float16) over the tiles, in their order.
 
-    def __init__(self, size=2):
-        self.size = size
-        self._entries = {}
-
-    def get(self, shape, patch_size, step_size, gaussian, slicers, device):
-        torch = _torch()
-        key = (tuple(shape), tuple(patch_size), float(step_size), str(device), gaussian.data_ptr())
-        weights = self._entries.get(key)
-        if weights is None:
-            weights = torch.zeros(tuple(shape), dtype=torch.half, device=device)
-            for sl in slicers:
-                weights[sl[1:]] += gaussian
-            if len(self._entries) >= self.size:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = weights
-        return weights
-
-
-WEIGHTS = WeightCache()
+    It depends only on the image size, patch, step and device, so the model parts of one
+    run share it through `cache` (a dict that lives as long as the run)."""
+    torch = _torch()
+    key = ("gaussian weights", tuple(shape), tuple(patch_size), float(step_size), str(device))
+    weights = cache.get(key) if cache is not None else None
+    if weights is None:
+        weights = torch.zeros(tuple(shape), dtype=torch.half, device=device)
+        for sl in slicers:
+            weights[sl[1:]] += gaussian
+        if cache is not None:
+            cache[key] = weights
+    return weights
 
 
 def _accumulate(network, data, slicers, patch_size, num_heads, device, results_device, clock, tile_callback):
@@ -174,12 +166,12 @@ def _accumulate(network, data, slicers, patch_size, num_heads, device, results_d
 
 
 def sliding_window_logits(network, data, patch_size, num_heads, step_size, device, on_device, clock,
-                          tile_callback=None):
+                          tile_callback=None, cache=None):
     """nnUNetPredictor.predict_sliding_window_return_logits for one set of weights.
 
     data: float32 tensor (1, z, y, x). Returns (logits, weights, unpad): float16 logits over
     the padded image, not yet divided by the float16 weights; `unpad` the slices back to
-    the image."""
+    the image. `cache`: a dict shared by the models of one run (see gaussian_weights)."""
     torch = _torch()
     from acvl_utils.cropping_and_padding.padding import pad_nd_image  # heavy: torch
 
@@ -202,7 +194,7 @@ def sliding_window_logits(network, data, patch_size, num_heads, step_size, devic
             results_device = torch.device("cpu")
             logits, gaussian = _run_tiles(network, padded, slicers, patch_size, num_heads, device, results_device,
                                           clock, tile_callback)
-        weights = WEIGHTS.get(padded.shape[1:], patch_size, step_size, gaussian, slicers, results_device)
+        weights = gaussian_weights(padded.shape[1:], patch_size, step_size, gaussian, slicers, results_device, cache)
     _empty_cache(device)
     return logits, weights, tuple(unpad[1:])
 
