@@ -9,8 +9,6 @@ an argv round trip.
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-import numpy as np
-
 from .errors import SegmentationError, UnknownTaskError
 
 QUALITIES = ("normal", "fast", "fastest")
@@ -108,6 +106,8 @@ class SegmentResult:
 
     @property
     def array(self):
+        import numpy as np  # the contract itself needs no numpy: remote clients import it without
+
         return np.asanyarray(self.labelmap.dataobj)
 
     def to_json(self):

@@ -229,22 +229,3 @@ def slicer_context_files():
     """(type context, region context) paths to load into Slicer's Terminologies logic."""
     folder = resource_path(TERMINOLOGY_DIR)
     return folder / SLICER_CONTEXT_FILE, folder / SLICER_REGION_CONTEXT_FILE
-
-
-def register_with_slicer(terminologies_logic):
-    """Load our contexts into a vtkSlicerTerminologiesModuleLogic (once), so Slicer's
-    terminology selector shows our codes, labels and colours. Returns the context names."""
-    type_file, region_file = slicer_context_files()
-    loaded = []
-    if not terminologies_logic.IsTerminologyContextLoaded(CONTEXT_NAME):
-        loaded.append(terminologies_logic.LoadTerminologyFromFile(str(type_file)))
-    names = []
-    if hasattr(terminologies_logic, "GetLoadedRegionContextNames"):
-        terminologies_logic.GetLoadedRegionContextNames(names)
-    if REGION_CONTEXT_NAME not in names:
-        loader = getattr(terminologies_logic, "LoadRegionContextFromFile", None) or \
-            terminologies_logic.LoadAnatomicContextFromFile
-        loaded.append(loader(str(region_file)))
-    if "" in loaded:
-        raise RuntimeError(f"Slicer could not load the terminology files in {type_file.parent}.")
-    return CONTEXT_NAME, REGION_CONTEXT_NAME

@@ -25,20 +25,21 @@ through `context.progress` and raises SegmentationError for what the user must f
 Anything a library prints goes to stderr, so stdout carries only protocol lines.
 """
 import importlib
+import importlib.util
 import json
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 
 from .errors import Cancelled, SegmentationError, error_event
-from .pipeline import Segmenter, inference
 from .progress import CancelToken, Progress
 from .request import BadRequestError, SegmentRequest
+from .server.client import run_worker_request
+from .system import files
 from .system.devices import available_devices
 
 CORE_COMMANDS = ("cancel", "shutdown")  # handled by the worker itself, never by a handler
@@ -137,7 +138,7 @@ class Worker:
             context = CommandContext(request_id, token, Progress(lambda e: self.send(e, request_id), cancel=token),
                                      self)
             try:
-                with _temporary_dir(message.get("tmpdir")):
+                with files.temporary_dir(message.get("tmpdir")):
                     payload = handler(message, context)
                 token.check()
                 self.send({"event": "result", **payload}, request_id)
@@ -151,7 +152,11 @@ class Worker:
 
     def _warm_up(self):
         """Import torch and nnU-Net now, while the user is still choosing options."""
+        if importlib.util.find_spec("torch") is None:  # a client of a remote server only: nothing to warm up
+            return
         try:
+            from .pipeline import inference  # torch and nnU-Net: seconds; not needed to relay to a server
+
             inference.warm_up()  # after "ready" on purpose: torch and nnU-Net take seconds to import
         except Exception:  # reported properly by the first request that needs it
             traceback.print_exc(file=sys.stderr)
@@ -163,6 +168,8 @@ class Worker:
         key = (device, str(weights_dir))
         if key in self._segmenters:
             return self._segmenters[key], True
+        from .pipeline import Segmenter  # the engine (numpy, nibabel, torch): not needed to relay to a server
+
         self._segmenters.clear()  # another device or weights folder: free the old models first
         self._segmenters[key] = Segmenter(device=device, weights_dir=weights_dir)
         return self._segmenters[key], False
@@ -179,6 +186,8 @@ def _devices(message, context):
 
 
 def _segment(message, context):
+    if message.get("remote"):  # run on a segmentation server (server/client.py): no torch needed here
+        return run_worker_request(message, context.progress)
     if not isinstance(message.get("request"), dict):
         raise BadRequestError("Invalid segment request: the message has no 'request' object.",
                               'Send {"command": "segment", "request": SegmentRequest.to_json(), "id": ...}.')
@@ -195,27 +204,6 @@ def _segment(message, context):
 register_command("ping", _ping)
 register_command("devices", _devices)
 register_command("segment", _segment)
-
-
-class _temporary_dir:
-    """Point tempfile (and child processes) at the message's temp folder, which the caller removes."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        if self.path:
-            self._saved = (tempfile.tempdir, os.environ.get("TMPDIR"))
-            tempfile.tempdir = str(self.path)
-            os.environ["TMPDIR"] = str(self.path)
-
-    def __exit__(self, *exc):
-        if self.path:
-            tempfile.tempdir = self._saved[0]
-            if self._saved[1] is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = self._saved[1]
 
 
 def serve(plugins=()):

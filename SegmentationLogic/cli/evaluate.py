@@ -1,10 +1,10 @@
 """`evaluate`: Dice per class of a result against a reference."""
 import json
 
-from ..outputs.evaluation import dice_per_class_files
-
 
 def cmd_evaluate(args):
+    from ..outputs.evaluation import dice_per_class_files  # the engine (numpy, nibabel, torch): imported when the command runs
+
     print(json.dumps(dice_per_class_files(args.prediction, args.reference, task=args.task), indent=1))
     return 0
 

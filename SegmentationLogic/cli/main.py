@@ -11,6 +11,8 @@ import sys
 import traceback
 
 from ..errors import Cancelled, SegmentationError, error_event
+from ..cohort.cli import add_commands as add_cohort_commands
+from ..server.cli import add_commands as add_server_commands
 from ..vessels.cli import add_commands as add_vessel_commands
 from . import evaluate, segment, tasks, weights, worker
 from .common import add_common, emit, emit_result, json_mode, progress_from_args, protocol_stdout
@@ -29,6 +31,8 @@ def build_parser():
     tasks.add_parsers(sub)
     evaluate.add_parser(sub)
     add_vessel_commands(sub, add_common, progress_from_args, emit_result)  # liver-vessels, split-vessels
+    add_server_commands(sub)  # serve; segment --server/--token_file/--ca_cert
+    add_cohort_commands(sub, add_common, progress_from_args, emit_result)  # cohort (Ray)
     return ap
 
 

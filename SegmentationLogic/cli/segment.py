@@ -1,7 +1,6 @@
 """`segment`: flags (the official tool's names) -> SegmentRequest -> Segmenter.run -> files."""
 import sys
 
-from ..pipeline import default_segmenter
 from ..request import SegmentRequest, quality_from_flags
 from ..system.process import process_age
 from .common import add_common, add_quality_flags, emit_result, json_mode, print_paths, progress_from_args
@@ -19,9 +18,25 @@ def request_from_args(args):
 
 def cmd_segment(args):
     startup = process_age()  # interpreter and imports, before the run starts
-    result = default_segmenter().run(request_from_args(args), progress_from_args(args))
-    if startup is not None:
-        result.timings["startup"] = round(startup, 3)
+    request, progress = request_from_args(args), progress_from_args(args)
+    if getattr(args, "server", None):
+        # on a segmentation server: the client needs no torch, nnU-Net or nibabel here
+        from ..server.cli import sigterm_interrupts
+        from ..server.client import RemoteSegmenter
+
+        ignored = [flag for flag, used in (("--device", args.device != "auto"), ("--weights_dir", args.weights_dir),
+                                           ("--no_download", args.no_download)) if used]
+        if ignored:
+            progress.log(f"{', '.join(ignored)}: decided by the server, ignored with --server.", "warning")
+        with sigterm_interrupts():
+            result = RemoteSegmenter(args.server, token_file=args.token_file, ca_cert=args.ca_cert).run(request,
+                                                                                                     progress)
+    else:
+        from ..pipeline import default_segmenter  # the engine (numpy, nibabel, torch): imported when it runs
+
+        result = default_segmenter().run(request, progress)
+        if startup is not None:
+            result.timings["startup"] = round(startup, 3)
     emit_result(args, result.to_json())
     if not json_mode(args) and not args.quiet:
         print_paths(args, result.files)

@@ -2,13 +2,15 @@
 import getpass
 import sys
 
-from ..pipeline.plan import required_models
 from ..request import quality_from_flags
-from ..weights import ensure_models, import_weights, mask_license, set_license, validate_license
 from .common import add_common, add_quality_flags, emit_result, print_paths, progress_from_args
 
 
 def cmd_download_weights(args):
+    # the engine (numpy, nibabel, torch): imported when the command runs
+    from ..pipeline.plan import required_models
+    from ..weights import ensure_models
+
     models = required_models(args.task, quality_from_flags(args.fast, args.fastest), roi_subset=args.roi_subset,
                              body_seg=args.body_seg)
     paths = ensure_models(models, weights_dir=args.weights_dir, download=True, progress=progress_from_args(args),
@@ -19,6 +21,8 @@ def cmd_download_weights(args):
 
 
 def cmd_import_weights(args):
+    from ..weights import import_weights  # numpy (checkpoint checks): imported when the command runs
+
     installed = import_weights(args.path, weights_dir=args.weights_dir, progress=progress_from_args(args))
     emit_result(args, {"installed": [str(p) for p in installed]})
     print_paths(args, installed)
@@ -26,6 +30,8 @@ def cmd_import_weights(args):
 
 
 def cmd_set_license(args):
+    from ..weights import mask_license, set_license, validate_license  # the weights package needs numpy
+
     key = args.license_key
     if key in (None, "-"):  # keeps the key out of the shell history and the process list
         key = getpass.getpass("Licence key: ") if sys.stdin.isatty() else sys.stdin.readline()

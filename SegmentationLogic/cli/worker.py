@@ -1,8 +1,7 @@
 """`worker`: the persistent engine process the Slicer module talks to (see SegmentationLogic/worker.py)."""
-from ..worker import serve
-
-
 def cmd_worker(args):
+    from ..worker import serve  # the engine: imported when the worker starts
+
     return serve(plugins=args.plugin or ())
 
 

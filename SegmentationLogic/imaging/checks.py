@@ -5,6 +5,9 @@
 this machine's memory) and returns a list of warnings for those that can. Geometry and
 size are checked from the header first, before any voxel is read.
 """
+import contextlib
+import zlib
+
 import nibabel as nib
 import numpy as np
 
@@ -71,7 +74,9 @@ def check_image(img, target_spacing=None, n_classes=None, available_bytes=None):
     largest model's class count) the memory estimate covers the model run too.
     """
     warnings = check_header(img, target_spacing, n_classes, available_bytes)
-    check_values(np.asanyarray(img.dataobj).reshape(tuple(int(n) for n in img.shape)[:3]))
+    with pixel_read_errors():
+        data = np.asanyarray(img.dataobj)
+    check_values(data.reshape(tuple(int(n) for n in img.shape)[:3]))
     return warnings
 
 
@@ -149,6 +154,17 @@ def check_header(img, target_spacing=None, n_classes=None, available_bytes=None)
     if avail is not None and need > 0.7 * avail:
         warnings.append(f"The run may need about {format_bytes(need)} of the {format_bytes(avail)} memory available.")
     return warnings
+
+
+@contextlib.contextmanager
+def pixel_read_errors():
+    """Reading the voxels: a file whose pixel data ends early or is corrupt is an input error."""
+    try:
+        yield
+    except (EOFError, zlib.error, OSError, ValueError) as e:  # gzip/zlib/short reads, as nibabel raises them
+        raise InputImageError(f"The image's pixel data cannot be read: the file is truncated or corrupt ({e}).",
+                              "Copy or export the image again and check that the transfer finished "
+                              "(compare the file size with the original).") from e
 
 
 def check_values(data):

@@ -133,8 +133,8 @@ class LoadedModel:
         self.folds = list(folds)
         self.name = name or self.folder.parent.name
         try:
-            self.dataset_json = json.loads((self.folder / "dataset.json").read_text())
-            plans = json.loads((self.folder / "plans.json").read_text())
+            self.dataset_json = json.loads((self.folder / "dataset.json").read_text(encoding="utf-8"))
+            plans = json.loads((self.folder / "plans.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise InvalidWeightsError(f"Model {self.name}: cannot read dataset.json/plans.json ({e}).",
                                       "Re-download or re-import the weights of this model.") from e

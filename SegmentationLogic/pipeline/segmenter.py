@@ -18,7 +18,7 @@ import nibabel as nib
 
 from ..errors import InputImageError, OutOfMemoryError, SegmentationError
 from ..imaging.modality import check_modality
-from ..imaging.checks import check_header, check_values
+from ..imaging.checks import check_header, check_values, pixel_read_errors
 from ..imaging.read import load_image
 from ..outputs.labelmap import multilabel_image
 from ..outputs.statistics import basic_statistics
@@ -112,7 +112,8 @@ class Segmenter:
         ctx.progress("load", 0.0, "reading the image")
         img = load_image(request.input, progress=ctx.progress)
         warnings = check_header(img, target_spacing=plan.mode.resample, n_classes=plan.n_classes)
-        values = geometry.exact_values(img)  # the file's voxels are read (decompressed) here, once
+        with pixel_read_errors():
+            values = geometry.exact_values(img)  # the file's voxels are read (decompressed) here, once
         check_values(values)
         for w in warnings:
             ctx.progress.log(w, "warning")

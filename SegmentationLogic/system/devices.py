@@ -14,6 +14,7 @@ from ..errors import DeviceError
 from .memory import total_memory
 
 _PATTERN = re.compile(r"^(auto|cpu|mps|cuda|gpu)(?::(\d+))?$")
+THREADS_ENV = "TOTALSEG_NUM_THREADS"  # a process's share of the cores (cohort actors, shared machines)
 
 
 def _torch():
@@ -87,17 +88,27 @@ def _choices_hint():
     return f"Use one of the available devices: {ids} (or 'auto')."
 
 
+def cpu_threads():
+    """Threads torch uses on the CPU: $TOTALSEG_NUM_THREADS when set (e.g. a cohort actor's
+    share of a machine), else every core, as the official tool."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return multiprocessing.cpu_count()
+
+
 @contextlib.contextmanager
 def thread_settings(device):
-    """Thread settings as the official tool while a run uses `device`: all cores for torch on
-    the CPU, one with CUDA (mps: left as it is); the caller's settings again afterwards.
+    """Thread settings as the official tool while a run uses `device`: all cores (or
+    $TOTALSEG_NUM_THREADS) for torch on the CPU, one with CUDA (mps: left as it is); the
+    caller's settings again afterwards.
 
     nnU-Net then caps the threads of the prediction itself at nnUNet_def_n_proc (default 8),
     as it does under the official tool, so results and speed are comparable."""
     torch = _torch()
     threads = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(multiprocessing.cpu_count())
+        torch.set_num_threads(cpu_threads())
     elif device.type == "cuda":
         torch.set_num_threads(1)
     try:

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +77,11 @@ def _json_default(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+def json_safe(data):
+    """`data` with numpy values and paths as plain JSON values (worker events, MRML node attributes)."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
 def dump_json(data, path, indent=4):
     """Write `data` as JSON to `path` as it is (the caller makes it atomic)."""
     with open(path, "w", encoding="utf-8") as f:
@@ -136,3 +142,23 @@ def zip_member_problem(info):
     if info.flag_bits & 0x1:
         return "an encrypted file"
     return None
+
+
+@contextlib.contextmanager
+def temporary_dir(path):
+    """Point tempfile (and child processes, through TMPDIR) at `path` while the block runs; the
+    caller owns and removes the folder. None: leave both as they are."""
+    if not path:
+        yield
+        return
+    saved = (tempfile.tempdir, os.environ.get("TMPDIR"))
+    tempfile.tempdir = str(path)
+    os.environ["TMPDIR"] = str(path)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]

@@ -4,9 +4,13 @@
     split_vessel_files("liver_vessels.nii.gz", "out", liver=..., portal_trunk=..., ivc=...)
     run_liver_vessels("ct.nii.gz", "out", split_portal_hepatic=True)   # needs the engine
 
-Modules: skeleton (centreline graph), seeds (where each tree enters the liver), split
-(the labelling), qc, enhancement, io, workflow (files in, files out), review (Slicer
-segmentation nodes, works with slicer-core), cli (the two subcommands).
+Modules: skeleton (centreline graph), seeds (where each tree enters the liver), steps
+(what a step from branch to branch costs), arborescence (the cheapest tree, generic),
+trees (the portal and hepatic trees on the graph), voxels (the vessel voxels as a graph),
+confidence (the per-voxel confidence map), split (the whole split), qc, enhancement, io,
+workflow (files in, files out), review (corrections on label arrays; shown on Slicer nodes
+by mrml.vessel_review), worker_commands (the review as engine-worker commands), cli (the
+two subcommands).
 """
 
 

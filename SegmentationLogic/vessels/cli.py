@@ -4,10 +4,10 @@ Options follow the published enhanced liver-vessel pipeline, so users' scripts c
 """
 import sys
 
-from .qc import qc_rows, warnings
-
 
 def _print_qc(args, qc, files):
+    from .qc import qc_rows, warnings  # numpy: imported when a vessel command runs
+
     if getattr(args, "progress", "text") == "json":
         return
     for f in files:

@@ -15,13 +15,14 @@ import numpy as np
 from ..errors import InputImageError
 from ..imaging import orientation
 from ..system import files
-from ..system.files import atomic_path
+from ..system.files import atomic_path, json_safe  # noqa: F401 (json_safe: vessel review)
 
 OUTPUT_FILES = {
     "portal": "portal_vein_branches.nii.gz",
     "hepatic": "hepatic_veins.nii.gz",
     "labeled": "liver_vessels_labeled.nii.gz",
     "skeleton": "liver_vessels_skeleton_labeled.nii.gz",
+    "confidence": "liver_vessels_split_confidence.nii.gz",
     "enhanced": "enhanced_liver_vessels.nii.gz",
     "metadata": "enhanced_liver_vessels_metadata.json",
 }
@@ -159,15 +160,18 @@ def read_metadata(out_dir):
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
 
-def write_split_files(out_dir, labels, ref_img, skeleton_labels=None, labeled_only=False):
-    """Write the split's NIfTI files (labels in ref_img's axis order); returns their paths.
+def write_split_files(out_dir, labels, ref_img, skeleton_labels=None, labeled_only=False, confidence=None):
+    """Write the split's NIfTI files (arrays in ref_img's axis order); returns their paths.
 
-    labeled_only: only liver_vessels_labeled.nii.gz (and removes stale per-class files)."""
+    labeled_only: liver_vessels_labeled.nii.gz instead of the per-class files (stale
+    per-class files are removed). `confidence` (float, 0.5-1.0 on vessel voxels, 0
+    elsewhere) goes to liver_vessels_split_confidence.nii.gz in either case: it belongs to
+    the split the way the skeleton does."""
     out_dir = Path(out_dir)
     files = [write_nifti(labels, ref_img, out_dir / OUTPUT_FILES["labeled"])]
     for key, value in (("portal", 1), ("hepatic", 2)):
@@ -179,6 +183,8 @@ def write_split_files(out_dir, labels, ref_img, skeleton_labels=None, labeled_on
         files.append(write_nifti(labels == value, ref_img, path))
     if skeleton_labels is not None:
         files.append(write_nifti(skeleton_labels, ref_img, out_dir / OUTPUT_FILES["skeleton"]))
+    if confidence is not None:
+        files.append(write_nifti(confidence, ref_img, out_dir / OUTPUT_FILES["confidence"], dtype=np.float32))
     return files
 
 

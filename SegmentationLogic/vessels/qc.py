@@ -1,17 +1,21 @@
 """Quality figures and warnings of a portal/hepatic split (the `portal_hepatic_split_qc`).
 
 Keys are those of the published enhanced pipeline (portal_voxels ... use_skeleton) plus
-confidence, ambiguous and unlabelled voxel counts, the seed sources and warnings.
+the confidence (mean of the confidence map over labelled voxels), ambiguous voxels (those
+the map flags as unsure, below `unsure_below`) and their share of the vessel voxels
+(`unsure_fraction`), unlabelled voxels, the seed sources and warnings.
 `qc_rows` and `warnings` format them for a table and a panel in the review.
 """
 import numpy as np
+
+from .confidence import UNSURE_BELOW
 
 PORTAL, HEPATIC = 1, 2
 FRACTION_LOW, FRACTION_HIGH = 0.05, 0.95
 
 
 def split_qc(labels, vessels, portal_seed_voxels, hepatic_seed_voxels, use_skeleton, confidence=None,
-             ambiguous_voxels=None, warnings=(), seeds=None):
+             ambiguous_voxels=None, warnings=(), seeds=None, unsure_fraction=None):
     labels = np.asarray(labels)
     vessels = np.asarray(vessels) > 0
     total = int(vessels.sum())
@@ -30,6 +34,9 @@ def split_qc(labels, vessels, portal_seed_voxels, hepatic_seed_voxels, use_skele
         "ambiguous_voxels": None if ambiguous_voxels is None else int(ambiguous_voxels),
         "unlabelled_voxels": total - portal - hepatic,
     }
+    if unsure_fraction is not None:
+        qc["unsure_fraction"] = round(float(unsure_fraction), 4)
+        qc["unsure_below"] = UNSURE_BELOW
     if seeds is not None:
         qc["seed_sources"] = dict(seeds.source)
         qc["support"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in seeds.support.items()}
@@ -61,7 +68,7 @@ def update_qc(qc, labels, vessels, confidence=None, ambiguous_voxels=None):
     new = split_qc(labels, vessels, base.get("portal_seed_voxels"), base.get("hepatic_seed_voxels"),
                    base.get("use_skeleton", True), confidence if confidence is not None else base.get("confidence"),
                    ambiguous_voxels if ambiguous_voxels is not None else base.get("ambiguous_voxels"), warnings)
-    for key in ("seed_sources", "support"):
+    for key in ("seed_sources", "support", "unsure_fraction", "unsure_below"):
         if key in base:
             new[key] = base[key]
     new["manual_edits"] = int(base.get("manual_edits", 0))
@@ -81,6 +88,7 @@ _ROWS = (
     ("Unlabelled voxels", "unlabelled_voxels", "{:d}"),
     ("Confidence", "confidence", "{:.2f}"),
     ("Ambiguous voxels", "ambiguous_voxels", "{:d}"),
+    ("Unsure share", "unsure_fraction", "{:.1%}"),
     ("Portal seed voxels", "portal_seed_voxels", "{:d}"),
     ("Hepatic seed voxels", "hepatic_seed_voxels", "{:d}"),
     ("Skeleton used", "use_skeleton", None),

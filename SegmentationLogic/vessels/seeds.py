@@ -8,7 +8,9 @@ mm or partly missing still work:
   still points at the right vessel);
 - hepatic: the hepatic veins end at the IVC; seeds are the thick nodes whose free end
   lies near the IVC (or which overlap it). A missing IVC slab is filled in by
-  interpolating the IVC slice by slice before the search.
+  interpolating the IVC slice by slice before the search, and an IVC mask that stops
+  short of the vessels is continued straight up or down (the IVC runs behind the whole
+  liver) from its last 15 mm.
 Without a usable support mask a documented fallback guesses from radius and position
 (and says so in the warnings). User points override both.
 """
@@ -85,6 +87,35 @@ def repair_ivc(ivc, spacing, max_gap_mm=120.0):
     return out, float(len(missing) * spacing[2])
 
 
+def extend_ivc(ivc, spacing, reach=(0, None), tail_mm=15.0):
+    """Continue an IVC mask straight up and down to the slices `reach` (first, last + 1),
+    with the mean centre and area of its last `tail_mm` at each end.
+
+    Returns (mask, extended_mm). Assumes RAS-canonical axes (axis 2 inferior to superior)."""
+    ivc = np.asarray(ivc) > 0
+    spacing = np.asarray(spacing, float)
+    present = np.nonzero(ivc.any(axis=(0, 1)))[0]
+    if not len(present):
+        return ivc, 0.0
+    lo, hi = reach[0], ivc.shape[2] if reach[1] is None else reach[1]
+    tail = max(1, int(round(tail_mm / spacing[2])))
+    x = np.arange(ivc.shape[0]) * spacing[0]
+    y = np.arange(ivc.shape[1]) * spacing[1]
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    out = ivc.copy()
+    added = 0
+    for ends, todo in ((present[:tail], range(lo, present[0])), (present[-tail:], range(present[-1] + 1, hi))):
+        if not len(todo):
+            continue
+        idx = np.argwhere(ivc[:, :, ends])
+        centre = idx[:, :2].mean(0) * spacing[:2]
+        r = np.sqrt(len(idx) / len(ends) * spacing[0] * spacing[1] / np.pi)
+        disc = (X - centre[0]) ** 2 + (Y - centre[1]) ** 2 <= r * r
+        out[:, :, list(todo)] = disc[..., None]
+        added += len(todo)
+    return out, float(added * spacing[2])
+
+
 def _node_distance(graph, points_mm):
     """(min distance per node, distance per skeleton voxel) to a point cloud (mm)."""
     if not len(points_mm):
@@ -128,6 +159,11 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
     ivc, filled = repair_ivc(ivc, spacing)
     if filled:
         seeds.support["ivc_filled_mm"] = filled
+    # the vessels' height, in the crop's slices: the IVC passes all of it
+    z = graph.coords[:, 2] - int(np.asarray(offset)[2])
+    ivc, extended = extend_ivc(ivc, spacing, (max(int(z.min()), 0), min(int(z.max()) + 1, ivc.shape[2])))
+    if extended:
+        seeds.support["ivc_extended_mm"] = extended
     pts = _surface_points(ivc, spacing, offset)
     if not len(pts):
         seeds.warnings.append("IVC mask is empty: hepatic seeds guessed from vessel radius and position.")
@@ -158,7 +194,23 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
     # end. Candidates that the portal tree reaches at full width are dropped later
     # (split.drop_portal_candidates), once the portal seed is known.
     size = _width(graph)[cand]
-    return cand[size >= 0.5 * size.max()]
+    cand = cand[size >= 0.5 * size.max()]
+    return np.unique(_nearest_arm(graph, cand, node_d))
+
+
+def _nearest_arm(graph, nodes, dist):
+    """Branches for nodes: a junction (where several vessels may meet, near the IVC the
+    portal vein too) stands for its arm nearest to the mask (`dist` per node), not all arms."""
+    e = graph.edges
+    out = []
+    for c in nodes:
+        if not graph.is_junction[c]:
+            out.append(c)
+            continue
+        arms = np.concatenate([e[e[:, 0] == c, 1], e[e[:, 1] == c, 0]])
+        arms = arms[~graph.is_junction[arms]]
+        out.append(arms[np.argmin(dist[arms])] if len(arms) else c)
+    return np.asarray(out, int)
 
 
 def _width(graph):

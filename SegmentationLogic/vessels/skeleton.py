@@ -25,6 +25,12 @@ except ImportError:  # pragma: no cover - scikit-image is a declared dependency
 
 # the 13 "forward" offsets of the 26-neighbourhood: each neighbour pair is found once
 LONG_NODE_WIDTH = 0.85
+# a branch between two junctions no longer than this many junction radii is no vessel of its
+# own: where two vessels cross or touch, thinning often splits the crossing into two
+# junctions joined by such a bar; the three become one junction with all four arms
+BAR_FACTOR = 1.0
+# a branch's direction at a joint: towards the mean of its skeleton within this many radii
+DIRECTION_REACH = 3.0
 _FORWARD = np.array([o for o in np.ndindex(3, 3, 3) if o > (1, 1, 1)]) - 1
 
 
@@ -109,7 +115,8 @@ def _percentile_per_group(values, groups, n_groups, q):
     return out
 
 
-def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_factor=1.0, merge_rounds=3):
+def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_factor=1.0, merge_rounds=3,
+                         bar_factor=BAR_FACTOR):
     """SkeletonGraph of a binary vessel mask; None if the mask is empty.
 
     `vessels` may be a crop of a larger volume: `offset` is the crop's first index and
@@ -129,7 +136,8 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
     idx = idx + offset
     origin = lo - 1 + offset
 
-    skel = skeletonize(sub)
+    pieces, n_pieces = ndimage.label(sub, structure=np.ones((3, 3, 3)))
+    skel = _skeleton_of_every_piece(skeletonize(sub), sub, pieces, n_pieces)
     coords_p = np.argwhere(skel)                       # C order, so linear indices are sorted
     lin = np.ravel_multi_index(coords_p.T, sub.shape)
     n = len(coords_p)
@@ -141,7 +149,7 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
     # radius: distance from each skeleton voxel to the nearest background voxel (as an EDT)
     shell = ndimage.binary_dilation(sub) & ~sub
     wall = cKDTree((np.argwhere(shell) + origin) * spacing)
-    radius, _ = wall.query(pts)
+    radius, _ = wall.query(pts, workers=-1)
 
     # nodes: runs of junction voxels and runs of ordinary voxels
     junction_vox = degree >= 3
@@ -155,6 +163,8 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
         node, is_junction, changed = _fold_artefacts(node, is_junction, pairs, radius, spacing, spur_factor)
         if not changed:
             break
+    if bar_factor > 0:
+        node, is_junction = _fold_bars(node, is_junction, pairs, radius, spacing, bar_factor)
 
     k = node.max() + 1
     edges = _node_edges(node, pairs)
@@ -165,7 +175,7 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
     # every vessel voxel belongs to its nearest skeleton voxel's node; a node's mean radius
     # is then its volume over its length: continuous, and robust to one thin or thick spot
     voxel_index = idx.astype(np.int32)
-    nearest = _nearest_in_piece(sub, origin, voxel_index, coords_p, pts, spacing)
+    nearest = _nearest_in_piece(pieces, origin, voxel_index, coords_p, pts, spacing)
     voxel_node = node[nearest].astype(np.int32)
     volume = np.bincount(voxel_node, minlength=k) * float(np.prod(spacing))
     length = _node_lengths(node, pairs, pts, k) + float(np.mean(spacing))
@@ -187,14 +197,30 @@ def build_skeleton_graph(vessels, spacing, offset=(0, 0, 0), shape=None, spur_fa
                          voxel_node)
 
 
-def _nearest_in_piece(sub, origin, voxel_index, coords_p, pts, spacing, k=8):
+def _skeleton_of_every_piece(skel, sub, pieces, n_pieces):
+    """Thinning can erase a whole piece (a short, thick or box-shaped one): such a piece
+    keeps its deepest voxel as its skeleton, so every vessel voxel has one in its piece."""
+    has = np.zeros(n_pieces + 1, bool)
+    has[pieces[skel]] = True
+    missing = np.nonzero(~has[1:])[0] + 1
+    if len(missing):                                 # rare, and small: work in their boxes
+        boxes = ndimage.find_objects(pieces)
+        for piece in missing:
+            box = boxes[piece - 1]
+            own = np.pad(pieces[box] == piece, 1)
+            depth = ndimage.distance_transform_cdt(own)
+            pos = np.unravel_index(np.argmax(depth), depth.shape)
+            skel[tuple(b.start + q - 1 for b, q in zip(box, pos))] = True
+    return skel
+
+
+def _nearest_in_piece(pieces, origin, voxel_index, coords_p, pts, spacing, k=8):
     """Nearest skeleton voxel of the same connected piece of the mask for every vessel voxel
     (the plain nearest may sit in a neighbouring vessel that passes close by)."""
-    pieces, _ = ndimage.label(sub, structure=np.ones((3, 3, 3)))
     vpiece = pieces[tuple((voxel_index - origin).T)]
     spiece = pieces[tuple(coords_p.T)]
     tree = cKDTree(pts)
-    _, nearest = tree.query(voxel_index * spacing)
+    _, nearest = tree.query(voxel_index * spacing, workers=-1)   # all cores: one query per vessel voxel
     wrong = np.nonzero(spiece[nearest] != vpiece)[0]
     if len(wrong):  # few voxels: look further among their neighbours
         k = min(k, len(pts))
@@ -229,14 +255,18 @@ def _node_edges(node, pairs):
     return np.unique(e, axis=0) if len(e) else np.zeros((0, 2), int)
 
 
-def _fold_artefacts(node, is_junction, pairs, radius, spacing, spur_factor):
-    """One round of: spurs into their junction, junctions joining <= 2 branches into them."""
+def _node_figures(node, pairs, radius, spacing):
+    """(k, edges, degree, widest radius, length in mm) of the current nodes."""
     k = node.max() + 1
     e = _node_edges(node, pairs)
-    deg = np.bincount(e.ravel(), minlength=k)
     jrad = np.zeros(k)
     np.maximum.at(jrad, node, radius)
-    length = np.bincount(node, minlength=k) * float(np.mean(spacing))
+    return k, e, np.bincount(e.ravel(), minlength=k), jrad, np.bincount(node, minlength=k) * float(np.mean(spacing))
+
+
+def _fold_artefacts(node, is_junction, pairs, radius, spacing, spur_factor):
+    """One round of: spurs into their junction, junctions joining <= 2 branches into them."""
+    k, e, deg, jrad, length = _node_figures(node, pairs, radius, spacing)
 
     # a terminal branch not much longer than its junction is wide is a thinning artefact
     spur_edges = []
@@ -260,6 +290,27 @@ def _fold_artefacts(node, is_junction, pairs, radius, spacing, spur_factor):
     deg2 = np.bincount(_node_edges(new_node, pairs).ravel(), minlength=k2)
     had_junction = np.bincount(group, weights=is_junction, minlength=k2) > 0
     return new_node, had_junction & (deg2 >= 3), True
+
+
+def _fold_bars(node, is_junction, pairs, radius, spacing, bar_factor):
+    """Fold short branches joining two junctions, with both junctions, into one junction."""
+    k, e, deg, jrad, length = _node_figures(node, pairs, radius, spacing)
+    # per branch of degree 2: the widest of its junction neighbours
+    j_e = e[is_junction[e[:, 0]] ^ is_junction[e[:, 1]]]
+    br = np.where(is_junction[j_e[:, 0]], j_e[:, 1], j_e[:, 0])
+    jn = np.where(is_junction[j_e[:, 0]], j_e[:, 0], j_e[:, 1])
+    n_j = np.bincount(br, minlength=k)
+    widest = np.zeros(k)
+    np.maximum.at(widest, br, jrad[jn])
+    bar = ~is_junction & (deg == 2) & (n_j == 2) & (length < bar_factor * widest)
+    if not bar.any():
+        return node, is_junction
+    join = j_e[bar[br]]
+    _, group = _components(k, join)
+    group = _relabel(group)
+    k2 = group.max() + 1
+    had_junction = np.bincount(group, weights=is_junction, minlength=k2) > 0
+    return group[node], had_junction
 
 
 def _local_direction(anchor_pts, voxel_pts, owner, reach):
@@ -294,7 +345,7 @@ def _edge_directions(edges, node, pairs, pts, node_radius, spacing):
     for side in (0, 1):
         own = edges[:, side]
         vox, which = _ragged(starts[own], counts[own])
-        reach = np.maximum(3.0 * node_radius[own], 4.0 * spacing.min())
+        reach = np.maximum(DIRECTION_REACH * node_radius[own], 4.0 * spacing.min())
         out[:, side] = _local_direction(pts[touch[:, 1 - side]], pts[order[vox]], which, reach)
     return out
 

@@ -43,9 +43,10 @@ def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None
     says so in the QC warnings); a path given but missing, another grid, or an empty
     vessel mask is an error. User seed points are RAS mm. Writes portal_vein_branches,
     hepatic_veins, liver_vessels_labeled (1 portal, 2 hepatic), the skeleton labels when
-    the skeleton is used (or as `write_skeleton` says), and the QC into
-    enhanced_liver_vessels_metadata.json (created, or updated when the enhancement wrote it).
-    Returns {"qc", "files", "result"}.
+    the skeleton is used (or as `write_skeleton` says), the confidence map
+    liver_vessels_split_confidence (0.5-1.0 on vessel voxels, below 0.75 "unsure", 0
+    elsewhere), and the QC into enhanced_liver_vessels_metadata.json (created, or updated
+    when the enhancement wrote it). Returns {"qc", "files", "result"}.
     """
     step = _progress(progress)
     step("load", 0.0, "Reading the masks")
@@ -64,7 +65,8 @@ def split_vessel_files(vessels, out_dir, liver=None, portal_trunk=None, ivc=None
     write_skeleton = use_skeleton if write_skeleton is None else write_skeleton
     labels = from_canonical(result.labels, ref)
     skeleton = from_canonical(result.skeleton_labels, ref) if write_skeleton else None
-    files = write_split_files(out_dir, labels, ref, skeleton, labeled_only)
+    confidence = from_canonical(result.confidence, ref)
+    files = write_split_files(out_dir, labels, ref, skeleton, labeled_only, confidence)
 
     meta = read_metadata(out_dir)
     if not meta:

@@ -2,7 +2,7 @@
 
 Everything is staged in a hidden folder inside the weights folder (`.install-<pid>-*`, on
 the same disk, so the final step is a rename): unpack or copy, find the dataset folders,
-verify every model (model_check), and only then rename each dataset folder into place.
+verify every model (verify.py), and only then rename each dataset folder into place.
 A dataset that is already installed is replaced model folder by model folder, each only
 after the new one verified; on any failure or cancel the staging folder is removed and
 the installed weights are as they were.

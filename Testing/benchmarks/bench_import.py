@@ -1,7 +1,7 @@
 """Benchmark: importing a 117-class `total` result into Slicer WITH 3D surfaces.
 
 Compares, in the same run on the same data (real MRML from slicer-core):
-- multilabel: `SegmentationLogic.slicer_import.import_labelmap` on the one multilabel
+- multilabel: `SegmentationLogic.mrml.segmentation_import.import_labelmap` on the one multilabel
   NIfTI file (read, one shared labelmap, one multi-label SurfaceNets pass);
 - per-class: the incumbent extension's non-multilabel path: one NIfTI file per class of
   the task (117 files, as the official tool writes them without --ml), each loaded as a
@@ -31,7 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "Testing" / "support")]
 
-from SegmentationLogic import slicer_import as si  # noqa: E402
+from SegmentationLogic.mrml import scene as mrml_scene  # noqa: E402
+from SegmentationLogic.mrml import segmentation_import as si  # noqa: E402
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
 from sample_data import example_path  # noqa: E402
 
@@ -67,7 +68,7 @@ def import_per_class(scene, folder, class_map, surface_nets):
     import slicer
     import vtk
 
-    volumes = si._logic(scene, "Volumes")
+    volumes = mrml_scene.module_logic(scene, "Volumes")
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     node.CreateDefaultDisplayNodes()
     segmentation = node.GetSegmentation()
@@ -98,8 +99,8 @@ def timed(fn, repeat):
 
 
 def run_case(name, multilabel_path, reference_path, class_map, repeat, work):
-    scene = si.new_scene()
-    reference = si.load_volume(scene, reference_path) if reference_path else None
+    scene = mrml_scene.new_scene()
+    reference = mrml_scene.load_volume(scene, reference_path) if reference_path else None
     per_class_dir = write_per_class(multilabel_path, class_map, work / f"{name}_per_class")
     shape = nib.load(multilabel_path).shape
     present = len(np.unique(np.asanyarray(nib.load(multilabel_path).dataobj))) - 1
@@ -110,7 +111,7 @@ def run_case(name, multilabel_path, reference_path, class_map, repeat, work):
     t_ml = timed(multilabel, repeat)
     t_pc_default = timed(lambda: import_per_class(scene, per_class_dir, class_map, surface_nets=False), repeat)
     t_pc_nets = timed(lambda: import_per_class(scene, per_class_dir, class_map, surface_nets=True), repeat)
-    si.release_scene(scene)
+    mrml_scene.release_scene(scene)
     return {"case": name, "shape": "x".join(map(str, shape)), "present": present, "multilabel": t_ml,
             "per_class_default": t_pc_default, "per_class_surface_nets": t_pc_nets}
 

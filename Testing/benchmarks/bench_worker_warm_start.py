@@ -1,10 +1,11 @@
 """First vs second Apply: one-shot engine processes against the persistent worker.
 
-The module keeps a `python -m SegmentationLogic worker` process with its models loaded,
-so a second segmentation of the same task skips interpreter start-up, the torch/nnU-Net
-imports and model loading. This measures, on the same input and weights in one run:
+The module keeps its engine worker (`python -m SegmentationLogic worker`) with its
+models loaded, so a second segmentation of the same task skips interpreter start-up, the
+torch/nnU-Net imports and model loading. This measures, on the same input and weights in one run:
 
-  one-shot #1, one-shot #2   a new process per run (what the incumbent extension does)
+  one-shot #1, one-shot #2   a new worker per run, ended after it (what "keep models loaded" off does,
+                             and what the incumbent extension does)
   worker #1 (cold)           first request to a new worker
   worker #2, #3 (warm)       later requests: models already loaded
 
@@ -25,16 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "Testing"), str(REPO / "Testing" / "support"), str(REPO / "TotalSegmentatorModule")]
 
 from sample_data import example_path  # noqa: E402
-from SegmentationLogic.request import SegmentRequest, flags_for_quality  # noqa: E402
-from TotalSegmentatorLib.runner import ProcessRun, WorkerEngine, engine_command, engine_environment  # noqa: E402
+from SegmentationLogic.request import SegmentRequest  # noqa: E402
+from TotalSegmentatorLib.runner import WorkerEngine  # noqa: E402
 
 
-def segment_argv(source, output, task, quality, device):
-    argv = ["-i", str(source), "-o", str(output), "--task", task, "--ml", "--device", device]
-    return argv + flags_for_quality(quality)
-
-
-def segment_request(source, output, task, quality, device):
+def request(source, output, task, quality, device):
     return SegmentRequest(input=str(source), output=str(output), task=task, quality=quality, device=device).to_json()
 
 
@@ -72,17 +68,17 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ts-bench-") as tmp:
         for i in (1, 2):
             out = Path(tmp) / f"oneshot{i}.nii.gz"
-            argv = engine_command("segment", *segment_argv(source, out, args.task, args.quality, args.device),
-                                  "--progress", "json")
-            rows.append((f"one-shot #{i}", timed(ProcessRun(argv, env=engine_environment(tmp, env)))))
+            one_shot = WorkerEngine(env=env, keep_alive=False)
+            rows.append((f"one-shot #{i}", timed(one_shot.submit("segment", request=request(
+                source, out, args.task, args.quality, args.device), tmpdir=tmp))))
         worker = WorkerEngine(env=env)
         try:
             started = time.perf_counter()
             worker.start()
             for i in (1, 2, 3):
                 out = Path(tmp) / f"worker{i}.nii.gz"
-                run = worker.submit("segment", request=segment_request(source, out, args.task, args.quality,
-                                                                       args.device), tmpdir=tmp)
+                run = worker.submit("segment", request=request(source, out, args.task, args.quality, args.device),
+                                    tmpdir=tmp)
                 seconds = timed(run)
                 if i == 1:
                     seconds = time.perf_counter() - started  # includes the worker's start-up, as the user sees it

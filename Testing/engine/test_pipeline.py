@@ -372,7 +372,7 @@ def test_in_memory_reader_equals_nnunet_reading_the_file(test_weights, example):
 
 
 def test_device_list_has_the_cpu():
-    from SegmentationLogic.devices import available_devices
+    from SegmentationLogic.system.devices import available_devices
 
     devices = available_devices()
     assert devices[-1]["id"] == "cpu" and devices[-1]["name"].startswith("CPU")

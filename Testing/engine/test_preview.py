@@ -3,26 +3,13 @@
 import nibabel as nib
 import numpy as np
 import pytest
+from png_pixels import read_png
 
 from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.outputs.preview import LEGEND_WIDTH, NOTE_BANNER_RGB, _name_color, class_colors, render_preview
 
 SIZE = (640, 420)
 NOTE = "TEST MODEL - not the real TotalSegmentator weights"
-
-
-def read_png(path):
-    import vtk
-    from vtk.util import numpy_support
-
-    reader = vtk.vtkPNGReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    image = reader.GetOutput()
-    w, h, _ = image.GetDimensions()
-    ncomp = image.GetPointData().GetScalars().GetNumberOfComponents()
-    pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, ncomp)
-    return pixels[::-1, :, :3].astype(int)  # top row first
 
 
 def has_colour(pixels, rgb, min_pixels=30):

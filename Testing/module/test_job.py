@@ -16,11 +16,12 @@ import pytest
 from scene_fixtures import scene_and_ct  # noqa: F401 (fixture)
 
 from SegmentationLogic.errors import SegmentationError
-from TotalSegmentatorLib.job import SegmentationJob, export_volume
+from SegmentationLogic.mrml.scene import export_volume
+from TotalSegmentatorLib.job import SegmentationJob
 from TotalSegmentatorLib.process import descendants, pid_alive
 from TotalSegmentatorLib.runner import WorkerEngine
 
-from SegmentationLogic import slicer_import  # noqa: E402
+from SegmentationLogic.mrml import scene as mrml_scene  # noqa: E402
 
 POSIX = os.name != "nt"
 
@@ -88,11 +89,11 @@ def test_run_streams_progress_and_imports_named_segments(scene_and_ct, weights_e
     scene, ct = scene_and_ct
     events = []
     job = SegmentationJob(ct, task="total", quality="fast", roi_subset=["liver", "spleen", "kidney_left"],
-                          device="cpu", on_event=events.append).start()
+                          device="cpu").start()
     polls = []
     while not job.done:
         t = time.perf_counter()
-        job.poll()
+        events += job.poll()
         polls.append(time.perf_counter() - t)
         time.sleep(0.02)
     assert job.state == "succeeded", job.error
@@ -220,11 +221,13 @@ def test_worker_that_dies_mid_run_is_explained_and_replaced(scene_and_ct, weight
 
 def test_wrong_modality_is_noticed_from_the_volume_node(scene_and_ct, example):
     from TotalSegmentatorLib.choices import modality_warning
-    from TotalSegmentatorLib.job import volume_modality
+    from TotalSegmentatorLib.logic import TotalSegmentatorLogic
+
+    volume_modality = TotalSegmentatorLogic.volumeModality
 
     scene, ct = scene_and_ct
     assert volume_modality(ct)[0] == "CT" and modality_warning("total", volume_modality(ct)) is None
-    mr = slicer_import.load_volume(scene, example("example_mr_sm.nii.gz"), name="MR")
+    mr = mrml_scene.load_volume(scene, example("example_mr_sm.nii.gz"), name="MR")
     guess = volume_modality(mr)
     assert guess[0] == "MR"
     assert "looks like MR" in modality_warning("total", guess)
@@ -253,3 +256,24 @@ def test_liver_vessel_split_keeps_its_outputs_for_review_and_drops_them_on_cance
     assert cancelled.state == "cancelled" and segmentation_nodes(scene) == count
     assert [p for p in root.iterdir()] == [job.review_dir], "the cancelled run's folder is gone"
     assert list(clean_tmp.iterdir()) == []
+
+
+def test_closing_the_scene_or_removing_the_volume_stops_the_run_and_cleans_up(example, weights_env, clean_tmp):
+    scene = mrml_scene.new_scene()
+    try:
+        for close in (lambda volume: scene.Clear(0), lambda volume: scene.RemoveNode(volume)):
+            ct = mrml_scene.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
+            job = SegmentationJob(ct, task="total", quality="normal", device="cpu").start()
+            run_until_stage(job, ("predict", "load"))
+            engine = job.run.process.pid
+            close(ct)
+            job.wait(timeout=60)
+            assert job.state == "cancelled" and "stopped" in job.error["cause"], job.error
+            assert segmentation_nodes(scene) == 0
+            deadline = time.monotonic() + 10
+            while pid_alive(engine) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not pid_alive(engine), "the engine kept running"
+            assert list(clean_tmp.iterdir()) == [], "temp files left behind"
+    finally:
+        mrml_scene.release_scene(scene)

@@ -1,66 +1,35 @@
-"""The documented Python entry point, `TotalSegmentatorLogic().process(...)`, outside Slicer.
-
-TotalSegmentator.py imports a few modules only the Slicer application has (qt, ctk,
-ScriptedLoadableModule, parameterNodeWrapper). The logic itself needs none of them but
-QSettings, so they are given minimal stand-ins here; MRML is real (slicer-core), the
-engine is real (background process, test models).
-"""
-import importlib
+"""The documented Python entry point, `TotalSegmentatorLogic().process(...)`, with no stand-ins at all:
+the logic imports no Qt and needs no Slicer application, so it runs here as it does in the console.
+MRML is real (slicer-core), the engine is real (background worker, test models)."""
+import os
 import sys
-import types
-import unittest
 from pathlib import Path
 
 import pytest
 from scene_fixtures import scene_and_ct  # noqa: F401 (fixture)
 
+from SegmentationLogic.errors import SegmentationError
+from TotalSegmentatorLib.logic import TotalSegmentatorLogic
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-class _Settings:
-    store = {}
+def test_the_logic_imports_no_qt():
+    import subprocess
 
-    def value(self, key, default=None):
-        return self.store.get(key, default)
+    from TotalSegmentatorLib.runner import engine_environment
 
-    def setValue(self, key, value):
-        self.store[key] = value
-
-
-class _Logic:
-    def __init__(self):
-        pass
+    code = ("import sys, TotalSegmentatorLib.logic; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'PythonQt', 'PySide6')))")
+    env = engine_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "TotalSegmentatorModule"), env["PYTHONPATH"]])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[]"
 
 
-@pytest.fixture(scope="module")
-def module(example):
-    import slicer
-
-    saved = {k: sys.modules.get(k) for k in ("qt", "ctk", "slicer.ScriptedLoadableModule",
-                                              "slicer.parameterNodeWrapper", "TotalSegmentator")}
-    sys.modules["qt"] = types.SimpleNamespace(QSettings=_Settings)
-    sys.modules["ctk"] = types.ModuleType("ctk")
-    sys.modules["slicer.ScriptedLoadableModule"] = types.SimpleNamespace(
-        ScriptedLoadableModule=type("ScriptedLoadableModule", (), {}),
-        ScriptedLoadableModuleWidget=type("ScriptedLoadableModuleWidget", (), {}), ScriptedLoadableModuleLogic=_Logic,
-        ScriptedLoadableModuleTest=unittest.TestCase)
-    sys.modules["slicer.parameterNodeWrapper"] = types.SimpleNamespace(parameterNodeWrapper=lambda cls: cls)
-    try:
-        yield importlib.import_module("TotalSegmentator")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-        assert not hasattr(slicer, "app")
-
-
-
-
-def test_process_blocks_returns_named_segments_and_replaces_on_rerun(module, scene_and_ct, weights_env):
+def test_process_blocks_returns_named_segments_and_replaces_on_rerun(scene_and_ct, weights_env):
     scene, ct = scene_and_ct
-    logic = module.TotalSegmentatorLogic()
+    logic = TotalSegmentatorLogic()
     try:
         node = logic.process(ct, task="total", quality="fast", roiSubset=["liver"], device="cpu")
         worker_pid = logic.worker.process.pid
@@ -72,24 +41,31 @@ def test_process_blocks_returns_named_segments_and_replaces_on_rerun(module, sce
         assert again is node and node.GetSegmentation().GetNthSegment(0).GetName() == "liver"
         assert logic.worker.process.pid == worker_pid and logic.worker.runs_served == 2, "one worker, reused"
     finally:
-        logic.shutdownWorker()
+        logic.cleanup()
     scene.RemoveNode(node)
 
 
-def test_process_raises_cause_and_fix_and_leaves_the_scene_alone(module, scene_and_ct, tmp_path):
+def test_process_raises_cause_and_fix_and_leaves_the_scene_alone(scene_and_ct, tmp_path):
     scene, ct = scene_and_ct
-    logic = module.TotalSegmentatorLogic()
-    logic.keepModelsLoaded = False
-    logic.weightsFolder = str(tmp_path)  # no weights there
+    logic = TotalSegmentatorLogic(keepModelsLoaded=False, weightsFolder=str(tmp_path))  # no weights there
     before = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
-    with pytest.raises(module.SegmentationError) as e:
+    with pytest.raises(SegmentationError) as e:
         logic.process(ct, task="total", roiSubset=["livre"])
     assert "Did you mean liver" in e.value.fix
-    with pytest.raises(module.SegmentationError) as e:
+    with pytest.raises(SegmentationError) as e:
         logic.process(ct, task="total", quality="fastest", device="cpu", timeout=300)
     assert "not installed" in e.value.cause or "download" in e.value.cause.lower()
     assert e.value.fix
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before
+    assert logic.worker is None, "no engine process stays behind"
+
+
+def test_parameter_node_is_the_modules_singleton(scene_and_ct):
+    scene, _ = scene_and_ct
+    logic = TotalSegmentatorLogic()
+    node = logic.getParameterNode(scene)
+    assert node.IsA("vtkMRMLScriptedModuleNode") and node.GetAttribute("ModuleName") == "TotalSegmentator"
+    assert logic.getParameterNode(scene) is node
 
 
 def test_module_credits_the_papers():

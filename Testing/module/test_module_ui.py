@@ -26,6 +26,8 @@ from slicer_widgets import SLICER_WIDGETS, class_chain, stub_classes
 REPO = Path(__file__).resolve().parents[2]
 UI_FILE = REPO / "Resources" / "UI" / "TotalSegmentator.ui"
 MODULE_FILE = REPO / "TotalSegmentatorModule" / "TotalSegmentator.py"
+# the panel's sections are wired like the widget itself, on the same `self.ui`
+PANEL_FILES = (MODULE_FILE, REPO / "TotalSegmentatorModule" / "TotalSegmentatorLib" / "sections.py")
 
 from PySide6 import QtCore, QtWidgets  # noqa: E402 (test dependency: Qt itself checks the .ui)
 
@@ -120,7 +122,9 @@ def test_scene_reaches_every_mrml_widget(ui_tree, ui_widgets):
 
 @pytest.fixture(scope="module")
 def module_ast():
-    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    """The widget and its sections as one tree (line numbers in messages: see both files)."""
+    trees = [ast.parse(path.read_text(encoding="utf-8")) for path in PANEL_FILES]
+    return ast.Module(body=[node for tree in trees for node in tree.body], type_ignores=[])
 
 
 def class_node(tree, name):

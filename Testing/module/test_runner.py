@@ -12,7 +12,7 @@ import time
 import pytest
 
 from TotalSegmentatorLib import runner
-from TotalSegmentatorLib.process import BackgroundProcess, descendants, pid_alive
+from TotalSegmentatorLib.process import descendants, pid_alive
 from TotalSegmentatorLib.runner import ProcessRun, engine_command, engine_environment
 
 POSIX = os.name != "nt"
@@ -165,13 +165,13 @@ def test_wait_timeout_cancels():
 
 def test_engine_environment_makes_the_engine_importable_and_uses_the_temp_dir(tmp_path):
     env = engine_environment(tmp_path, {"TOTALSEG_WEIGHTS_PATH": "/w"})
-    proc = BackgroundProcess(
+    run = ProcessRun(
         [sys.executable, "-c", "import SegmentationLogic, tempfile, os, json; "
          "print(json.dumps({'event': 'result', 'tmp': tempfile.gettempdir(), 'w': os.environ['TOTALSEG_WEIGHTS_PATH'],"
-         " 'pkg': SegmentationLogic.__file__}))"], env=env, cwd=str(tmp_path)).start()
-    event = proc.wait_event(30)
-    assert event["tmp"] == str(tmp_path) and event["w"] == "/w"
-    assert event["pkg"].startswith(str(runner.engine_package_root()))
+         " 'pkg': SegmentationLogic.__file__}))"], env=env, cwd=str(tmp_path)).wait(timeout=30)
+    assert run.outcome == "succeeded", run.error
+    assert run.result["tmp"] == str(tmp_path) and run.result["w"] == "/w"
+    assert run.result["pkg"].startswith(str(runner.engine_package_root()))
 
 
 def test_internal_engine_error_with_a_known_cause_gets_its_fix():
@@ -185,3 +185,67 @@ def test_internal_engine_error_with_a_known_cause_gets_its_fix():
     run.wait(timeout=30)
     assert run.error["kind"] == "dependency" and "acvl_utils" in run.error["cause"]
     assert "Reinstall dependencies" in run.error["fix"] and run.error["type"] == "ModuleNotFoundError"
+
+
+CHATTY_SCRIPT = """
+import json, sys
+for i in range(20000):
+    print(json.dumps({"event": "progress", "stage": "predict", "fraction": i / 20000, "message": "x" * 40, "i": i}))
+    sys.stderr.write(f"warning {i} " + "y" * 60 + "\\n")
+print(json.dumps({"event": "result", "lines": 20000}))
+"""
+
+
+def test_a_chatty_process_never_waits_for_a_reader_and_a_qt_timer_alone_reads_it(monkeypatch):
+    """Slicer's PythonQt keeps the GIL while Qt waits: no Python thread may be needed to move output.
+
+    The process writes ~3 MB to stdout and stderr (a pipe holds 64 KB) while nobody reads
+    (the timer is stopped); then only a Qt timer runs Python, as in Slicer, and each tick reads."""
+    import threading
+
+    from PySide6 import QtCore, QtWidgets
+
+    def no_threads(*args, **kwargs):
+        raise AssertionError("the runner started a Python thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_threads)
+    run = ProcessRun(script(CHATTY_SCRIPT))
+    deadline = time.monotonic() + 120
+    while run.process.proc.poll() is None:
+        assert time.monotonic() < deadline, "the process is blocked: its output waits for a reader"
+        time.sleep(0.05)
+    assert run.process.proc.returncode == 0 and not run.done
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    events, ticks = [], []
+    loop, timer = QtCore.QEventLoop(), QtCore.QTimer()
+
+    def tick():
+        events.extend(run.poll())
+        ticks.append(len(events))
+        if run.done:
+            loop.quit()
+    timer.timeout.connect(tick)
+    timer.start(10)
+    QtCore.QTimer.singleShot(60000, loop.quit)
+    loop.exec()
+    timer.stop()
+    assert app is not None and run.outcome == "succeeded" and run.result["lines"] == 20000
+    assert [e["i"] for e in events if e["event"] == "progress"] == list(range(20000)), "every line, in order"
+    assert [e["message"] for e in events if e["event"] == "log"][-1].startswith("warning 19999 ")
+    assert sum(e["event"] == "log" for e in events) == 20000
+    assert len(ticks) > 2, "a tick reads a bounded amount, so each stays short"
+
+
+def test_output_arrives_while_the_process_still_runs_and_nothing_is_left_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    run = ProcessRun(script(PROGRESS_SCRIPT))
+    assert [p.name for p in tmp_path.iterdir()][0].startswith("TotalSegmentator-output-")
+    while not [e for e in run.poll() if e["event"] == "progress"]:
+        time.sleep(0.02)
+    assert run.process.running, "the first event came before the process ended"
+    run.wait(timeout=30)
+    assert list(tmp_path.iterdir()) == [], "the output files went with the process"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from SegmentationLogic import slicer_import  # noqa: E402
+from SegmentationLogic.mrml import scene as mrml_scene  # noqa: E402
 
 from PySide6 import QtWidgets  # noqa: E402
 
@@ -25,8 +25,8 @@ def qt_app():
 
 @pytest.fixture
 def panel(qt_app, monkeypatch, tmp_path, example, weights_env):
-    scene = slicer_import.new_scene()
-    ct = slicer_import.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
+    scene = mrml_scene.new_scene()
+    ct = mrml_scene.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
     host = pythonqt.install(monkeypatch, scene, tmp_path)
     module = importlib.import_module("TotalSegmentator")
     widget = module.TotalSegmentatorWidget()
@@ -35,7 +35,7 @@ def panel(qt_app, monkeypatch, tmp_path, example, weights_env):
     widget.cleanup()
     module._shutdownSharedLogic()
     module._sharedLogic = None
-    slicer_import.release_scene(scene)
+    mrml_scene.release_scene(scene)
 
 
 def pump(until, timeout=300):
@@ -94,8 +94,9 @@ def test_panel_offers_what_the_task_allows(panel):
     assert len(list_items(ui)) == 50 and not visible(ui.splitLiverVesselsCheckBox)
     assert visible(ui.modalityWarningLabel) and "looks like CT" in ui.modalityWarningLabel.text
 
-    pump(lambda: widget._deviceProbe is None, timeout=300)
-    assert ui.deviceComboBox._obj.itemText(0).startswith("Auto: ")
+    # opening the panel starts nothing heavy: GPUs are listed once the engine runs (first Apply)
+    assert widget.logic.worker is None and widget.devices.probe is None
+    assert ui.deviceComboBox._obj.itemText(0).startswith("Auto")
     assert ui.deviceComboBox._obj.findData("cpu") == 1
     ui.deviceComboBox.currentIndex = 1
     assert p.device == "cpu"
@@ -123,6 +124,8 @@ def test_apply_runs_in_the_background_cancel_and_errors(panel, tmp_path):
     log = ui.logTextEdit._obj.toPlainText()
     assert "[predict]" in log and "[import]" in log
     assert p.outputSegmentation is None, "Create new stays selected: the next run does not overwrite this one"
+    pump(lambda: widget.devices.probe is None)
+    assert ui.deviceComboBox._obj.itemText(0).startswith("Auto: "), "the engine listed the devices"
 
     ui.clearStructuresButton.click()
     p.quality = "normal"
@@ -156,7 +159,7 @@ def test_apply_runs_in_the_background_cancel_and_errors(panel, tmp_path):
 def test_wrong_modality_warns_and_apply_asks_before_running(panel, example):
     widget, host, scene, ct = panel
     ui, p = widget.ui, widget._parameterNode
-    mr = slicer_import.load_volume(scene, example("example_mr_sm.nii.gz"), name="MR")
+    mr = mrml_scene.load_volume(scene, example("example_mr_sm.nii.gz"), name="MR")
     p.device, p.quality, p.roiSubset = "cpu", "fastest", ["liver"]
     assert not visible(ui.modalityWarningLabel)
     p.inputVolume = mr
@@ -240,7 +243,7 @@ def test_download_weights_for_the_task_with_cancel(panel, tmp_path, test_weights
 
 
 def test_first_run_install_asks_then_installs_in_the_background_then_segments(panel, tmp_path, monkeypatch):
-    from test_dependencies import make_wheel
+    from wheels import make_wheel
     from TotalSegmentatorLib import dependencies
 
     widget, host, scene, ct = panel
@@ -276,7 +279,7 @@ def test_first_run_install_asks_then_installs_in_the_background_then_segments(pa
 
 
 def test_liver_vessel_split_review(panel, tmp_path):
-    from SegmentationLogic.vessels import review
+    from SegmentationLogic.mrml import vessel_review as review
     import numpy as np
 
     widget, host, scene, ct = panel
@@ -308,6 +311,7 @@ def test_liver_vessel_split_review(panel, tmp_path):
     reassign.AddControlPoint(*point)
     ui.subtreeScopeRadioButton.checked = True
     ui.reassignButton.click()
+    pump(lambda: widget._operation is None)  # the edit runs in the engine worker
     labels, _ = review.current_labels(node)
     assert int((labels == 1).sum()) < portal_before, "the picked portal subtree became hepatic"
     assert review.get_qc(node)["manual_edits"] == 1
@@ -315,6 +319,7 @@ def test_liver_vessel_split_review(panel, tmp_path):
     hepatic_seed = widget.logic.reviewPointsNode("Hepatic seeds", (0.6, 0, 1))
     hepatic_seed.AddControlPoint(*point)
     ui.rerunSplitButton.click()
+    pump(lambda: widget._operation is None)
     assert review.get_qc(node)["user_seed_points"] == {"portal": 0, "hepatic": 1}
 
     host.answers["folder"] = str(tmp_path / "saved")

@@ -1,4 +1,5 @@
-"""The persistent worker (`python -m SegmentationLogic worker`) and its client, WorkerEngine."""
+"""The module's engine worker (`python -m SegmentationLogic worker` with the vessel-review plugin) and
+its client, WorkerEngine."""
 import sys
 import time
 
@@ -25,7 +26,9 @@ def test_worker_answers_requests_in_one_process(worker):
 
 def test_bad_requests_get_an_error_and_the_worker_stays(worker):
     bad = worker.submit("segment", request={"task": "total"}).wait(timeout=120)  # no input
-    assert bad.outcome == "failed" and "Invalid segment request" in bad.error["cause"]
+    assert bad.outcome == "failed" and bad.error["kind"] == "request" and "needs an 'input'" in bad.error["cause"]
+    typo = worker.submit("segment", request={"input": "ct.nii.gz", "taks": "total"}).wait(timeout=30)
+    assert typo.outcome == "failed" and "taks" in typo.error["cause"]
     unknown = worker.submit("explode").wait(timeout=30)
     assert unknown.outcome == "failed" and "Unknown worker command" in unknown.error["cause"]
     assert worker.submit("ping").wait(timeout=30).outcome == "succeeded"
@@ -61,3 +64,11 @@ def test_worker_lists_devices_for_the_panel(worker):
     assert any(d["id"] == "cpu" for d in devices)
     items = device_items(devices)
     assert items[0].id == "auto" and items[1].id == "cpu" and "CPU" in items[1].text
+
+
+def test_one_shot_worker_ends_when_its_request_is_answered():
+    engine = WorkerEngine(python=sys.executable, keep_alive=False)
+    run = engine.submit("ping").wait(timeout=120)
+    assert run.outcome == "succeeded"
+    pid = run.result["pid"]
+    assert engine.process is None and not pid_alive(pid), "nothing keeps running once the answer is in"

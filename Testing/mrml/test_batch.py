@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import batch
+import slicer_core_build
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = REPO / "TotalSegmentatorModule" / "TotalSegmentatorScripts" / "batch.py"
@@ -45,9 +46,11 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
     (cases / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
     shutil.copy(example("example_mr_sm.nii.gz"), cases / "mr.nii.gz")
     out = tmp_path / "out"
+    # No project folder on the path (the script finds the engine itself); only the slicer-core build under test.
+    env = {**os.environ, "PYTHONPATH": slicer_core_build.subprocess_pythonpath()}
     proc = subprocess.run([sys.executable, str(BATCH), "--input-dir", str(cases), "--output-dir", str(out),
                            "--task", "total", "--quality", "fast", "--device", "cpu"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}, timeout=900)
+                          capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert [rows[c]["status"] for c in ("broken", "ct", "mr", "series")] == ["failed", "ok", "failed", "ok"]
@@ -57,14 +60,15 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
     assert "[4/4] series" in proc.stdout and "[predict" in proc.stdout  # progress lines on stdout
     assert sorted(p.name for p in out.iterdir()) == ["ct.seg.nrrd", "series.seg.nrrd", "summary.csv"]
 
-    from SegmentationLogic import slicer_import as si
+    from SegmentationLogic.mrml import scene as mrml_scene
+    from SegmentationLogic.mrml import segmentation_import as si
     from SegmentationLogic import terminology as T
     from SegmentationLogic.catalogue import load_catalogue
 
     total = load_catalogue().task("total").classes
-    scene = si.new_scene()
+    scene = mrml_scene.new_scene()
     for case, source in (("ct", cases / "ct.nii.gz"), ("series", cases / "series")):
-        node = si.load_segmentation(scene, out / f"{case}.seg.nrrd")
+        node = mrml_scene.load_segmentation(scene, out / f"{case}.seg.nrrd")
         seg = node.GetSegmentation()
         assert seg.GetNumberOfSegments() == int(rows[case]["segments"]) > 0
         for i in range(seg.GetNumberOfSegments()):
@@ -72,7 +76,7 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
             class_name = total[s.GetLabelValue()]
             assert s.GetName() == T.standard_name(class_name) and s.GetTerminology() == T.terminology_string(class_name)
         # the result lies on the input image: every labelled voxel maps into the volume
-        volume = si.load_volume(scene, source)
+        volume = mrml_scene.load_volume(scene, source)
         image = seg.GetNthSegment(0).GetRepresentation(si.BINARY)
         import vtk
 
@@ -86,4 +90,4 @@ def test_batch_under_plain_python_with_slicer_core(weights_env, example, tmp_pat
             ras = to_ras.MultiplyPoint((*corner, 1.0))
             ijk = from_ras.MultiplyPoint(ras)
             assert all(-0.5 <= ijk[a] <= dims[a] - 0.5 for a in range(3)), (case, ijk)
-    si.release_scene(scene)
+    mrml_scene.release_scene(scene)

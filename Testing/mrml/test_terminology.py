@@ -16,9 +16,14 @@ ALL_CLASSES = sorted({n for task in load_catalogue().tasks() for n in task.class
 def slicer_terminology():
     """Slicer's real Terminologies logic with our contexts loaded (as the module does at start-up)."""
     slicer = pytest.importorskip("slicer")
+    from SegmentationLogic.mrml import compat
+    from SegmentationLogic.mrml.terminology import register_with_slicer
+
     logic = slicer.vtkSlicerTerminologiesModuleLogic()
-    assert T.register_with_slicer(logic) == (T.CONTEXT_NAME, T.REGION_CONTEXT_NAME)
-    T.register_with_slicer(logic)  # idempotent
+    assert register_with_slicer(logic) == (T.CONTEXT_NAME, T.REGION_CONTEXT_NAME)
+    register_with_slicer(logic)  # idempotent: each context is there once
+    assert compat.is_terminology_context_loaded(logic, T.CONTEXT_NAME)
+    assert compat.loaded_region_context_names(logic).count(T.REGION_CONTEXT_NAME) == 1
     return logic
 
 

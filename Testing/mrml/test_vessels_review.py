@@ -7,8 +7,9 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from SegmentationLogic import slicer_import as si  # noqa: E402
-from SegmentationLogic.vessels import review  # noqa: E402
+from SegmentationLogic.mrml import scene as mrml_scene  # noqa: E402
+from SegmentationLogic.mrml import segmentation_import as si  # noqa: E402
+from SegmentationLogic.mrml import vessel_review as review  # noqa: E402
 from SegmentationLogic.vessels.io import OUTPUT_FILES  # noqa: E402
 from SegmentationLogic.vessels.workflow import split_vessel_files  # noqa: E402
 from vessel_phantoms import HEPATIC, PORTAL, make_phantom, score_split  # noqa: E402
@@ -16,9 +17,9 @@ from vessel_phantoms import HEPATIC, PORTAL, make_phantom, score_split  # noqa: 
 
 @pytest.fixture(scope="module")
 def scene():
-    s = si.new_scene()
+    s = mrml_scene.new_scene()
     yield s
-    si.release_scene(s)
+    mrml_scene.release_scene(s)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def case(tmp_path_factory):
 @pytest.fixture
 def loaded(scene, case):
     ph, files, out, meta = case
-    ct = si.load_volume(scene, files["liver"], name="ct")
+    ct = mrml_scene.load_volume(scene, files["liver"], name="ct")
     node = review.load_split(scene, out / OUTPUT_FILES["labeled"], ct, qc=meta)
     yield node
     scene.RemoveNode(node)
@@ -129,7 +130,7 @@ def test_rerun_with_seed_points_fixes_a_bad_split(scene, case, tmp_path):
     ph, files, _, _ = case
     bad_dir = tmp_path / "no_ivc"
     split_vessel_files(files["liver_vessels"], bad_dir, portal_trunk=files["portal_vein_and_splenic_vein"])
-    ct = si.load_volume(scene, files["liver"], name="ct2")
+    ct = mrml_scene.load_volume(scene, files["liver"], name="ct2")
     node = review.load_split(scene, bad_dir / OUTPUT_FILES["labeled"], ct,
                              qc=json.loads((bad_dir / OUTPUT_FILES["metadata"]).read_text()))
     assert score_split(_labels(node), ph)["accuracy"] < 0.9
@@ -155,7 +156,7 @@ def test_save_review_writes_files_metadata_and_seg_nrrd(loaded, case, tmp_path):
     assert np.array_equal(np.asanyarray(img.dataobj), current) and np.allclose(img.affine, ph.affine)
     meta = json.loads((tmp_path / OUTPUT_FILES["metadata"]).read_text())
     assert meta["portal_hepatic_split_qc"]["manual_edits"] == 1 and meta["review"]["manual_edits"] == 1
-    back = si.load_segmentation(loaded.GetScene(), tmp_path / "liver_vessels_split.seg.nrrd")
+    back = mrml_scene.load_segmentation(loaded.GetScene(), tmp_path / "liver_vessels_split.seg.nrrd")
     assert set(_segments(back)) == {"Portal vein branches", "Hepatic veins"}
     assert "32764006" in _segments(back)["Portal vein branches"].GetTerminology()
     loaded.GetScene().RemoveNode(back)

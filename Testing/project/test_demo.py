@@ -59,7 +59,7 @@ def test_demo_end_to_end_with_test_model(test_weights, example, tmp_path):
     assert values.max() <= 117 and len(values) - 1 == summary["classes_found"]
     assert summary["statistics"] and json.loads(Path(summary["statistics"]).read_text())
 
-    from test_preview import read_png
+    from png_pixels import read_png
     from SegmentationLogic.outputs.preview import NOTE_BANNER_RGB
 
     pixels = read_png(summary["preview"])

@@ -160,3 +160,27 @@ def test_installed_layout_runs(cmake_install, tmp_path):
     # The module finds its .ui and icon where TotalSegmentator.py's resourcePath() looks first.
     assert (target / "Resources" / "UI" / "TotalSegmentator.ui").is_file()
     assert (target / "Resources" / "Icons" / "TotalSegmentator.png").is_file()
+
+
+def test_supported_slicer_versions_are_declared_and_an_older_slicer_is_refused(tmp_path):
+    """Slicer 5.10, 5.12 and the preview: said in the metadata, the module and the README;
+    CMake refuses an older Slicer (find_package(Slicer 5.10) against Slicer's version file)."""
+    from SegmentationLogic.mrml import compat
+
+    supported = "Supported: Slicer 5.10, 5.12 and the preview."
+    description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]*)"\)', (REPO / "CMakeLists.txt").read_text()).group(1)
+    assert description.endswith(supported)
+    assert supported in (REPO / "TotalSegmentator.s4ext").read_text(encoding="utf-8")
+    assert compat.MINIMUM_VERSION == (5, 10) and compat.SUPPORTED == "Slicer 5.10, 5.12 and the current preview"
+    assert "### Supported Slicer versions" in (REPO / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"^find_package\(Slicer 5\.10 REQUIRED\)", (REPO / "CMakeLists.txt").read_text(), re.M)
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    old = tmp_path / "slicer-5.8"
+    shutil.copytree(REPO / "Testing" / "support" / "cmake_slicer_stub", old)
+    version_file = old / "SlicerConfigVersion.cmake"
+    version_file.write_text(version_file.read_text().replace('"5.10.0"', '"5.8.1"'))
+    out = subprocess.run([cmake, "-S", str(REPO), "-B", str(tmp_path / "build"), f"-DSlicer_DIR={old}"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "5.8.1" in out.stdout + out.stderr

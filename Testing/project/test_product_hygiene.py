@@ -17,7 +17,7 @@ def _product_files():
 def test_product_never_imports_the_reference_tool_or_torchvision():
     offenders = []
     for path in _product_files():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -30,7 +30,7 @@ def test_product_never_imports_the_reference_tool_or_torchvision():
 
 def test_tls_verification_is_never_switched_off():
     for path in _product_files():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.keyword) and node.arg == "verify":
                 assert not (isinstance(node.value, ast.Constant) and node.value.value is False), \
                     f"{path.relative_to(REPO)}:{node.value.lineno} verify=False"

@@ -6,7 +6,7 @@ signals are connected by signature (`button.connect("clicked(bool)", slot)`) and
 only as many arguments as they take. `Wrapped` gives a PySide object that behaviour.
 
 `install(monkeypatch, scene, tmp_path)` provides what TotalSegmentator.py imports from the
-application - `qt`, `ctk`, `slicer.ScriptedLoadableModule`, `slicer.parameterNodeWrapper`,
+application - `qt`, `ctk`, `slicer.ScriptedLoadableModule`, `slicer.parameterNodeWrapper`, `slicer.i18n`,
 `slicer.util.loadUI` / `childWidgetVariables` / dialogs, `slicer.mrmlScene` - on top of
 the real slicer-core package (real MRML scene and nodes). The panel is built from the
 module's .ui by pyside6-uic with the Slicer/CTK widget stand-ins of slicer_widgets.py.
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import types
 import typing
+import unittest
 from pathlib import Path
 
 from PySide6 import QtCore, QtGui, QtWidgets
@@ -127,7 +128,7 @@ class Wrapped:
 
 def _qt_module(settings_file, host):
     qt = types.ModuleType("qt")
-    for name in ("QListWidgetItem", "QTableWidgetItem", "QLineEdit", "QWidget", "QMessageBox"):
+    for name in ("QListWidgetItem", "QTableWidgetItem", "QLineEdit", "QWidget", "QMessageBox", "QLabel"):
         setattr(qt, name, getattr(QtWidgets, name))
     # PythonQt's static dialogs return the text alone; here they return the test's answer.
     qt.QFileDialog = types.SimpleNamespace(
@@ -320,24 +321,30 @@ def install(monkeypatch, scene, tmp_path):
         def setup(self):
             pass
 
-    class ScriptedLoadableModuleLogic:
-        def getParameterNode(self):
-            node = scene.GetSingletonNode("TotalSegmentator", "vtkMRMLScriptedModuleNode")
-            if node is None:
-                node = slicer.vtkMRMLScriptedModuleNode()
-                node.SetSingletonTag("TotalSegmentator")
-                node.SetName("TotalSegmentator")
-                node = scene.AddNode(node)
-            return node
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def __init__(self, methodName="runTest"):
+            super().__init__(methodName)
+            self.messages = []
+
+        def delayDisplay(self, message, msec=None):
+            self.messages.append(message)
 
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", types.SimpleNamespace(
-        ScriptedLoadableModule=type("ScriptedLoadableModule", (), {}),
-        ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,
-        ScriptedLoadableModuleLogic=ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest=type("ScriptedLoadableModuleTest", (), {})))
+        ScriptedLoadableModule=ScriptedLoadableModule, ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,
+        ScriptedLoadableModuleTest=ScriptedLoadableModuleTest))
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper",
                         types.SimpleNamespace(parameterNodeWrapper=parameterNodeWrapper))
+    monkeypatch.setitem(sys.modules, "slicer.i18n", types.SimpleNamespace(tr=lambda text: text,
+                                                                         translate=lambda context, text: text))
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    # the application's Terminologies module logic, real (slicer-core), as Slicer gives it to modules
+    terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(
+        terminologies=types.SimpleNamespace(logic=lambda: terminologies)), raising=False)
     monkeypatch.setattr(slicer, "qSlicerMarkupsPlaceWidget", sys.modules["qSlicerMarkupsPlaceWidget"]
                         .qSlicerMarkupsPlaceWidget, raising=False)
     monkeypatch.setattr(slicer.util, "loadUI", host.load_ui)
@@ -345,5 +352,8 @@ def install(monkeypatch, scene, tmp_path):
     monkeypatch.setattr(slicer.util, "errorDisplay", host.error_display)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", host.confirm)
     monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", host.try_with_error_display)
-    monkeypatch.delitem(sys.modules, "TotalSegmentator", raising=False)
+    for name in ("TotalSegmentator", "TotalSegmentatorLib.sections"):  # they import this test's `qt`
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    if "TotalSegmentatorLib" in sys.modules:
+        monkeypatch.delattr(sys.modules["TotalSegmentatorLib"], "sections", raising=False)
     return host

@@ -4,9 +4,9 @@ import pytest
 
 @pytest.fixture(scope="module")
 def scene_and_ct(example):
-    from SegmentationLogic import slicer_import
+    from SegmentationLogic.mrml import scene as mrml_scene
 
-    scene = slicer_import.new_scene()
-    volume = slicer_import.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
+    scene = mrml_scene.new_scene()
+    volume = mrml_scene.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT")
     yield scene, volume
-    slicer_import.release_scene(scene)
+    mrml_scene.release_scene(scene)

@@ -14,10 +14,24 @@ Levels degrade the masks the way real segmentations are degraded:
             the trunk without its hilum end, the IVC with a missing slab
   combined  all of the above
 
+`hard=True` adds the geometries that break splits tuned on the above (issue 14); the
+trees themselves are the same as without it (the extras draw from their own random
+stream); `hard=2` makes them severe: three times as many runs, 6-15 radii long and
+overlapping more, twice the contacts, four at the roots, and partial volume at every
+degraded level:
+  touching  also long parallel runs (a leaf of one tree continues alongside a branch of
+            the other, overlapping, touching, or beside it with a ladder of several
+            bridges), contacts as wide as the vessels, contacts at thick vessels near the
+            hilum and the IVC
+  noisy     also partial volume (the mask blurred and thresholded, which fuses vessels
+            passing within a voxel and thins small ones) and worse support masks: shifts
+            up to 6 mm, the IVC cut above or below the confluence, a trunk mask too thick
+            or too thin
+
 World coordinates are RAS millimetres (x to the patient's right, y anterior, z superior);
 array axes follow x, y, z with a diagonal affine, as a canonical NIfTI would.
 
-    ph = make_phantom("combined", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), seed=1)
+    ph = make_phantom("combined", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), seed=1, hard=True)
     ph.vessels, ph.liver, ph.portal_trunk, ph.ivc      # uint8 masks (the inputs)
     ph.truth        # 1 portal, 2 hepatic, 0 not a vessel (spurious blob / background)
     ph.branch_ids   # id of the generating branch per true vessel voxel (0 elsewhere)
@@ -299,8 +313,9 @@ def _paint_ball(mask, centre, radii, spacing):
 # the phantom
 
 def make_phantom(level="clean", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), seed=0, contacts=None,
-                 gaps=None, blobs=None):
-    """Build a phantom at one of LEVELS. `contacts`, `gaps`, `blobs` override the counts."""
+                 gaps=None, blobs=None, hard=False):
+    """Build a phantom at one of LEVELS. `contacts`, `gaps`, `blobs` override the counts;
+    `hard` adds the harder geometries of the module docstring."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
     rng = np.random.default_rng(seed)
@@ -341,6 +356,15 @@ def make_phantom(level="clean", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), see
     forest.add_obstacle(outside - portal_dir * 0.4 * size, hilum + portal_dir * 2.5 * portal_r, portal_r * 1.1,
                         (HEPATIC,))
     forest.grow(roots, forced=forced)
+    touching = level in ("touching", "combined")
+    gapped = level in ("gaps", "combined")
+    noisy = level in ("noisy", "combined")
+    hard_rng = np.random.default_rng([seed, 14])  # the trees stay those of hard=False
+    ladders = []
+    severe = int(hard) >= 2
+    if hard and touching:
+        n_runs = max(3, len(forest.segments) // 12) if severe else max(2, len(forest.segments) // 40)
+        ladders = _add_runs(forest, n_runs, spacing, hard_rng, long=severe)
     segments = forest.segments
 
     # masks
@@ -379,13 +403,15 @@ def make_phantom(level="clean", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), see
     info = {"segments": len(segments), "portal_segments": int(sum(s.cls == PORTAL for s in segments)),
             "hepatic_segments": int(sum(s.cls == HEPATIC for s in segments)),
             "hilum_mm": hilum.tolist(), "ivc_xy_mm": ivc_xy.tolist(), "confluence_z_mm": float(confluence_z)}
-    touching = level in ("touching", "combined")
-    gapped = level in ("gaps", "combined")
-    noisy = level in ("noisy", "combined")
+    if ladders:
+        info["runs"] = ladders
 
     if touching:
         n = contacts if contacts is not None else max(3, len(segments) // 25)
         info["contacts"] = _add_contacts(vessels, truth, branch_ids, segments, n, spacing, rng)
+        if hard:
+            info["contacts"] += _add_hard_contacts(vessels, truth, branch_ids, segments, ladders,
+                                                   2 * n if severe else n, spacing, hard_rng, 4 if severe else 2)
     if gapped:
         n = gaps if gaps is not None else max(3, len(segments) // 25)
         info["gaps"] = _add_gaps(vessels, segments, n, spacing, rng)
@@ -394,6 +420,14 @@ def make_phantom(level="clean", shape=(80, 80, 64), spacing=(1.5, 1.5, 1.5), see
         info["blobs"] = _add_noise(vessels, truth, branch_ids, liver_mask, n, spacing, rng)
         trunk_mask, ivc_mask, info["support"] = _degrade_support(trunk_mask, ivc_mask, liver_mask, hilum, portal_dir,
                                                                  confluence_z, spacing, size, rng)
+        if hard and not severe:
+            info["partial_volume"] = _partial_volume(vessels, truth, branch_ids, liver_mask, spacing, hard_rng)
+        if hard:
+            trunk_mask, ivc_mask, more = _degrade_support_hard(trunk_mask, ivc_mask, confluence_z, spacing, size,
+                                                               hard_rng)
+            info["support"].update(more)
+    if severe and level != "clean":   # every degraded level seen at CT resolution
+        info["partial_volume"] = _partial_volume(vessels, truth, branch_ids, liver_mask, spacing, hard_rng)
     truth = np.where(vessels, truth, 0).astype(np.uint8)
     branch_ids = np.where(truth > 0, branch_ids, 0).astype(np.int32)
 
@@ -523,13 +557,205 @@ def _degrade_support(trunk, ivc, liver, hilum, portal_dir, confluence_z, spacing
 
 
 # ---------------------------------------------------------------------------------------
+# the harder geometries (hard=True)
+
+def _leaves(segments):
+    parents = {s.parent for s in segments}
+    return [s for s in segments if s.id not in parents]
+
+
+def _add_runs(forest, n, spacing, rng, long=False):
+    """Long parallel runs: a leaf of one tree continues (approach, then run) alongside a
+    branch of the other tree of similar radius, for 4-8 combined radii. One in three runs
+    keeps a gap of 1.5-3 mm and is joined by a ladder of bridges (returned, painted with the
+    contacts); the others overlap or touch their partner all along."""
+    segs = forest.segments
+    vox = float(spacing.min())
+    leaves = [s for s in _leaves(segs) if s.generation >= 2]
+    rng.shuffle(leaves)
+    ladders, used = [], set()
+    for leaf in leaves:
+        if len(ladders) >= n:
+            break
+        others = [p for p in segs if p.cls != leaf.cls and p.parent >= 0 and p.id not in used]
+        if not others:
+            continue
+        p0 = np.array([p.p0 for p in others])
+        p1 = np.array([p.p1 for p in others])
+        dist, t = _segment_distance(leaf.p1[None], p0, p1)
+        best = None
+        for j in np.argsort(dist[0]):
+            p = others[j]
+            length = np.linalg.norm(p.p1 - p.p0)
+            r = min(leaf.r1, p.r1)
+            if dist[0, j] > 14.0:
+                break
+            if length >= 2.5 * (r + p.r1) and abs(np.log(p.r1 / leaf.r1)) < np.log(1.8):
+                best = (p, float(t[0, j]), length)
+                break
+        if best is None:
+            continue
+        p, tc, length = best
+        axis = _unit(p.p1 - p.p0)
+        foot = p.p0 + tc * (p.p1 - p.p0)
+        e = leaf.p1 - foot
+        e -= e.dot(axis) * axis
+        e = _unit(e) if np.linalg.norm(e) > 1e-6 else _perpendicular(axis, rng)
+        r = min(leaf.r1, p.r1)
+        ladder = rng.random() < 1 / 3
+        offset = (r + p.r1) * (1.0 if ladder else rng.uniform(0.4 if long else 0.55, 1.0)) + (
+            rng.uniform(1.5, 3.0) if ladder else 0)
+        # along the partner, a little past its end (beside its first child) if it is short
+        sign = 1 if rng.random() < 0.5 else -1
+        ta = float(np.clip(tc, 0.1, 0.9))
+        room = (1 - ta if sign > 0 else ta) * length + (6 if long else 2) * (r + p.r1)
+        run = min(rng.uniform(6, 15) if long else rng.uniform(4, 8), room / (r + p.r1)) * (r + p.r1)
+        if run < 3 * (r + p.r1):
+            continue
+        a = p.p0 + ta * (p.p1 - p.p0) + offset * e
+        b = a + sign * run * axis
+        if np.linalg.norm(a - leaf.p1) > 15.0 or min(forest.liver.depth(a), forest.liver.depth(b)) < r + vox:
+            continue
+        # a run touches its partner only: it keeps clear of every other vessel
+        near = ({p.id, p.parent, leaf.id, leaf.parent} | {c.id for c in segs if c.parent in (p.id, leaf.id)}) - {-1}
+        if not (forest.free(leaf.p1, a, r, near, leaf.cls) and forest.free(a, b, r, near, leaf.cls)):
+            continue
+        approach = Segment(len(segs), leaf.cls, leaf.tree, leaf.id, leaf.p1.copy(), a, leaf.r1, r, leaf.generation + 1)
+        forest.add(approach)
+        stretch = Segment(len(segs), leaf.cls, leaf.tree, approach.id, a, b, r, r, leaf.generation + 2)
+        forest.add(stretch)
+        used |= {p.id}
+        ladders.append({"run": stretch.id, "partner": p.id, "ladder": ladder, "offset_mm": float(offset)})
+    return ladders
+
+
+def _bridge(vessels, truth, branch_ids, s, h, p, q, rr, spacing):
+    """Paint a tube p-q of radius rr; each added voxel belongs to the nearer of s and h."""
+    sl, qn, _ = _tube(p, q, rr, rr, spacing, vessels.shape)
+    if sl is None:
+        return 0
+    add = (qn <= 1.0) & ~vessels[sl]
+    pts = (np.argwhere(add) + [x.start for x in sl]) * spacing
+    ds, _ = _segment_distance(pts, s.p0[None], s.p1[None])
+    dh, _ = _segment_distance(pts, h.p0[None], h.p1[None])
+    near_s = ds[:, 0] / s.r1 <= dh[:, 0] / h.r1
+    truth[sl][add] = np.where(near_s, s.cls, h.cls)
+    branch_ids[sl][add] = np.where(near_s, s.id + 1, h.id + 1)
+    vessels[sl] |= add
+    return int(add.sum())
+
+
+def _closest_points(s, h, samples=15):
+    """(gap between the walls, point on s, point on h) at the closest approach of two segments."""
+    pts = s.p0 + np.linspace(0.05, 0.95, samples)[:, None] * (s.p1 - s.p0)
+    dist, t = _segment_distance(pts, h.p0[None], h.p1[None])
+    k = int(np.argmin(dist[:, 0]))
+    q = h.p0 + t[k, 0] * (h.p1 - h.p0)
+    return float(dist[k, 0] - s.r1 - h.r1), pts[k], q
+
+
+def _add_hard_contacts(vessels, truth, branch_ids, segments, ladders, n, spacing, rng, near_roots=2):
+    """Ladders of 2-4 bridges along the runs that keep a gap; contacts as wide as the wider
+    vessel; contacts at the thick vessels near the hilum and the IVC."""
+    out = []
+    by_id = {s.id: s for s in segments}
+    for lad in ladders:
+        if not lad["ladder"]:
+            continue
+        run, partner = by_id[lad["run"]], by_id[lad["partner"]]
+        k = int(rng.integers(2, 5))
+        for f in np.linspace(0.15, 0.85, k) + rng.uniform(-0.05, 0.05, k):
+            p = run.p0 + f * (run.p1 - run.p0)
+            _, t = _segment_distance(p[None], partner.p0[None], partner.p1[None])
+            q = partner.p0 + t[0, 0] * (partner.p1 - partner.p0)
+            rr = min(run.r1, partner.r1) * rng.uniform(0.5, 0.8)
+            _bridge(vessels, truth, branch_ids, run, partner, p, q, rr, spacing)
+        out.append({"kind": "ladder", "bridges": k, "portal_segment": run.id if run.cls == PORTAL else partner.id,
+                    "hepatic_segment": partner.id if run.cls == PORTAL else run.id})
+    P = [s for s in segments if s.cls == PORTAL]
+    H = [s for s in segments if s.cls == HEPATIC]
+    vox = float(spacing.min())
+    pairs = []
+    for s in P:
+        for h in H:
+            if np.linalg.norm((s.p0 + s.p1) / 2 - (h.p0 + h.p1) / 2) > 40.0:
+                continue
+            gap, p, q = _closest_points(s, h)
+            pairs.append((gap, s, h, p, q))
+    pairs.sort(key=lambda c: c[0])
+    thick = [c for c in pairs if min(c[1].generation, c[2].generation) <= 1 and c[0] <= 8.0]
+    wide = [c for c in pairs if c[0] <= 5 * vox and abs(np.log(c[1].r1 / c[2].r1)) < np.log(1.4)]
+    used = set()
+    for kind, cands, count in (("near_root", thick, near_roots), ("wide", wide, max(2, n // 2))):
+        done = 0
+        for gap, s, h, p, q in cands:
+            if done >= count:
+                break
+            if (s.id, h.id) in used:
+                continue
+            used.add((s.id, h.id))
+            rr = max(s.r1, h.r1) * rng.uniform(0.9, 1.1) if kind == "wide" else min(s.r1, h.r1) * rng.uniform(0.6, 1.0)
+            if _bridge(vessels, truth, branch_ids, s, h, p, q, rr, spacing):
+                done += 1
+                out.append({"kind": kind, "portal_segment": s.id, "hepatic_segment": h.id, "radius_mm": float(rr),
+                            "at_mm": ((p + q) / 2).tolist()})
+    return out
+
+
+def _partial_volume(vessels, truth, branch_ids, liver, spacing, rng):
+    """Blur the mask and threshold it, as a segmentation of a CT at this resolution would:
+    vessels passing within a voxel fuse, small ones thin out or break. New voxels belong to
+    the nearest true vessel voxel."""
+    sigma = rng.uniform(0.5, 0.8) * float(spacing.min()) / spacing
+    level = rng.uniform(0.35, 0.5)
+    soft = ndimage.gaussian_filter(vessels.astype(np.float32), sigma)
+    new = (soft >= level) & (liver > 0)
+    solid = vessels & (truth > 0)
+    _, ind = ndimage.distance_transform_edt(~solid, sampling=spacing, return_indices=True)
+    add = new & ~vessels
+    near = tuple(i[add] for i in ind)
+    truth[add] = truth[near]
+    branch_ids[add] = branch_ids[near]
+    removed = int((vessels & ~new).sum())
+    vessels[:] = new
+    return {"sigma_vox": sigma.tolist(), "threshold": float(level), "added": int(add.sum()), "removed": removed}
+
+
+def _degrade_support_hard(trunk, ivc, confluence_z, spacing, size, rng):
+    """Further shifts (up to 6 mm in all), the IVC cut off above or below the confluence,
+    and a trunk segmented too thick or too thin."""
+    shift = _unit(rng.normal(size=3)) * rng.uniform(0.0, 2.0)
+    trunk = ndimage.shift(trunk.astype(np.uint8), shift / spacing, order=0) > 0
+    k = int(np.clip(confluence_z / spacing[2], 0, ivc.shape[2]))
+    span = int(rng.uniform(0.05, 0.15) * size / spacing[2])
+    cut = "above" if rng.random() < 0.5 else "below"
+    if cut == "above":
+        ivc[:, :, k + span:] = False
+    else:
+        ivc[:, :, : max(k - span, 0)] = False
+    thickness = int(rng.integers(-1, 2))
+    if thickness > 0:
+        trunk = ndimage.binary_dilation(trunk, iterations=thickness)
+    elif thickness < 0:
+        thin = ndimage.binary_erosion(trunk)
+        trunk = thin if thin.any() else trunk
+    return trunk, ivc, {"trunk_extra_shift_mm": shift.tolist(), "ivc_cut": cut, "trunk_thickness_vox": thickness}
+
+
+# ---------------------------------------------------------------------------------------
 # scoring
 
-def score_split(labels, phantom, min_branch_voxels=5):
+UNSURE_BELOW = 0.75
+
+
+def score_split(labels, phantom, min_branch_voxels=5, confidence=None):
     """Compare a split (0 unlabelled, 1 portal, 2 hepatic) with the phantom's truth.
 
     Voxels scored: true vessel voxels present in the input mask (spurious blobs have no
-    class, so only count against Dice as false positives).
+    class, so only count against Dice as false positives). With a `confidence` map:
+    flag_recall, the share of misassigned voxels (scored voxels labelled otherwise than
+    their truth, unlabelled included) that the map flags (below 0.75), and flagged_share,
+    the share of the vessel mask's voxels it flags.
     """
     labels = np.asarray(labels)
     truth = phantom.truth
@@ -551,4 +777,10 @@ def score_split(labels, phantom, min_branch_voxels=5):
     big[0] = False
     res["branches"] = int(big.sum())
     res["branch_consistency"] = float(((c[big] / n[big]) >= 0.9).mean()) if big.any() else 1.0
+    if confidence is not None:
+        confidence = np.asarray(confidence)
+        unsure = confidence[scored] < UNSURE_BELOW
+        wrong = lab != tru
+        res["flag_recall"] = float(unsure[wrong].mean()) if wrong.any() else 1.0
+        res["flagged_share"] = float((confidence[phantom.vessels > 0] < UNSURE_BELOW).mean())
     return res

@@ -1,7 +1,7 @@
 """Regenerate Resources/Screenshots/TotalSegmentator3D.png, the README's 3D screenshot.
 
 The official 117-class result for the example CT (example_seg.nii.gz on example_ct_sm)
-is imported with `SegmentationLogic.slicer_import.import_labelmap` into a slicer-core
+is imported with `SegmentationLogic.mrml.segmentation_import.import_labelmap` into a slicer-core
 scene and rendered offscreen by Slicer's own 3D-view displayable managers (camera, view,
 segmentations), so the picture is what Slicer's 3D view shows after Apply, with the
 large soft-tissue organs set to 30% opacity (as a user would in the Segmentations
@@ -16,7 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "Testing" / "support")]
 
-from SegmentationLogic import slicer_import  # noqa: E402
+from SegmentationLogic.mrml import scene as mrml_scene  # noqa: E402
+from SegmentationLogic.mrml.segmentation_import import import_labelmap  # noqa: E402
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
 from sample_data import example_path  # noqa: E402
 
@@ -71,9 +72,9 @@ def main(argv=None):
     parser.add_argument("--size", default="720x420")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
-    scene = slicer_import.new_scene()
-    ct = slicer_import.load_volume(scene, example_path("example_ct_sm.nii.gz"))
-    node = slicer_import.import_labelmap(scene, example_path("example_seg.nii.gz"),
+    scene = mrml_scene.new_scene()
+    ct = mrml_scene.load_volume(scene, example_path("example_ct_sm.nii.gz"))
+    node = import_labelmap(scene, example_path("example_seg.nii.gz"),
                                          load_catalogue().task("total").classes, reference_volume_node=ct, task="total")
     display = node.GetDisplayNode()
     for segment_id in SEE_THROUGH:

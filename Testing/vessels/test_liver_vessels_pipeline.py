@@ -40,7 +40,7 @@ def test_pipeline_writes_enhanced_mask_support_and_split(run, ct):
     assert rc == 0
     ref = _img(ct)
     for name in (OUTPUT_FILES["enhanced"], OUTPUT_FILES["portal"], OUTPUT_FILES["hepatic"], OUTPUT_FILES["labeled"],
-                 *SUPPORT_FILES.values()):
+                 OUTPUT_FILES["confidence"], *SUPPORT_FILES.values()):
         img = _img(out / name)
         assert img.shape == ref.shape and np.allclose(img.affine, ref.affine), name
     enhanced = np.asanyarray(_img(out / OUTPUT_FILES["enhanced"]).dataobj) > 0
@@ -50,6 +50,8 @@ def test_pipeline_writes_enhanced_mask_support_and_split(run, ct):
     assert not (enhanced & ~liver).any()                  # restricted to the liver
     assert np.array_equal(labeled > 0, enhanced) or (labeled > 0).sum() >= 0.95 * enhanced.sum()
     assert set(np.unique(labeled)) <= {0, 1, 2}
+    confidence = np.asanyarray(_img(out / OUTPUT_FILES["confidence"]).dataobj)   # the review's "where to look"
+    assert confidence[labeled > 0].min() >= 0.5 and confidence.max() <= 1.0 and (confidence[~enhanced] == 0).all()
 
 
 def test_metadata_records_volume_fallbacks_inputs_and_qc(run, ct):
@@ -72,7 +74,8 @@ def test_labeled_only_with_given_masks_and_removed_binary(run, ct, test_weights,
                             skip_main_body_veins=True, labeled_only=True, remove_enhanced_binary=True,
                             device="cpu", weights_dir=test_weights)
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {OUTPUT_FILES["labeled"], OUTPUT_FILES["metadata"], OUTPUT_FILES["skeleton"]}
+    assert names == {OUTPUT_FILES["labeled"], OUTPUT_FILES["metadata"], OUTPUT_FILES["skeleton"],
+                     OUTPUT_FILES["confidence"]}
     meta = json.loads((tmp_path / OUTPUT_FILES["metadata"]).read_text())
     assert meta["labeled_only"] is True and meta["liver_mask_source"] == "provided"
     assert meta["portal_hepatic_split_qc"] == res["qc"]

@@ -63,7 +63,7 @@ def test_labeled_only_and_no_skeleton(files, tmp_path):
               "--ivc", files["inferior_vena_cava"], "-o", tmp_path, "--labeled_only", "--no_skeleton")
     assert rc == 0
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {OUTPUT_FILES["labeled"], OUTPUT_FILES["metadata"]}
+    assert names == {OUTPUT_FILES["labeled"], OUTPUT_FILES["confidence"], OUTPUT_FILES["metadata"]}
     meta = json.loads((tmp_path / OUTPUT_FILES["metadata"]).read_text())
     assert meta["labeled_only"] is True and meta["portal_hepatic_split_qc"]["use_skeleton"] is False
 

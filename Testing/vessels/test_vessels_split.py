@@ -1,6 +1,7 @@
 """Portal/hepatic split on phantoms with ground truth: right where the published heuristic fails."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from SegmentationLogic.vessels.io import VesselInputError
 from SegmentationLogic.vessels.split import split_vessels
@@ -45,7 +46,10 @@ def test_clean_phantom_is_split_exactly(phantoms):
         assert qc["portal_voxels"] + qc["hepatic_voxels"] + qc["unlabelled_voxels"] == qc["total_vessel_voxels"]
         assert qc["total_vessel_voxels"] == int(ph.vessels.sum())
         assert 0.05 < qc["portal_fraction"] < 0.95 and qc["portal_seed_voxels"] > 0 and qc["hepatic_seed_voxels"] > 0
-        assert 0.8 < qc["confidence"] <= 1.0 and qc["ambiguous_voxels"] == 0 and qc["use_skeleton"] is True
+        # two trees that nowhere touch: sure almost everywhere (a few voxels may be flagged where
+        # a branch passes within a few mm of the other tree)
+        assert 0.8 < qc["confidence"] <= 1.0 and qc["ambiguous_voxels"] < 0.05 * qc["total_vessel_voxels"]
+        assert qc["use_skeleton"] is True
         assert qc["warnings"] == []
 
 
@@ -114,15 +118,19 @@ def test_support_touching_warnings(phantoms):
 def test_without_skeleton_a_radius_watershed_splits(phantoms):
     ph = phantoms["gaps", 0]
     res = _split(ph, use_skeleton=False)
-    assert res.qc["use_skeleton"] is False and res.qc["confidence"] is None
+    assert res.qc["use_skeleton"] is False
     assert score_split(res.labels, phantoms["gaps", 0])["accuracy"] >= 0.9
+    # its confidence map knows only where the two classes meet: unsure there, sure elsewhere
+    ph = phantoms["touching", 0]
+    res = _split(ph, use_skeleton=False)
+    vessels = ph.vessels > 0
+    meet = ndimage.binary_dilation(res.labels == PORTAL, np.ones((3, 3, 3))) & (res.labels == HEPATIC)
+    assert meet.any() and (res.confidence[meet] < 0.75).mean() > 0.9 and np.median(res.confidence[vessels]) == 1.0
 
 
 def test_small_islands_join_their_surroundings(phantoms):
     ph = phantoms["combined", 2]
     res = _split(ph, min_component_size=20)
-    from scipy import ndimage
-
     for cls in (PORTAL, HEPATIC):
         comp, n = ndimage.label(res.labels == cls, structure=np.ones((3, 3, 3)))
         sizes = np.bincount(comp.ravel())[1:]
@@ -142,3 +150,25 @@ def test_portal_fraction_warning(phantoms):
     skewed = dict(qc, portal_fraction=0.97, hepatic_seed_voxels=0)
     text = " ".join(fraction_warnings(skewed))
     assert "above 95%" in text and "No hepatic seed" in text
+
+
+def test_a_piece_that_thinning_erases_is_still_labelled():
+    """scikit-image's thinning leaves nothing of some short box-shaped pieces; their voxels
+    must still be split (and not crash the skeleton graph)."""
+    vessels = np.zeros((30, 30, 30), bool)
+    vessels[5:25, 13:17, 13:17] = True
+    res = split_vessels(vessels, (1, 1, 1))
+    assert (res.labels[vessels] > 0).all() and (res.confidence[vessels] >= 0.5).all()
+
+
+def test_pieces_too_far_apart_to_bridge_are_split_each_on_its_own():
+    """Two vessel pieces far apart (no gap to bridge): no error; a piece no seed reaches is
+    left unlabelled, counted in the QC and marked as a coin toss in the map."""
+    vessels = np.zeros((60, 30, 30), bool)
+    vessels[2:20, 13:17, 13:17] = True
+    vessels[40:58, 13:17, 13:17] = True
+    vessels[8:12, 8:22, 13:17] = True      # a little branching, so each piece has a graph
+    res = split_vessels(vessels, (1, 1, 1))
+    unlabelled = vessels & (res.labels == 0)
+    assert res.qc["unlabelled_voxels"] == int(unlabelled.sum())
+    assert (res.confidence[unlabelled] == 0.5).all() and (res.labels[vessels] > 0).any()

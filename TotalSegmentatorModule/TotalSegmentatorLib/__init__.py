@@ -1,8 +1,12 @@
-"""Qt-free parts of the TotalSegmentator Slicer module.
+"""The TotalSegmentator module's library (TotalSegmentator.py wires the panel to it).
 
-Everything here runs in Slicer, in plain Python and with slicer-core (real MRML without
-Qt), so it is tested outside Slicer: the background runner (process, runner,
-diagnosis), first-run dependencies, the lists the panel shows (choices), and a
-segmentation job from volume node to segmentation node (job). The widget in
-TotalSegmentator.py only wires these to Qt.
+- logic.py: the Logic, the documented Python entry point; imports no Qt, so it runs and is
+  tested with slicer-core in plain Python.
+- operation.py: the one interface of every background operation (poll / cancel / outcome);
+  job.py (a segmentation), review_edit.py (a vessel-review edit), installation.py (the
+  first-run install), runner.py (the engine worker and CLI processes), process.py
+  (processes read without threads), diagnosis.py (a crash's cause and fix).
+- dependencies.py (what to install), choices.py (what the panel offers), startup.py (the
+  checks when Slicer loads the module), selftest.py (the self-test's phantom and model).
+- sections.py: Qt wiring of the panel's sections (devices, structures, Advanced, review).
 """

@@ -5,7 +5,9 @@ widget only copies it into Qt widgets and tests can check it without Qt.
 """
 from dataclasses import dataclass
 
-from SegmentationLogic.catalogue import QUALITIES, load_catalogue
+from SegmentationLogic.catalogue import load_catalogue
+from SegmentationLogic.errors import SegmentationError
+from SegmentationLogic.imaging.modality import modality_warning as engine_modality_warning
 
 PRIMARY_TASKS = ("total", "total_mr")  # listed first: what most users run
 QUALITY_LABELS = {"normal": "Normal (1.5 mm)", "fast": "Fast (3 mm)", "fastest": "Fastest (6 mm)"}
@@ -47,12 +49,12 @@ def qualities_for(task_name, catalogue=None):
 
 
 def best_quality(task_name, wanted, catalogue=None):
-    """`wanted` if the task has it, else the nearest one it has (fastest -> fast -> normal)."""
-    available = qualities_for(task_name, catalogue)
-    if wanted in available:
-        return wanted
-    order = QUALITIES[: QUALITIES.index(wanted) + 1][::-1] if wanted in QUALITIES else ()
-    return next((q for q in order if q in available), available[0])
+    """The quality that runs when `wanted` is asked for: the engine's one rule (TaskSpec.run_quality);
+    where the engine would refuse it (e.g. --fast for a task without a fast model), 'normal'."""
+    try:
+        return (catalogue or load_catalogue()).task(task_name).run_quality(wanted)
+    except SegmentationError:
+        return "normal"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,15 @@ def structure_items(task_name, catalogue=None):
     if not task.roi_subset:
         return []
     return [StructureItem(v, task.classes[v], task.classes[v].replace("_", " ")) for v in sorted(task.classes)]
+
+
+def selection_text(selected, total):
+    """What the structure list's label says about the selection."""
+    if not total:
+        return ""
+    if selected:
+        return f"{selected} of {total} selected: only these are segmented"
+    return f"None selected: all {total} structures are segmented"
 
 
 def filter_structures(items, text):
@@ -119,19 +130,13 @@ def device_items(detected=None):
     return items
 
 
-def modality_warning(task_name, guess, catalogue=None, min_confidence=0.7):
+def modality_warning(task_name, guess, catalogue=None):
     """Panel text when the volume looks like another modality than the task expects, else None.
 
-    `guess`: ("CT" | "MR", confidence, reason) from the engine's `image_io.guess_modality`.
+    `guess`: ("CT" | "MR", confidence, reason) from the engine's `guess_modality`; the text and
+    the confidence it needs are the engine's own (imaging/modality.py, numpy only).
     """
     if not guess:
         return None
-    modality, confidence, reason = (tuple(guess) + (1.0, ""))[:3] if isinstance(guess, (tuple, list)) \
-        else (guess, 1.0, "")
     task = (catalogue or load_catalogue()).task(task_name)
-    if not modality or modality.upper() == task.modality.upper() or confidence < min_confidence:
-        return None
-    other = "total_mr" if task.modality == "CT" else "total"
-    return (f"This volume looks like {modality.upper()}, but task '{task_name}' is for {task.modality}: the result "
-            f"will probably be wrong. Choose a task made for {modality.upper()} (e.g. '{other}') or check the volume."
-            + (f"\n({reason})" if reason else ""))
+    return engine_modality_warning(task_name, task.modality, tuple(guess))

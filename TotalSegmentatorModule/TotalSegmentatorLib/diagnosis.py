@@ -8,6 +8,8 @@ stderr lines: this module maps the known patterns onto advice a user can follow.
 import re
 import signal
 
+from SegmentationLogic.errors import error_event
+
 # (kind, regex over the stderr tail, cause, fix) - first match wins, so specific before generic.
 KNOWN_CAUSES = (
     ("memory", r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|cuDNN error: CUDNN_STATUS_NOT_SUPPORTED",
@@ -81,8 +83,8 @@ def diagnose(returncode, stderr_lines):
 
 
 def _error(kind, cause, fix, returncode, stderr_lines):
-    return {"event": "error", "kind": kind, "type": "EngineCrash", "cause": cause, "fix": fix,
-            "returncode": returncode, "details": list(stderr_lines or ())[-20:]}
+    return error_event(kind=kind, type="EngineCrash", cause=cause, fix=fix, returncode=returncode,
+                       details=list(stderr_lines or ())[-20:])
 
 
 def refine(error, stderr_lines):

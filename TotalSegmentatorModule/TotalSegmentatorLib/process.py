@@ -1,27 +1,33 @@
-"""A background process whose output is read without blocking the caller.
+"""A background process whose output is read without threads and without ever blocking.
 
-Slicer's GUI thread must never wait on a pipe: two reader threads move stdout and
-stderr lines into a queue, and the caller drains it with `events()` from a QTimer (the
-GUI) or a sleep loop (scripts, tests). Each stdout line that is a JSON object with an
-"event" key is passed on as is (the engine's progress protocol); any other line, and
-every stderr line, becomes a "log" event, so nothing a library prints is lost, and
-bytes that are not UTF-8 (a non-English Windows locale) are replaced, never dropped.
+Slicer's PythonQt keeps the GIL while Qt waits, so a Python reader thread runs only
+while the main thread runs Python (a timer callback): it cannot be trusted to empty a
+pipe, and a full pipe stops the engine. Here the process writes stdout and stderr into
+two files in a private folder; `events()` reads what was appended since the last call
+(a plain file read: it never waits), from a QTimer in the GUI or a sleep loop in
+scripts. The process can write as much as it likes while nobody reads, and nothing it
+said is lost. The folder is removed when the process is done.
+
+Each stdout line that is a JSON object with an "event" key is passed on as is (the
+engine's progress protocol); any other line, and every stderr line, becomes a "log"
+event. Bytes that are not UTF-8 (a non-English Windows locale) are replaced, never dropped.
 
 The process runs in its own process group (POSIX: a new session; Windows: a new
-process group), so `kill_tree()` can end it together with everything it started:
+process group), so `kill_tree()` ends it together with everything it started:
 nnU-Net's worker processes, and on Slicer the `python-real` that the `PythonSlicer`
 launcher starts.
 """
 import collections
 import json
 import os
-import queue
+import shutil
 import signal
 import subprocess
-import threading
+import tempfile
 
 IS_WINDOWS = os.name == "nt"
-STDERR_TAIL_LINES = 200
+TAIL_LINES = 200
+READ_LIMIT = 1 << 20  # bytes per stream and poll
 
 
 def parse_line(line, source="stdout"):
@@ -96,21 +102,49 @@ def pid_alive(pid):
     return True
 
 
+class _OutputFile:
+    """A file the process appends to; read incrementally, split into lines."""
+
+    def __init__(self, path, source):
+        self.path, self.source = path, source
+        self._reader = None
+        self._partial = b""
+        self.at_end = False  # the last read reached the end of what is written
+
+    def read_lines(self, final=False, limit=READ_LIMIT):
+        """Complete lines appended since the last call (at most `limit` bytes: a timer tick stays short).
+        final: the writer has exited, so a last line without a newline is complete too."""
+        if self._reader is None:
+            self._reader = open(self.path, "rb")
+        chunk = self._reader.read(limit)
+        self.at_end = len(chunk) < limit
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = b"" if final and self.at_end else lines.pop()
+        return [raw.decode("utf-8", "replace").rstrip("\r") for raw in lines if raw.strip()]
+
+    def close(self):
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
 class BackgroundProcess:
     """Start a command in the background; read its events without blocking; kill its tree."""
 
-    def __init__(self, argv, env=None, cwd=None, keep_stdin=False):
+    def __init__(self, argv, env=None, cwd=None, keep_stdin=False, output_dir=None):
+        """output_dir: where the output files go (the caller removes it); default: a private temp folder."""
         self.argv = [str(a) for a in argv]
         self.env = env
         self.cwd = cwd
         self.keep_stdin = keep_stdin
         self.proc = None
-        self._queue = queue.Queue()
-        self._readers = []
-        self._stderr_tail = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self._text_tail = collections.deque(maxlen=STDERR_TAIL_LINES)  # every non-protocol line, both streams
-        self._stdin_lock = threading.Lock()
         self.killed = False
+        self._output_dir = output_dir
+        self._folder = None  # our own output folder, removed when done
+        self._outputs = []
+        self._drained = False
+        self._stderr_tail = collections.deque(maxlen=TAIL_LINES)
+        self._text_tail = collections.deque(maxlen=TAIL_LINES)  # every non-protocol line, both streams
 
     # -- life cycle --------------------------------------------------------------------
     def start(self):
@@ -119,39 +153,30 @@ class BackgroundProcess:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True  # own session and process group: killpg reaches every child
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE if self.keep_stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, **kwargs)
-        for stream, source in ((self.proc.stdout, "stdout"), (self.proc.stderr, "stderr")):
-            t = threading.Thread(target=self._read, args=(stream, source), daemon=True,
-                                 name=f"TotalSegmentator-{source}-{self.proc.pid}")
-            t.start()
-            self._readers.append(t)
+        if self._output_dir is None:
+            self._folder = tempfile.mkdtemp(prefix="TotalSegmentator-output-")
+        folder = self._output_dir or self._folder
+        streams = {}
+        try:
+            for source in ("stdout", "stderr"):
+                fd, path = tempfile.mkstemp(prefix=f"{source}-", suffix=".txt", dir=folder)
+                os.close(fd)
+                streams[source] = open(path, "wb")
+                self._outputs.append(_OutputFile(path, source))
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE if self.keep_stdin else subprocess.DEVNULL,
+                stdout=streams["stdout"], stderr=streams["stderr"], env=self.env, cwd=self.cwd, **kwargs)
+        except BaseException:
+            self._remove_folder()
+            raise
+        finally:
+            for stream in streams.values():
+                stream.close()  # the child holds its own copies
         return self
 
     @property
     def pid(self):
         return self.proc.pid if self.proc else None
-
-    def _read(self, stream, source):
-        try:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if not line:
-                    continue
-                if source == "stderr":
-                    self._stderr_tail.append(line)
-                event = parse_line(line, source)
-                if event.get("source"):
-                    self._text_tail.append(line)
-                self._queue.put(event)
-        except (OSError, ValueError):
-            pass  # pipe closed under us by kill_tree()
-        finally:
-            try:
-                stream.close()
-            except OSError:
-                pass
 
     @property
     def running(self):
@@ -159,29 +184,31 @@ class BackgroundProcess:
 
     @property
     def finished(self):
-        """The process has exited and all of its output has been read."""
-        return (self.proc is not None and self.proc.poll() is not None
-                and not any(t.is_alive() for t in self._readers))
+        """The process has exited and everything it wrote has been read (by `events()`)."""
+        return self._drained
 
     @property
     def returncode(self):
         return self.proc.poll() if self.proc else None
 
     def events(self):
-        """Every event received since the last call (never blocks)."""
+        """Every event the process wrote since the last call (never blocks)."""
+        if self._drained or self.proc is None:
+            return []
+        exited = self.proc.poll() is not None  # before reading: all it wrote before exiting is in the files
         out = []
-        while True:
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                return out
-
-    def wait_event(self, timeout):
-        """Block up to `timeout` s for one event (for scripts and tests, not the GUI)."""
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        for output in self._outputs:
+            for line in output.read_lines(final=exited):
+                if output.source == "stderr":
+                    self._stderr_tail.append(line)
+                event = parse_line(line, output.source)
+                if event.get("source"):
+                    self._text_tail.append(line)
+                out.append(event)
+        if exited and all(output.at_end for output in self._outputs):
+            self._drained = True
+            self._remove_folder()
+        return out
 
     def stderr_tail(self, lines=30):
         return list(self._stderr_tail)[-lines:]
@@ -194,25 +221,22 @@ class BackgroundProcess:
         """Write one JSON line to the process's stdin (persistent worker). False if it is gone."""
         if not self.keep_stdin or not self.running:
             return False
-        data = (json.dumps(obj) + "\n").encode("utf-8")
-        with self._stdin_lock:
-            try:
-                self.proc.stdin.write(data)
-                self.proc.stdin.flush()
-                return True
-            except (OSError, ValueError):
-                return False
+        try:
+            self.proc.stdin.write((json.dumps(obj) + "\n").encode("utf-8"))
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
 
     def close_stdin(self):
         if self.proc is not None and self.proc.stdin:
-            with self._stdin_lock:
-                try:
-                    self.proc.stdin.close()
-                except OSError:
-                    pass
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
 
     def kill_tree(self):
-        """Kill the process and everything it started, at once. Non-blocking on POSIX."""
+        """Kill the process and everything it started, at once; its output folder goes too."""
         if self.proc is None:
             return
         self.killed = True
@@ -238,3 +262,18 @@ class BackgroundProcess:
         except subprocess.TimeoutExpired:
             pass
         self.close_stdin()
+        self._drained = True
+        self._remove_folder()
+
+    def _remove_folder(self):
+        for output in self._outputs:
+            output.close()
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)  # Windows: a killed child may hold it a moment
+            self._folder = None
+
+    def __del__(self):
+        try:
+            self._remove_folder()
+        except Exception:
+            pass

@@ -9,6 +9,9 @@ In plain Python (with the `slicer-core` package for MRML):
 Cases are the NIfTI / NRRD / MetaImage files, zips of one DICOM series, and folders
 holding one DICOM series, directly inside D. Each case runs the engine, imports the
 result with standard names, colours and terminology, and writes O/<case>.seg.nrrd.
+The same typed request as every other front door
+(`SegmentRequest`, run by one `Segmenter` that keeps the models loaded from case to case)
+and the same way into the scene as the Slicer module (`SegmentationLogic.mrml`).
 A failing case is reported and the others still run. O/summary.csv gets one row per
 case as it finishes (case, status, seconds, segments, error, output, note: e.g. that a
 test model ran instead of the real weights). Progress lines
@@ -22,7 +25,6 @@ import time
 import traceback
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
 SUMMARY_FIELDS = ("case", "status", "seconds", "segments", "error", "output", "note")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -46,26 +48,12 @@ def _in_slicer_app():
 
 
 def find_cases(input_dir):
-    """[(case name, path)] in name order; other files are skipped (returned separately)."""
-    cases, skipped, used = [], [], set()
-    for path in sorted(Path(input_dir).iterdir()):
-        if path.name.startswith("."):
-            continue
-        name = path.name
-        if path.is_dir():
-            case = name
-        else:
-            suffix = next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
-            if suffix is None:
-                skipped.append(path)
-                continue
-            case = name[: -len(suffix)]
-        unique, n = case, 2
-        while unique in used:  # ct.nii.gz and ct.nrrd both present
-            unique, n = f"{case}_{n}", n + 1
-        used.add(unique)
-        cases.append((unique, path))
-    return cases, skipped
+    """[(case name, path)] in name order, and the other files (skipped): the engine's case
+    discovery, shared with `python -m SegmentationLogic cohort`."""
+    _add_package_path()
+    from SegmentationLogic.cohort.cases import find_cases as engine_find_cases
+
+    return engine_find_cases(input_dir)
 
 
 def build_parser():
@@ -90,20 +78,22 @@ def _say(message):
     print(message, flush=True)
 
 
-def run_case(scene, path, output, args, progress):
+def run_case(scene, segmenter, path, output, args, progress):
     """Segment one case and write its .seg.nrrd; returns (number of segments, model note)."""
-    from SegmentationLogic import slicer_import
-    from SegmentationLogic.pipeline import segment
+    from SegmentationLogic.mrml.scene import save_segmentation
+    from SegmentationLogic.mrml.segmentation_import import import_result
+    from SegmentationLogic.request import SegmentRequest
 
-    result = segment(path, task=args.task, quality=args.quality, roi_subset=args.roi_subset, device=args.device,
-                     weights_dir=args.weights_dir, progress=progress, check_modality=not args.ignore_modality)
+    request = SegmentRequest(input=str(path), task=args.task, quality=args.quality, roi_subset=args.roi_subset,
+                             device=args.device, weights_dir=str(args.weights_dir) if args.weights_dir else None,
+                             check_modality=not args.ignore_modality)
+    result = segmenter.run(request, progress=progress)
     if result.model_note:
         _say(f"  note: {result.model_note}")
-    node = slicer_import.import_labelmap(scene, result.labelmap, result.class_map, create_surfaces=False,
-                                         use_standard_names=not args.class_names, task=args.task,
-                                         name=output.name[: -len(".seg.nrrd")], progress=progress)
+    node = import_result(scene, result, create_surfaces=False, use_standard_names=not args.class_names,
+                         task=args.task, name=output.name[: -len(".seg.nrrd")], progress=progress)
     try:
-        slicer_import.save_segmentation(node, output)
+        save_segmentation(node, output)
         return node.GetSegmentation().GetNumberOfSegments(), result.model_note or ""
     finally:
         scene.RemoveNode(node)
@@ -118,6 +108,8 @@ def main(argv=None):
         _say(f"ERROR: input folder {args.input_dir} does not exist.")
         return EXIT_USAGE
     cases, skipped = find_cases(args.input_dir)
+    from SegmentationLogic.cohort.cases import IMAGE_SUFFIXES
+
     for path in skipped:
         _say(f"skipping {path.name}: not an image (accepted: {', '.join(IMAGE_SUFFIXES)} files, DICOM folders)")
     if not cases:
@@ -125,8 +117,9 @@ def main(argv=None):
         return EXIT_USAGE
 
     _add_package_path()
-    from SegmentationLogic import slicer_import
     from SegmentationLogic.errors import Cancelled, SegmentationError
+    from SegmentationLogic.mrml.scene import new_scene
+    from SegmentationLogic.pipeline import Segmenter
     from SegmentationLogic.progress import Progress, text_writer
 
     if _in_slicer_app():
@@ -134,7 +127,8 @@ def main(argv=None):
 
         scene = slicer.mrmlScene
     else:
-        scene = slicer_import.new_scene()
+        scene = new_scene()
+    segmenter = Segmenter(device=args.device, weights_dir=args.weights_dir)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     summary_path = args.summary or args.output_dir / "summary.csv"
     failed = 0
@@ -152,7 +146,7 @@ def main(argv=None):
                 _say("  skipped: output exists")
             else:
                 try:
-                    row["segments"], row["note"] = run_case(scene, path, output, args,
+                    row["segments"], row["note"] = run_case(scene, segmenter, path, output, args,
                                                             Progress(text_writer(sys.stdout)))
                     row.update(status="ok", output=str(output))
                     _say(f"  done: {row['segments']} segments -> {output.name} ({time.time() - start:.1f} s)")

@@ -8,7 +8,9 @@ vtk = pytest.importorskip("vtk")
 
 from vtk.util import numpy_support  # noqa: E402
 
-from SegmentationLogic import slicer_import as si  # noqa: E402
+from SegmentationLogic.mrml import geometry, surfaces  # noqa: E402
+from SegmentationLogic.mrml import scene as mrml_scene  # noqa: E402
+from SegmentationLogic.mrml import segmentation_import as si  # noqa: E402
 from SegmentationLogic import terminology as T  # noqa: E402
 from SegmentationLogic.catalogue import load_catalogue  # noqa: E402
 from SegmentationLogic.errors import Cancelled, SceneImportError  # noqa: E402
@@ -18,12 +20,12 @@ TOTAL = load_catalogue().task("total").classes
 
 @pytest.fixture(scope="session")
 def scene():
-    return si.new_scene()
+    return mrml_scene.new_scene()
 
 
 @pytest.fixture(scope="session")
 def ct(scene, example):
-    return si.load_volume(scene, example("example_ct_sm.nii.gz"))
+    return mrml_scene.load_volume(scene, example("example_ct_sm.nii.gz"))
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +64,7 @@ def _labelmap_array(node, reference_node):
 def _matrix(getter):
     m = vtk.vtkMatrix4x4()
     getter(m)
-    return si._matrix_to_numpy(m)
+    return geometry.matrix_to_numpy(m)
 
 
 def test_segments_have_standard_names_colours_terminology_and_official_values(imported, reference):
@@ -139,9 +141,9 @@ def test_class_names_when_standard_names_are_off(scene, ct, example):
 
 
 def test_seg_nrrd_round_trip(scene, imported, ct, reference, tmp_path):
-    path = si.save_segmentation(imported, tmp_path / "result.seg.nrrd")
+    path = mrml_scene.save_segmentation(imported, tmp_path / "result.seg.nrrd")
     assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["result.seg.nrrd"]  # no temp file left
-    loaded = si.load_segmentation(scene, path)
+    loaded = mrml_scene.load_segmentation(scene, path)
     try:
         before = {s.GetName(): s for s in _segments(imported)}
         after = {s.GetName(): s for s in _segments(loaded)}
@@ -232,7 +234,7 @@ def test_labels_outside_the_class_map_are_kept(scene):
 def test_dicom_series_result_lands_on_the_series_lattice(scene, example):
     """The engine writes DICOM results in NIfTI (LAS) order; Slicer reads the series in
     DICOM order. The import must put every label on the right voxel of the loaded series."""
-    series = si.load_volume(scene, example("example_ct_dicom"))
+    series = mrml_scene.load_volume(scene, example("example_ct_dicom"))
     assert series.GetImageData().GetDimensions() == (512, 512, 20)
     result = nib.load(example("example_seg_dicom.nii.gz"))
     node = si.import_labelmap(scene, result, TOTAL, reference_volume_node=series)
@@ -255,7 +257,7 @@ def test_dicom_series_result_lands_on_the_series_lattice(scene, example):
 
 def test_without_surface_nets_slicer_conversion_makes_the_surfaces(scene, ct, example, reference, monkeypatch):
     """Older Slicer/VTK without vtkSurfaceNets3D: Slicer's own conversion gives the surfaces."""
-    monkeypatch.setattr(si, "surface_nets_available", lambda: False)
+    monkeypatch.setattr(surfaces, "surface_nets_available", lambda: False)
     node = si.import_labelmap(scene, example("example_seg.nii.gz"), TOTAL, reference_volume_node=ct)
     try:
         liver = node.GetSegmentation().GetSegment("liver")
@@ -266,3 +268,39 @@ def test_without_surface_nets_slicer_conversion_makes_the_surfaces(scene, ct, ex
         assert all(s.GetRepresentation(si.SURFACE).GetNumberOfPolys() > 0 for s in _segments(node))
     finally:
         scene.RemoveNode(node)
+
+
+def test_volume_under_a_transform_gets_the_result_where_it_shows(scene, example, reference):
+    """A volume moved by a linear transform (registration, manual alignment): the segmentation
+    follows the same transform, and its reference geometry (the lattice Segment Editor
+    paints on) is the volume's lattice, not transformed a second time."""
+    volume = mrml_scene.load_volume(scene, example("example_ct_sm.nii.gz"), name="CT moved")
+    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    to_parent = vtk.vtkTransform()
+    to_parent.Translate(10.0, -20.0, 5.0)
+    to_parent.RotateZ(30.0)
+    moved.SetMatrixTransformToParent(to_parent.GetMatrix())
+    volume.SetAndObserveTransformNodeID(moved.GetID())
+    node = si.import_labelmap(scene, example("example_seg.nii.gz"), TOTAL, reference_volume_node=volume)
+    try:
+        assert node.GetTransformNodeID() == moved.GetID()
+        geometry_image = slicer.vtkOrientedImageData()
+        slicer.vtkSegmentationConverter.DeserializeImageGeometry(
+            node.GetSegmentation().GetConversionParameter(
+                slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()), geometry_image)
+        assert np.allclose(_matrix(geometry_image.GetImageToWorldMatrix), _matrix(volume.GetIJKToRASMatrix))
+        assert geometry_image.GetDimensions() == volume.GetImageData().GetDimensions()
+        # in the world (what the views show) the liver surface wraps the moved volume's liver voxels
+        to_world = vtk.vtkMatrix4x4()
+        node.GetParentTransformNode().GetMatrixTransformToWorld(to_world)
+        surface = node.GetSegmentation().GetSegment("liver").GetRepresentation(si.SURFACE)
+        points = numpy_support.vtk_to_numpy(surface.GetPoints().GetData()).astype(float)
+        world = points @ geometry.matrix_to_numpy(to_world)[:3, :3].T + geometry.matrix_to_numpy(to_world)[:3, 3]
+        voxel_to_world = geometry.matrix_to_numpy(to_world) @ _matrix(volume.GetIJKToRASMatrix)
+        ijk = np.linalg.solve(voxel_to_world, np.c_[world, np.ones(len(world))].T).T[:, :3]
+        liver = np.argwhere(reference == 5)
+        assert np.all(np.abs(ijk.min(axis=0) - liver.min(axis=0)) < 1.0)
+        assert np.all(np.abs(ijk.max(axis=0) - liver.max(axis=0)) < 1.0)
+    finally:
+        for n in (node, volume, moved):
+            scene.RemoveNode(n)

@@ -1,0 +1,10 @@
+# As Slicer's CMake/SlicerConfigVersion.cmake.in: find_package(Slicer X.Y) accepts this build from X.Y on.
+set(PACKAGE_VERSION "5.10.0")
+if("${PACKAGE_VERSION}" VERSION_LESS "${PACKAGE_FIND_VERSION}")
+  set(PACKAGE_VERSION_COMPATIBLE FALSE)
+else()
+  set(PACKAGE_VERSION_COMPATIBLE TRUE)
+  if("${PACKAGE_VERSION}" VERSION_EQUAL "${PACKAGE_FIND_VERSION}")
+    set(PACKAGE_VERSION_EXACT TRUE)
+  endif()
+endif()
