@@ -35,10 +35,12 @@ Cases (CPU; --device cuda runs both tools on the GPU):
     python Testing/benchmarks/bench_stages.py [--repeat N] [--cases a_fast ...] [--device cuda]
 """
 import argparse
+import atexit
 import contextlib
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -284,6 +286,7 @@ def main():
     from testmodels import build_test_weights
 
     work = Path(tempfile.mkdtemp(prefix="bench_stages_"))
+    atexit.register(shutil.rmtree, work, True)  # its outputs hold the example's labels
     home = reference.make_home(work)
     summary = []
     for case in args.cases:
