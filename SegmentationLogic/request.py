@@ -58,6 +58,7 @@ class SegmentRequest:
     download: bool = True
     check_modality: bool = True
     overwrite: bool = False  # replace existing files that are not results of ours (outputs/ownership.py)
+    deterministic: bool = False  # GPU: no cuDNN autotuning, deterministic algorithms (CPU: always reproducible)
 
     def __post_init__(self):
         check_quality(self.quality)

@@ -2,6 +2,7 @@
 import sys
 
 from ..request import SegmentRequest, quality_from_flags
+from ..system.process import process_age
 from .common import add_common, add_quality_flags, emit_result, json_mode, print_paths, progress_from_args
 
 
@@ -12,10 +13,11 @@ def request_from_args(args):
         roi_subset=args.roi_subset, device=args.device, ml=args.ml, statistics=args.statistics, preview=args.preview,
         body_seg=args.body_seg, force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
         robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download,
-        check_modality=not args.ignore_modality, overwrite=args.overwrite)
+        check_modality=not args.ignore_modality, overwrite=args.overwrite, deterministic=args.deterministic)
 
 
 def cmd_segment(args):
+    startup = process_age()  # interpreter and imports, before the run starts
     request, progress = request_from_args(args), progress_from_args(args)
     if getattr(args, "server", None):
         # on a segmentation server: the client needs no torch, nnU-Net or nibabel here
@@ -31,6 +33,8 @@ def cmd_segment(args):
         from ..pipeline import default_segmenter  # the engine (numpy, nibabel, torch): imported when it runs
 
         result = default_segmenter().run(request, progress)
+        if startup is not None:
+            result.timings["startup"] = round(startup, 3)
     emit_result(args, result.to_json())
     if not json_mode(args):
         if not args.quiet:
@@ -62,5 +66,8 @@ def add_parser(sub):
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files that are not results of this tool (results of earlier runs "
                         "are replaced anyway); the input is never replaced")
+    p.add_argument("--deterministic", action="store_true",
+                   help="GPU: the same labelmap run after run (no cuDNN autotuning, deterministic algorithms; "
+                        "slower). The CPU is reproducible without it")
     add_common(p)
     p.set_defaults(func=cmd_segment)

@@ -72,6 +72,16 @@ def check_image(img, target_spacing=None, n_classes=None, available_bytes=None):
     voxel values. With `target_spacing` (model spacing, mm, x/y/z) and `n_classes` (the
     largest model's class count) the memory estimate covers the model run too.
     """
+    warnings = check_header(img, target_spacing, n_classes, available_bytes)
+    data = read_voxels(img)
+    check_values(data.reshape(tuple(int(n) for n in img.shape)[:3]))
+    return warnings
+
+
+def check_header(img, target_spacing=None, n_classes=None, available_bytes=None):
+    """The checks of `check_image` that need only the header (nothing is read): a caller
+    that reads the voxels itself passes them to `check_values` afterwards, so a
+    compressed file is decompressed once."""
     shape = tuple(int(n) for n in img.shape)
     warnings = []
     dtype = img.get_data_dtype()
@@ -141,11 +151,11 @@ def check_image(img, target_spacing=None, n_classes=None, available_bytes=None):
             "Slicer: Crop Volume), close other programs, or use a machine with more memory.")
     if avail is not None and need > 0.7 * avail:
         warnings.append(f"The run may need about {format_bytes(need)} of the {format_bytes(avail)} memory available.")
-    _check_values(read_voxels(img).reshape(shape[:3]))
     return warnings
 
 
-def _check_values(data):
+def check_values(data):
+    """Refuse voxel values that cannot be segmented: NaN or infinite, empty, constant."""
     if data.dtype.kind == "f":
         finite = np.isfinite(data)
         bad = data.size - int(np.count_nonzero(finite))

@@ -18,6 +18,7 @@ reads the raw header (before any repair) and refuses:
 the errors of a truncated or corrupt file (.nii.gz that ends early, bad CRC) into an
 InputImageError with cause and fix.
 """
+import contextlib
 import gzip
 import zlib
 from pathlib import Path
@@ -133,11 +134,11 @@ def check_header(path):
                 REEXPORT)
 
 
-def read_voxels(img, name=None):
-    """`np.asanyarray(img.dataobj)`, with a truncated or corrupt file as an InputImageError."""
-    name = name or Path(img.get_filename() or "the image").name
+@contextlib.contextmanager
+def voxel_read_errors(name):
+    """Reading voxel data: a truncated or corrupt file is an InputImageError, a system error a file error."""
     try:
-        return np.asanyarray(img.dataobj)
+        yield
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise InputImageError(f"The image file {name} is truncated or corrupt: its voxel data ends early or cannot "
                               f"be decompressed ({e}).", REEXPORT) from None
@@ -147,6 +148,16 @@ def read_voxels(img, name=None):
         raise InputImageError(f"The image file {name} is truncated: {e}.".replace("\n", " "), REEXPORT) from None
     except ValueError as e:  # e.g. a memory map longer than the file
         raise InputImageError(f"The image file {name} is truncated or corrupt ({e}).", REEXPORT) from None
+
+
+def image_name(img):
+    return Path(img.get_filename() or "the image").name
+
+
+def read_voxels(img, name=None):
+    """`np.asanyarray(img.dataobj)`, with a truncated or corrupt file as an InputImageError."""
+    with voxel_read_errors(name or image_name(img)):
+        return np.asanyarray(img.dataobj)
 
 
 def load_nifti(path):

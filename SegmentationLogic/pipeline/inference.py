@@ -3,114 +3,131 @@
 
 The official tool writes the resampled image to `s01_0000.nii.gz`, lets nnU-Net read it
 (reader class from plans.json, in a spawned worker), predicts, sends the logits to a
-spawned export worker, and reads `s01.nii.gz` back. Here the same functions run on
+spawned export worker, and reads `s01.nii.gz` back. Here the same computation runs on
 arrays in this process:
 
 - reader: for NibabelIOWithReorient / NibabelIO (what TotalSegmentator models use) the
-  array the reader would produce is built directly: float32, (z, y, x), C-contiguous,
-  spacing = the float32 zooms of the written header, reversed. Any other reader gets
-  the exact fallback: the file is written and read (and the result written and read)
-  with that reader, as the official tool does.
-- preprocessing: the plans' preprocessor `run_case_npy` (crop to non-zero,
-  normalisation, nnU-Net's own resampling to the plans spacing).
-- prediction: nnUNetPredictor's sliding window (Gaussian, fp16 accumulation, tile step
-  from the catalogue, no mirroring), all folds of the ensemble.
-- export: nnU-Net's `convert_predicted_logits_to_segmentation_with_correct_shape`.
+  array the reader would produce is the canonical image itself, seen as (1, z, y, x),
+  with spacing = the float32 zooms of the written header, reversed; its float32 copy is
+  made by the preprocessing. Any other reader gets the exact fallback: the file is
+  written and read (and the result written and read) with that reader, as the official
+  tool does.
+- preprocessing, sliding window (Gaussian, fp16 accumulation, tile step from the
+  catalogue, no mirroring, all folds of the ensemble) and export (argmax): nnU-Net 2.6-2.8's
+  numbers, computed by `nnunet_preprocessing.py` and `sliding_window.py` with fewer copies
+  and passes; models those do not cover go through nnU-Net's own classes
+  (`nnunet_predictor.py`).
 
 The network is built from plans.json (`get_network_from_plans`, which is what
-`nnUNetTrainer.build_network_architecture` does for every trainer TotalSegmentator
-uses), so nnU-Net's recursive trainer-class search is never run. Models stay loaded in a
+`nnUNetTrainer.build_network_architecture` does for every trainer TotalSegmentator uses),
+so nnU-Net's recursive trainer-class search is never run, and it is built without random
+initialisation: its parameters are the checkpoint's tensors. Models stay loaded in a
 `ModelCache`, so a persistent worker segments a second image without reloading.
 """
-import contextlib
-import io
+import importlib.metadata
+import itertools
 import json
 import logging
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from ..errors import Cancelled, InvalidWeightsError
+from ..errors import InvalidWeightsError
+from . import nnunet_preprocessing, sliding_window
+from .nnunet_plans import ModelPlans, PlansError
+from .nnunet_predictor import NnunetPredictor
 
 log = logging.getLogger(__name__)
 
 IN_MEMORY_READERS = ("NibabelIOWithReorient", "NibabelIO")
+# nnU-Net releases whose inference sliding_window.py and nnunet_preprocessing.py reproduce
+FAST_PATH_NNUNET = ((2, 6), (2, 9))
 
 
-def _nnunet():
-    # torch and nnU-Net are heavy (seconds): imported only when a model is really loaded
-    import torch
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+def _torch():
+    import torch  # heavy (seconds): imported only when a model is really loaded
 
-    return (torch, nnUNetPredictor, PlansManager, get_network_from_plans, determine_num_input_channels,
-            convert_predicted_logits_to_segmentation_with_correct_shape)
+    return torch
 
 
 def warm_up():
-    """Import torch and nnU-Net now (seconds), e.g. while a user still picks options."""
-    _nnunet()
+    """Import what a prediction needs now (seconds), e.g. while a user still picks options."""
+    _torch()
+    import dynamic_network_architectures.architectures.unet  # noqa: F401 - heavy: the network classes
+    import nnunetv2.inference.sliding_window_prediction  # noqa: F401 - heavy: nnU-Net's tile helpers
+    import nnunetv2.utilities.get_network_from_plans  # noqa: F401
 
 
-def _predictor_class():
-    torch, nnUNetPredictor = _nnunet()[:2]
+class WarmUp:
+    """`warm_up()` in a background thread, e.g. while the image is read. `wait()` returns
+    once the imports are done (any import error surfaces later, where the import is used)."""
 
-    class TileReportingPredictor(nnUNetPredictor):
-        """nnUNetPredictor that reports each sliding-window tile and can be cancelled.
+    def __init__(self):
+        self._thread = threading.Thread(target=self._run, name="totalseg-warm-up", daemon=True)
+        self._thread.start()
 
-        Only two hooks are added; the sliding window itself is nnU-Net's. On cancel the
-        remaining tiles return zeros instead of running the network, so the loop (and its
-        producer thread) ends normally within moments, then `Cancelled` is raised."""
+    @staticmethod
+    def _run():
+        try:
+            warm_up()
+        except Exception:  # noqa: BLE001 - the real import in the run reports it with its context
+            log.debug("warm-up import failed", exc_info=True)
 
-        tile_callback = None
-        _tiles_total = 0
-        _tiles_done = 0
-        _cancelled = None
-
-        def _internal_get_sliding_window_slicers(self, image_size):
-            slicers = super()._internal_get_sliding_window_slicers(image_size)
-            self._tiles_total += len(slicers)
-            return slicers
-
-        def _internal_maybe_mirror_and_predict(self, x):
-            if self._cancelled is not None:
-                return torch.zeros((x.shape[0], self.label_manager.num_segmentation_heads, *x.shape[2:]),
-                                   dtype=torch.float32, device=x.device)
-            prediction = super()._internal_maybe_mirror_and_predict(x)
-            self._tiles_done += 1
-            if self.tile_callback is not None:
-                try:
-                    self.tile_callback(self._tiles_done, self._tiles_total)
-                except Cancelled as e:
-                    self._cancelled = e
-            return prediction
-
-    return TileReportingPredictor
+    def wait(self):
+        self._thread.join()
 
 
-_PREDICTOR_CLASS = None
-_PREDICTOR_LOCK = threading.Lock()
+def nnunet_version_problem():
+    """None when the installed nnU-Net is one whose inference the faster path reproduces."""
+    try:
+        version = importlib.metadata.version("nnunetv2")
+        release = tuple(int(p) for p in version.split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return "an nnU-Net version that could not be determined"
+    low, high = FAST_PATH_NNUNET
+    return None if low <= release < high else f"nnunetv2 {version}"
 
 
-def predictor_class():
-    global _PREDICTOR_CLASS
-    with _PREDICTOR_LOCK:
-        if _PREDICTOR_CLASS is None:
-            _PREDICTOR_CLASS = _predictor_class()
-    return _PREDICTOR_CLASS
+def build_network(plans, n_in, n_heads, state, share_tensors):
+    """The network of `plans` holding the weights `state`, without random initialisation.
+
+    The modules are made on the meta device (no memory, no init) and take the checkpoint's
+    tensors as their parameters; `share_tensors=False` gives them copies (an ensemble
+    loads other folds into the same network later). Where that cannot give exactly the
+    parameters nnU-Net's load_state_dict would (another dtype or layout, a buffer the
+    checkpoint lacks), the network is built and loaded as nnU-Net does."""
+    torch = _torch()
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # heavy: network classes, torch
+
+    cls, kwargs, req_import = plans.architecture
+
+    def make(allow_init=True):
+        return get_network_from_plans(cls, kwargs, req_import, n_in, n_heads, allow_init=allow_init,
+                                      deep_supervision=False)
+
+    with torch.device("meta"):  # no init: every parameter is replaced (and meta init imports torch._dynamo)
+        network = make(allow_init=False)
+    expected = network.state_dict()
+    if all(k in state and state[k].shape == v.shape and state[k].dtype == v.dtype and state[k].stride() == v.stride()
+           for k, v in expected.items()):
+        tensors = state if share_tensors else {k: v.clone() for k, v in state.items()}
+        network.load_state_dict(tensors, assign=True)
+        if not any(t.is_meta for t in itertools.chain(network.parameters(), network.buffers())):
+            return network
+    network = make()
+    network.load_state_dict(state)
+    return network
 
 
 class LoadedModel:
     """One nnU-Net model folder loaded on a device: plans, network, fold weights."""
 
-    def __init__(self, folder, device, folds, name=None):
-        torch, _, PlansManager, get_network_from_plans, determine_num_input_channels, _ = _nnunet()
+    def __init__(self, folder, device, folds, name=None, use_nnunet_predictor=False):
+        torch = _torch()
         self.folder = Path(folder)
         self.device = device
         self.folds = list(folds)
@@ -121,11 +138,10 @@ class LoadedModel:
         except (OSError, ValueError) as e:
             raise InvalidWeightsError(f"Model {self.name}: cannot read dataset.json/plans.json ({e}).",
                                       "Re-download or re-import the weights of this model.") from e
-        self.plans_manager = PlansManager(plans)
         if not self.folds:
             raise InvalidWeightsError(f"Model {self.name} has no fold_*/checkpoint_final.pth in {self.folder}.",
                                       "Re-download or re-import the weights of this model.")
-        parameters = []
+        self.parameters = []
         for i, f in enumerate(self.folds):
             path = self.folder / f"fold_{f}" / "checkpoint_final.pth"
             try:
@@ -138,52 +154,43 @@ class LoadedModel:
                 self.trainer_name = checkpoint["trainer_name"]
                 configuration = checkpoint["init_args"]["configuration"]
                 self.mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
-            parameters.append(checkpoint["network_weights"])
-        self.configuration_name = configuration
-        self.configuration_manager = self.plans_manager.get_configuration(configuration)
-        self.label_manager = self.plans_manager.get_label_manager(self.dataset_json)
-        n_in = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
+            self.parameters.append(checkpoint["network_weights"])
+        try:
+            self.plans = ModelPlans(plans, self.dataset_json, configuration)
+            n_in = self.plans.num_input_channels()
+        except (PlansError, KeyError, TypeError, ValueError) as e:
+            raise InvalidWeightsError(f"Model {self.name}: plans.json/dataset.json do not describe its network ({e}).",
+                                      "Re-download or re-import the weights of this model.") from e
         if n_in != 1:
             raise InvalidWeightsError(f"Model {self.name} expects {n_in} input channels; TotalSegmentator models "
                                       "take one image.", "Use weights made for TotalSegmentator.")
-        network = get_network_from_plans(
-            self.configuration_manager.network_arch_class_name, self.configuration_manager.network_arch_init_kwargs,
-            self.configuration_manager.network_arch_init_kwargs_req_import, n_in,
-            self.label_manager.num_segmentation_heads, allow_init=True, deep_supervision=False)
+        self.num_heads = self.plans.num_segmentation_heads
         try:
-            network.load_state_dict(parameters[0])  # as nnU-Net: the first fold initialises the network
+            self.network = build_network(self.plans, n_in, self.num_heads, self.parameters[0],
+                                         share_tensors=len(self.parameters) == 1)
         except RuntimeError as e:
             raise InvalidWeightsError(
                 f"Model {self.name}: the checkpoint does not fit the network described in plans.json "
                 f"(trainer {self.trainer_name}).", "Re-download or re-import the weights of this model.") from e
-        cls = predictor_class()
-        # nnU-Net prints "perform_everything_on_device=True is only supported for cuda devices"
-        # on every non-CUDA device, even when False was asked: noise to a user, and stdout
-        # carries the JSON events. Anything it prints goes to the debug log instead.
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            self.predictor = cls(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                 perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                                 verbose_preprocessing=False, allow_tqdm=False)
-        if printed.getvalue().strip():
-            log.debug("nnU-Net: %s", printed.getvalue().strip())
-        self.predictor.manual_initialization(network, self.plans_manager, self.configuration_manager, parameters,
-                                             self.dataset_json, self.trainer_name, self.mirror_axes)
-        self.reader_name = self.plans_manager.plans.get("image_reader_writer", "SimpleITKIO")
-        self.num_heads = self.label_manager.num_segmentation_heads
+        self.reader_name = self.plans.reader_name
         self.description = self.dataset_json.get("description")
+        self.nnunet_path_reason = "asked for" if use_nnunet_predictor else \
+            (self.plans.fast_path_problem() or nnunet_version_problem())
+        self.reference = None
+        if self.nnunet_path_reason is not None:
+            log.debug("model %s runs through nnU-Net's predictor: %s", self.name, self.nnunet_path_reason)
+            self.reference = NnunetPredictor(self)
 
     # -- what is shared between models -------------------------------------------------
     @property
     def preprocessing_key(self):
         """Everything preprocessing depends on; models with equal keys share one result."""
-        cm, pm = self.configuration_manager, self.plans_manager
-        cfg = cm.configuration
+        plans = self.plans
         key = {"reader": self.reader_name if self.reader_name in IN_MEMORY_READERS else None,
-               "preprocessor": cm.preprocessor_name, "transpose": pm.transpose_forward, "spacing": cm.spacing,
-               "norm": cm.normalization_schemes, "mask": cm.use_mask_for_norm,
-               "rs": [cfg.get("resampling_fn_data"), cfg.get("resampling_fn_data_kwargs")],
-               "intensity": pm.foreground_intensity_properties_per_channel}
+               "preprocessor": plans.preprocessor_name, "transpose": plans.transpose_forward,
+               "spacing": plans.spacing, "norm": plans.normalization_schemes, "mask": plans.use_mask_for_norm,
+               "rs": list(plans.resampling("data")), "intensity": plans.intensity_properties,
+               "nnunet": self.reference is not None}
         if key["reader"] is None:  # exact file fallback: never shared
             key["model"] = str(self.folder)
         return json.dumps(key, sort_keys=True, default=str)
@@ -194,20 +201,67 @@ class LoadedModel:
         Counts what nnU-Net allocates: the fp16 logit and weight accumulators over the
         padded image, one tile's network output and activations, the input copies and,
         when nnU-Net resamples, its float64 copy of the logits and the resampled logits."""
-        cm = self.configuration_manager
+        plans = self.plans
         zyx = np.array(shape_xyz[::-1], dtype=np.float64)
         spacing = np.array([float(s) for s in spacing_xyz[::-1]])
-        model_zyx = np.maximum(np.round(zyx * spacing / np.array(cm.spacing, dtype=np.float64)), 1)
-        patch = np.array(cm.patch_size, dtype=np.float64)
+        model_zyx = np.maximum(np.round(zyx * spacing / np.array(plans.spacing, dtype=np.float64)), 1)
+        patch = np.array(plans.patch_size, dtype=np.float64)
         model_vox, in_vox = float(np.prod(model_zyx)), float(np.prod(zyx))
         padded_vox, patch_vox = float(np.prod(np.maximum(model_zyx, patch))), float(np.prod(patch))
         heads = self.num_heads
-        features = (cm.network_arch_init_kwargs.get("features_per_stage") or [32])[0]
-        weights = sum(p.numel() for p in self.predictor.network.parameters()) * 4 * (1 + len(self.folds))
+        features = (plans.architecture[1].get("features_per_stage") or [32])[0]
+        weights = sum(p.numel() for p in self.network.parameters()) * 4 * (1 + len(self.folds))
         tile = patch_vox * (heads * 4 * 2 + features * 4 * 10)
         accumulate = padded_vox * (heads * 2 + 2 + 4 * 3)
         export = in_vox * 9 + (heads * (model_vox * 8 + in_vox * 2) if abs(model_vox - in_vox) > 0.5 else 0)
         return int(weights + tile + accumulate + export)
+
+    # -- one prediction -----------------------------------------------------------------
+    def segment(self, tensor, props, step_size, tile_callback=None, clock=None, cache=None):
+        """Labels (reader's axis order, before nnU-Net's crop) of a preprocessed image:
+        nnUNetPredictor.predict_logits_from_preprocessed_data, then the export. `cache`: a
+        dict shared by the models of one run, for what they can share."""
+        clock = clock or sliding_window.Clock()
+        if self.reference is not None:
+            return self.reference.segment(tensor, props, step_size, tile_callback, clock)
+        torch = _torch()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(min(sliding_window.default_num_processes(), threads))  # as nnU-Net
+        try:
+            with torch.inference_mode():
+                return self._segment(tensor, props, step_size, tile_callback, clock, cache)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _segment(self, tensor, props, step_size, tile_callback, clock, cache):
+        plans, on_device = self.plans, self.device.type == "cuda"
+        if len(self.parameters) == 1:
+            logits, weights, unpad = sliding_window.sliding_window_logits(
+                self.network, tensor, plans.patch_size, self.num_heads, step_size, self.device, on_device, clock,
+                tile_callback, cache)
+            if logits.device.type != "cpu":  # nnU-Net divides on the GPU, then moves the logits
+                logits = sliding_window.divided(logits, weights, unpad)
+                labels = sliding_window.labels_on_device(logits, plans, props)
+                clock.settle()
+                if labels is not None:
+                    return labels
+                logits, weights, unpad = logits.to("cpu"), None, None
+            clock.settle()
+            return sliding_window.labels_from_logits(logits, plans, props, weights, unpad)
+        total = None
+        for params in self.parameters:  # the ensemble, in fp16, as nnU-Net sums and averages it
+            self.network.load_state_dict(params)
+            logits, weights, unpad = sliding_window.sliding_window_logits(
+                self.network, tensor, plans.patch_size, self.num_heads, step_size, self.device, on_device, clock,
+                tile_callback, cache)
+            logits = sliding_window.divided(logits, weights, unpad).to("cpu")
+            if total is None:
+                total = logits
+            else:
+                total += logits
+        total /= len(self.parameters)
+        clock.settle()
+        return sliding_window.labels_from_logits(total, plans, props)
 
 
 class ModelCache:
@@ -248,43 +302,49 @@ class ModelCache:
 # -- one prediction ---------------------------------------------------------------------
 
 def reader_input(data_xyz, zooms_xyz):
-    """What NibabelIOWithReorient returns for a canonical image written with these zooms:
-    (1, z, y, x) float32 C-contiguous data, and the spacing (z, y, x) as Python floats."""
-    data = np.ascontiguousarray(np.asarray(data_xyz).transpose(2, 1, 0)[None], dtype=np.float32)
-    return data, {"spacing": [float(z) for z in zooms_xyz[::-1]]}
+    """What NibabelIOWithReorient returns for a canonical image written with these zooms,
+    as a view: (1, z, y, x) data (its float32 copy is the preprocessing's), and the
+    spacing (z, y, x) as Python floats."""
+    return np.asarray(data_xyz).transpose(2, 1, 0)[None], {"spacing": [float(z) for z in zooms_xyz[::-1]]}
 
 
 def _file_round_trip_input(model, data_xyz, affine, workdir):
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name  # heavy: readers
+
     path = Path(workdir) / "s01_0000.nii.gz"
     nib.save(nib.Nifti1Image(data_xyz, affine), path)
-    rw = model.plans_manager.image_reader_writer_class()
+    rw = recursive_find_reader_writer_by_name(model.reader_name)()
     return rw.read_images([str(path)])
 
 
 def _file_round_trip_output(model, seg, props, workdir):
-    rw = model.plans_manager.image_reader_writer_class()
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name  # heavy: readers
+
+    rw = recursive_find_reader_writer_by_name(model.reader_name)()
     path = Path(workdir) / f"s01{model.dataset_json['file_ending']}"
     rw.write_seg(seg, str(path), props)
     return np.asanyarray(nib.load(path).dataobj)
 
 
 def preprocess(model, data_xyz, zooms_xyz, affine, workdir=None):
-    """Run the model's preprocessor; returns (torch tensor, properties).
+    """Run the model's preprocessing; returns (float32 torch tensor (1, z, y, x), properties).
 
     With a `workdir` the image goes through a NIfTI file and the model's own reader."""
-    torch = _nnunet()[0]
+    torch = _torch()
     if workdir is None:
         data, props = reader_input(data_xyz, zooms_xyz)
     else:
         data, props = _file_round_trip_input(model, data_xyz, affine, workdir)
-    preprocessor = model.configuration_manager.preprocessor_class(verbose=False)
-    data, _, props = preprocessor.run_case_npy(data, None, props, model.plans_manager, model.configuration_manager,
-                                               model.dataset_json)
+    if model.reference is not None:
+        data, props = model.reference.preprocess(np.ascontiguousarray(data, dtype=np.float32), props)
+    else:
+        data, props = nnunet_preprocessing.preprocess(model.plans, data, props)
     tensor = torch.from_numpy(data).to(dtype=torch.float32, memory_format=torch.contiguous_format)
     return tensor, props
 
 
-def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, preprocessed=None, via_files=None):
+def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, preprocessed=None, via_files=None,
+            clock=None):
     """Segment one image (canonical x, y, z array) with one model.
 
     Returns the labelmap (x, y, z) with the model's own label values, as the official tool
@@ -293,8 +353,10 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
     `tile_callback(done, total)` is called after every sliding-window tile and may raise
     Cancelled. `via_files` forces (True) or forbids (False) the file round trip through
     the model's reader/writer; by default only readers not emulated in memory use it.
+    `clock` (a sliding_window.Clock) collects the time of preprocessing, forwards and the
+    sliding window around them.
     """
-    convert = _nnunet()[5]
+    clock = clock or sliding_window.Clock()
     workdir = None
     tmp = None
     if via_files is None:
@@ -307,30 +369,17 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
         if preprocessed is not None and key in preprocessed:
             tensor, props = preprocessed[key]
         else:
+            t = time.perf_counter()
             tensor, props = preprocess(model, data_xyz, zooms_xyz, affine, workdir)
+            clock.preprocess += time.perf_counter() - t
             if preprocessed is not None:
                 preprocessed[key] = (tensor, props)
-        props = dict(props)
-        predictor = model.predictor
-        predictor.tile_step_size = step_size
-        predictor.tile_callback = tile_callback
-        predictor._tiles_total = 0
-        predictor._tiles_done = 0
-        predictor._cancelled = None
-        try:
-            logits = predictor.predict_logits_from_preprocessed_data(tensor)
-        finally:
-            predictor.tile_callback = None
-        if predictor._cancelled is not None:
-            raise predictor._cancelled
-        # exactly what the official export worker receives: the fp16 logits as a numpy array
-        seg = convert(logits.numpy(), model.plans_manager, model.configuration_manager, model.label_manager,
-                      props, return_probabilities=False)
-        del logits
+        t, forward = time.perf_counter(), clock.forward
+        seg = model.segment(tensor, dict(props), step_size, tile_callback, clock, preprocessed)
+        clock.window += time.perf_counter() - t - (clock.forward - forward)
         if workdir is not None:
             return _file_round_trip_output(model, seg, props, workdir)
-        seg = np.asarray(seg)
-        return seg.transpose(2, 1, 0)
+        return np.asarray(seg).transpose(2, 1, 0)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -18,17 +18,19 @@ import numpy as np
 
 from ..errors import OutOfMemoryError, SegmentationError
 from ..imaging.modality import check_modality
-from ..imaging.read import check_input, open_input
+from ..imaging.checks import check_header, check_values
+from ..imaging.nifti import image_name, voxel_read_errors
+from ..imaging.read import check_input, load_image
 from ..outputs.labelmap import multilabel_image
 from ..outputs.statistics import basic_statistics
 from ..outputs.layout import check_request_outputs, class_files
 from ..outputs.writer import check_output_space, write_result
 from ..progress import as_progress
 from ..request import SegmentRequest, SegmentResult
-from ..system.devices import parse_device, resolve_device, thread_settings
+from ..system.devices import deterministic_algorithms, parse_device, resolve_device, thread_settings
 from ..weights import ensure_models
 from . import geometry
-from .inference import ModelCache
+from .inference import ModelCache, WarmUp
 from .plan import plan_run
 from .postprocessing import body_derived_masks
 from .stages import OOM_FIX, InputImage, RunContext, is_out_of_memory, run_task
@@ -74,11 +76,16 @@ class Segmenter:
             n_files = len(check_request_outputs(request, *class_files(plan.spec, plan.roi_subset, request.ml)))
         # before torch starts: a missing model is a quick, clear error
         ensure_models(plan.all_models(), weights_dir, download=request.download and self.download, progress=progress)
-        ctx = RunContext(self.models, resolve_device(device), weights_dir, progress)
-        with thread_settings(ctx.device):
-            img, image = self._read(request, plan, ctx)
-            if request.output is not None:  # the input's size is known: enough disk for the results?
-                check_output_space(request, int(np.prod(img.shape[:3])), n_files)
+        ctx = RunContext(self.models, None, weights_dir, progress)
+        imports = WarmUp()  # torch and the network classes load while the image is read
+        img, image = self._read(request, plan, ctx)
+        if request.output is not None:  # the input's size is known: enough disk for the results?
+            check_output_space(request, int(np.prod(img.shape[:3])), n_files)
+        t = time.time()
+        imports.wait()
+        ctx.device = resolve_device(device)
+        ctx.timed("imports", time.time() - t)
+        with thread_settings(ctx.device), deterministic_algorithms(ctx.device, request.deterministic):
             try:
                 labels, fast_stats = run_task(ctx, plan, image)
             except SegmentationError:
@@ -108,11 +115,13 @@ class Segmenter:
         """The input as the official tool sees it (a Nifti1Image) and as the stages use it, checked."""
         t = time.time()
         ctx.progress("load", 0.0, "reading the image")
-        img, warnings = open_input(request.input, progress=ctx.progress, target_spacing=plan.mode.resample,
-                                   n_classes=plan.n_classes)
+        img = load_image(request.input, progress=ctx.progress)
+        warnings = check_header(img, target_spacing=plan.mode.resample, n_classes=plan.n_classes)
+        with voxel_read_errors(image_name(img)):
+            values = geometry.exact_values(img)  # the file's voxels are read (decompressed) here, once
+        check_values(values)
         for w in warnings:
             ctx.progress.log(w, "warning")
-        values = geometry.exact_values(img)
         if request.check_modality:  # on the voxels already read, not a second read of the file
             warning = check_modality(values, plan.spec.name, plan.spec.modality)  # raises: CT task, MR volume
             if warning:

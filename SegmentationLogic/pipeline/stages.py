@@ -27,6 +27,7 @@ from ..system.memory import available_memory, format_bytes, limit_note
 from ..weights import folds_of, model_dir
 from . import geometry
 from .inference import predict
+from .sliding_window import Clock
 from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebrae, remove_labels,
                              remove_outside_of_mask, remove_small_blobs, vertebrae_pp)
 
@@ -130,11 +131,16 @@ def predict_image(ctx, plan, image, region=None):
     if region is not None and not region.any():
         progress.log(f"{spec.name}: the crop region is empty; the result is empty.", "warning")
         return np.zeros(image.shape, np.uint8), None
+    load = ctx.timings.get("load", 0.0)
     loaded, model_input = _prepare(ctx, plan, image, region)
-    ctx.timed("preprocess", time.time() - t)
+    ctx.timed("preprocess", time.time() - t - (ctx.timings.get("load", 0.0) - load))
     t = time.time()
-    pred, split = _predict(ctx, plan, loaded, model_input)
-    ctx.timed("predict" if plan.stage == "predict" else plan.stage, time.time() - t)
+    clock = Clock()
+    pred, split = _predict(ctx, plan, loaded, model_input, clock)
+    ctx.timed("preprocess", clock.preprocess)
+    ctx.timed("forward", clock.forward)
+    ctx.timed("sliding_window", clock.window)
+    ctx.timed("merge", time.time() - t - clock.preprocess - clock.forward - clock.window)
     t = time.time()
     pred, stats = _postprocess(plan, pred, model_input, merged=plan.mode.multi_part or split)
     if model_input.resampled:
@@ -187,7 +193,7 @@ def _split(plan, data):
     return [(slice(None), slice(None), slice(None))]
 
 
-def _predict(ctx, plan, loaded, model_input):
+def _predict(ctx, plan, loaded, model_input, clock):
     """Every model on every part; model parts merged into the task's label values (later wins).
 
     Returns (labels, whether the image was split along z)."""
@@ -210,7 +216,7 @@ def _predict(ctx, plan, loaded, model_input):
                 progress(plan.stage, (job + done / max(total, 1)) / n_jobs, f"{label}: tile {done}/{total}")
 
             seg = predict(lm, pdata, model_input.zooms, model_input.affine, plan.mode.step_size, tiles,
-                          preprocessed[pi])
+                          preprocessed[pi], clock=clock)
             if multi:
                 lut = np.zeros(max(model.classes) + 1, np.uint8)
                 for local, name in model.classes.items():

@@ -115,3 +115,36 @@ def thread_settings(device):
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(device, deterministic=False):
+    """GPU algorithm choice for one run; the caller's settings again afterwards.
+
+    As nnU-Net's predictor, a CUDA run lets cuDNN benchmark its convolution algorithms
+    (fastest, but the choice, and with it the last bits of the fp16 logits, may change
+    from process to process). `deterministic=True` turns that off and asks torch for
+    deterministic algorithms (cuDNN, cuBLAS workspace), so the same input and weights give
+    the same labelmap run after run on the same GPU and software. On the CPU the engine's
+    results are reproducible either way (they depend only on the thread count, which is
+    nnU-Net's); the flag is accepted and changes nothing there."""
+    torch = _torch()
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic)
+    saved_algorithms = (torch.are_deterministic_algorithms_enabled(),
+                        torch.is_deterministic_algorithms_warn_only_enabled())
+    if device.type == "cuda":
+        if deterministic:
+            # cuBLAS reads this when it creates its handle: a fresh process (CLI, worker) sees it in time
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        cudnn.benchmark = not deterministic
+        cudnn.deterministic = deterministic
+    # only when asked: the call imports torch's compiler stack (a second of start-up)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved
+        if deterministic:
+            torch.use_deterministic_algorithms(saved_algorithms[0], warn_only=saved_algorithms[1])

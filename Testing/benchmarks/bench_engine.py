@@ -20,8 +20,10 @@ module's persistent worker).
     python Testing/benchmarks/bench_engine.py [--repeat N] [--cases a_fast a_total b_dicom_fast]
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -158,6 +160,7 @@ def main():
     weights = {"tiny": build_test_weights(datasets=tiny) if tiny else None,
                "realistic": build_test_weights(size="realistic", datasets=(297,))}
     work = Path(tempfile.mkdtemp(prefix="bench_engine_"))
+    atexit.register(shutil.rmtree, work, True)  # its outputs hold the example's labels
     home = make_home(work)
     rows = []
     for name in args.cases:

@@ -107,6 +107,25 @@ def test_second_run_reuses_loaded_models(segmenter, fastest, example):
     assert result.timings.get("load", 0.0) < 0.5
 
 
+def test_deterministic_mode_changes_nothing_on_the_cpu(segmenter, fastest, example):
+    """--deterministic (for GPUs) is accepted on the CPU, gives the same labels (the CPU is
+    reproducible anyway) and leaves torch's global settings as they were."""
+    import torch
+
+    before = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    result = segmenter.segment(example(CT), None, quality="fastest", deterministic=True)
+    assert np.array_equal(result.array, fastest[0].array)
+    assert (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_timings_split_the_run_around_the_network(fastest):
+    timings = fastest[0].timings
+    assert timings["forward"] > 0 and timings["sliding_window"] > 0
+    parts = sum(timings.get(k, 0.0) for k in ("imports", "read", "load", "preprocess", "forward", "sliding_window",
+                                               "merge", "postprocess", "save"))
+    assert parts <= timings["total"] * 1.05 + 0.01
+
+
 # -- bad requests: clear errors, nothing written ------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, words", [

@@ -38,6 +38,8 @@ def test_json_progress_ends_with_result(test_weights, example, tmp_path):
     progress = [e for e in events if e["event"] == "progress"]
     assert {"load", "predict", "save"} <= {e["stage"] for e in progress}
     assert all(0.0 <= e["overall"] <= 1.0 for e in progress) and progress[-1]["overall"] == 1.0
+    timings = events[-1]["timings"]  # where the time went, start-up included
+    assert {"startup", "read", "load", "forward", "sliding_window", "save", "total"} <= set(timings)
 
 
 def test_errors_are_error_events_with_cause_and_fix(test_weights, example, tmp_path):

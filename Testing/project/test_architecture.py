@@ -11,7 +11,8 @@ ENGINE = REPO / "SegmentationLogic"
 # Heavy or optional dependencies a function may import on first use (seconds to import, or
 # not needed by most runs). Anything else is imported at the top of its module.
 HEAVY = {"torch", "nnunetv2", "vtk", "vtkmodules", "SimpleITK", "pydicom", "highdicom", "slicer", "skimage",
-         "ctypes", "fastapi", "uvicorn", "ray", "msvcrt", "fcntl"}
+         "ctypes", "fastapi", "uvicorn", "ray", "msvcrt", "fcntl",
+         "dynamic_network_architectures", "acvl_utils"}  # nnU-Net's network and padding helpers import torch
 # Lazy imports of the engine's own modules, each for a heavy dependency behind it.
 LAZY_ENGINE_IMPORTS = {
     ("vessels/cli.py", "SegmentationLogic.vessels.workflow"): "scikit-image and scipy, only for the vessel commands",
