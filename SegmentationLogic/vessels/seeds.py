@@ -24,8 +24,10 @@ PORTAL, HEPATIC = 1, 2
 PORTAL_SEARCH_MM = 25.0
 PORTAL_DECAY_MM = 15.0
 HEPATIC_SEARCH_MM = 10.0     # a vein's free end this close to the IVC may be its root
-HEPATIC_TOUCH_MM = 6.0       # any vessel this close touches the IVC (masks shifted by a few mm)
+HEPATIC_TOUCH_MM = 10.0     # any vessel this close touches the IVC (masks shifted by a few mm, a vein root cut short)
 USER_POINT_MAX_MM = 15.0
+PER_PIECE = True
+WIDEST_ARM = True
 
 
 @dataclass
@@ -193,8 +195,13 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
     # thin vessels near the IVC are twigs of either tree; the veins are thick where they
     # end. Candidates that the portal tree reaches at full width are dropped later
     # (split.drop_portal_candidates), once the portal seed is known.
+    # (per connected piece: a vein cut off from the rest, or one that reaches the IVC on
+    # its own, is the widest vessel of its piece there, however thin beside the others)
     size = _width(graph)[cand]
-    cand = cand[size >= 0.5 * size.max()]
+    piece = graph.component[cand]
+    widest = np.zeros(piece.max() + 1)
+    np.maximum.at(widest, piece, size)
+    cand = cand[size >= 0.5 * (widest[piece] if PER_PIECE else size.max())]
     return np.unique(_nearest_arm(graph, cand, node_d))
 
 
@@ -209,7 +216,12 @@ def _nearest_arm(graph, nodes, dist):
             continue
         arms = np.concatenate([e[e[:, 0] == c, 1], e[e[:, 1] == c, 0]])
         arms = arms[~graph.is_junction[arms]]
-        out.append(arms[np.argmin(dist[arms])] if len(arms) else c)
+        if not len(arms):
+            out.append(c)
+            continue
+        # the vein ends at the IVC at its widest: of the arms touching the mask, the widest
+        near = arms[dist[arms] <= dist[arms].min() + HEPATIC_TOUCH_MM] if WIDEST_ARM else arms[:0]
+        out.append(near[np.argmax(_width(graph)[near])] if len(near) else arms[np.argmin(dist[arms])])
     return np.asarray(out, int)
 
 
