@@ -26,8 +26,6 @@ PORTAL_DECAY_MM = 15.0
 HEPATIC_SEARCH_MM = 10.0     # a vein's free end this close to the IVC may be its root
 HEPATIC_TOUCH_MM = 10.0     # any vessel this close touches the IVC (masks shifted by a few mm, a vein root cut short)
 USER_POINT_MAX_MM = 15.0
-PER_PIECE = True
-WIDEST_ARM = True
 
 
 @dataclass
@@ -201,13 +199,14 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
     piece = graph.component[cand]
     widest = np.zeros(piece.max() + 1)
     np.maximum.at(widest, piece, size)
-    cand = cand[size >= 0.5 * (widest[piece] if PER_PIECE else size.max())]
+    cand = cand[size >= 0.5 * widest[piece]]
     return np.unique(_nearest_arm(graph, cand, node_d))
 
 
 def _nearest_arm(graph, nodes, dist):
     """Branches for nodes: a junction (where several vessels may meet, near the IVC the
-    portal vein too) stands for its arm nearest to the mask (`dist` per node), not all arms."""
+    portal vein too) stands for one arm, not all: the widest of those touching the mask
+    (`dist` per node; a vein ends at the IVC at its widest, a twig beside it is thinner)."""
     e = graph.edges
     out = []
     for c in nodes:
@@ -219,9 +218,8 @@ def _nearest_arm(graph, nodes, dist):
         if not len(arms):
             out.append(c)
             continue
-        # the vein ends at the IVC at its widest: of the arms touching the mask, the widest
-        near = arms[dist[arms] <= dist[arms].min() + HEPATIC_TOUCH_MM] if WIDEST_ARM else arms[:0]
-        out.append(near[np.argmax(_width(graph)[near])] if len(near) else arms[np.argmin(dist[arms])])
+        near = arms[dist[arms] <= dist[arms].min() + HEPATIC_TOUCH_MM]
+        out.append(near[np.argmax(_width(graph)[near])])
     return np.asarray(out, int)
 
 
