@@ -24,7 +24,7 @@ PORTAL, HEPATIC = 1, 2
 PORTAL_SEARCH_MM = 25.0
 PORTAL_DECAY_MM = 15.0
 HEPATIC_SEARCH_MM = 10.0     # a vein's free end this close to the IVC may be its root
-HEPATIC_TOUCH_MM = 10.0     # any vessel this close touches the IVC (masks shifted by a few mm, a vein root cut short)
+HEPATIC_TOUCH_MM = 8.0      # any vessel this close touches the IVC (masks shifted by a few mm, a vein root cut short)
 USER_POINT_MAX_MM = 15.0
 
 
