@@ -205,8 +205,9 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
 
 def _nearest_arm(graph, nodes, dist):
     """Branches for nodes: a junction (where several vessels may meet, near the IVC the
-    portal vein too) stands for one arm, not all: the widest of those touching the mask
-    (`dist` per node; a vein ends at the IVC at its widest, a twig beside it is thinner)."""
+    portal vein too) stands for its arms touching the mask (`dist` per node) that are at
+    least half as wide as the widest of them: veins end at the IVC at their widest, and
+    several may meet there; a twig beside them is thinner (portal arms are dropped later)."""
     e = graph.edges
     out = []
     for c in nodes:
@@ -219,7 +220,8 @@ def _nearest_arm(graph, nodes, dist):
             out.append(c)
             continue
         near = arms[dist[arms] <= dist[arms].min() + HEPATIC_TOUCH_MM]
-        out.append(near[np.argmax(_width(graph)[near])])
+        w = _width(graph)[near]
+        out.extend(near[w >= 0.5 * w.max()])
     return np.asarray(out, int)
 
 
