@@ -24,7 +24,7 @@ PORTAL, HEPATIC = 1, 2
 PORTAL_SEARCH_MM = 25.0
 PORTAL_DECAY_MM = 15.0
 HEPATIC_SEARCH_MM = 10.0     # a vein's free end this close to the IVC may be its root
-HEPATIC_TOUCH_MM = 6.0       # any vessel this close touches the IVC (masks shifted by a few mm)
+HEPATIC_TOUCH_MM = 8.0      # any vessel this close touches the IVC (masks shifted by a few mm, a vein root cut short)
 USER_POINT_MAX_MM = 15.0
 
 
@@ -193,14 +193,21 @@ def _hepatic_from_ivc(graph, ivc, spacing, seeds, offset):
     # thin vessels near the IVC are twigs of either tree; the veins are thick where they
     # end. Candidates that the portal tree reaches at full width are dropped later
     # (split.drop_portal_candidates), once the portal seed is known.
+    # (per connected piece: a vein cut off from the rest, or one that reaches the IVC on
+    # its own, is the widest vessel of its piece there, however thin beside the others)
     size = _width(graph)[cand]
-    cand = cand[size >= 0.5 * size.max()]
+    piece = graph.component[cand]
+    widest = np.zeros(piece.max() + 1)
+    np.maximum.at(widest, piece, size)
+    cand = cand[size >= 0.5 * widest[piece]]
     return np.unique(_nearest_arm(graph, cand, node_d))
 
 
 def _nearest_arm(graph, nodes, dist):
     """Branches for nodes: a junction (where several vessels may meet, near the IVC the
-    portal vein too) stands for its arm nearest to the mask (`dist` per node), not all arms."""
+    portal vein too) stands for its arms touching the mask (`dist` per node) that are at
+    least half as wide as the widest of them: veins end at the IVC at their widest, and
+    several may meet there; a twig beside them is thinner (portal arms are dropped later)."""
     e = graph.edges
     out = []
     for c in nodes:
@@ -209,7 +216,12 @@ def _nearest_arm(graph, nodes, dist):
             continue
         arms = np.concatenate([e[e[:, 0] == c, 1], e[e[:, 1] == c, 0]])
         arms = arms[~graph.is_junction[arms]]
-        out.append(arms[np.argmin(dist[arms])] if len(arms) else c)
+        if not len(arms):
+            out.append(c)
+            continue
+        near = arms[dist[arms] <= dist[arms].min() + HEPATIC_TOUCH_MM]
+        w = _width(graph)[near]
+        out.extend(near[w >= 0.5 * w.max()])
     return np.asarray(out, int)
 
 

@@ -557,20 +557,24 @@ def _add_noise(vessels, truth, branch_ids, liver, n, spacing, rng):
         blob &= ~vessels
         vessels |= blob   # truth stays 0: not a vessel
         out.append({"at_mm": c.tolist(), "voxels": int(blob.sum())})
-    # boundary noise: add outer-shell voxels and drop inner-shell voxels at random
+    boundary_noise(vessels, truth, branch_ids, liver, spacing, rng, 0.12, 0.08)
+    return out
+
+
+def boundary_noise(vessels, truth, branch_ids, liver, spacing, rng, p_add, p_drop):
+    """A ragged vessel boundary, in place: outer-shell voxels added (each with probability
+    p_add; they belong to the nearest true vessel voxel), inner-shell voxels dropped (p_drop)."""
     solid = vessels & (truth > 0)
     outer = ndimage.binary_dilation(solid) & ~vessels & liver
     inner = solid & ~ndimage.binary_erosion(solid)
-    add = outer & (rng.random(vessels.shape) < 0.12)
-    drop = inner & (rng.random(vessels.shape) < 0.08)
-    # added voxels belong to the nearest true vessel voxel
+    add = outer & (rng.random(vessels.shape) < p_add)
+    drop = inner & (rng.random(vessels.shape) < p_drop)
     _, ind = ndimage.distance_transform_edt(~solid, sampling=spacing, return_indices=True)
     near = tuple(i[add] for i in ind)
     truth[add] = truth[near]
     branch_ids[add] = branch_ids[near]
     vessels |= add
     vessels &= ~drop
-    return out
 
 
 def _degrade_support(trunk, ivc, liver, hilum, portal_dir, confluence_z, spacing, size, rng):

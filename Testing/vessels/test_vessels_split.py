@@ -172,3 +172,18 @@ def test_pieces_too_far_apart_to_bridge_are_split_each_on_its_own():
     unlabelled = vessels & (res.labels == 0)
     assert res.qc["unlabelled_voxels"] == int(unlabelled.sum())
     assert (res.confidence[unlabelled] == 0.5).all() and (res.labels[vessels] > 0).any()
+
+
+def test_a_thin_vein_reaching_the_ivc_on_its_own_is_hepatic():
+    """A thin hepatic vein that joins the IVC apart from the main veins (an accessory vein,
+    or one cut off from its tree) is seeded there, however thin beside the main vein."""
+    shape = (60, 60, 48)
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    main_vein = (y >= 8) & (y < 52) & ((x - 30) ** 2 + (z - 32) ** 2 <= 4.0 ** 2)
+    thin_vein = (y >= 30) & (y < 52) & ((x - 33) ** 2 + (z - 8) ** 2 <= 1.2 ** 2)
+    portal = (x >= 2) & (x < 58) & ((y - 20) ** 2 + (z - 18) ** 2 <= 3.5 ** 2)
+    trunk = (x < 5) & ((y - 20) ** 2 + (z - 18) ** 2 <= 4.0 ** 2)
+    ivc = (x >= 24) & (x < 37) & (y >= 52)
+    res = split_vessels(main_vein | thin_vein | portal, (1.0, 1.0, 1.0), None, trunk, ivc)
+    assert (res.labels[thin_vein] == HEPATIC).mean() > 0.9
+    assert (res.labels[main_vein] == HEPATIC).mean() > 0.9 and (res.labels[portal] == PORTAL).mean() > 0.9
