@@ -256,7 +256,7 @@ def test_first_run_install_asks_then_installs_in_the_background_then_segments(pa
                                         imported_modules={})
     plans = [missing, missing]
     monkeypatch.setattr(widget.logic, "dependencyPlan",
-                        lambda reinstall=False: plans.pop(0) if plans else dependencies.plan_install())
+                        lambda reinstall=False, remote=False: plans.pop(0) if plans else dependencies.plan_install())
     real_install = dependencies.install
     # pip runs for real, but only pretends to install (--dry-run): the test must not change its own venv.
     monkeypatch.setattr(dependencies, "install", lambda plan, workdir, **kw: real_install(
