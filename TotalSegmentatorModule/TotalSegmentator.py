@@ -366,7 +366,9 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDeviceChanged(self, index):
         if index >= 0:
-            self.setParameters(device=self.ui.deviceComboBox.itemData(index))
+            device = self.ui.deviceComboBox.itemData(index)
+            self.setParameters(device=device)
+            self.remoteServer.show(device == choices.REMOTE)  # setParameters does not redraw the panel
 
     def onInputVolumeChanged(self, node):
         self._updateModalityWarning()
