@@ -132,15 +132,20 @@ def test_confidence_overlay_and_unsure_places_show_where_to_look(loaded, case):
     nearest = np.abs(np.argwhere(flagged) - ijk[:3]).max(axis=1).min()
     assert nearest <= 3, "the first place to look is where the unsure voxels are"
     assert dict(review.qc_rows(review.get_qc(loaded)))["Unsure share"].endswith("%")
-    # the overlay goes onto the slice views and comes off again
-    composite = loaded.GetScene().AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    # the overlay goes onto the slice views and comes off again; a place to look centres the views on it
+    scene = loaded.GetScene()
+    composite, view = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode"), scene.AddNewNodeByClass("vtkMRMLSliceNode")
     try:
         assert review.show_confidence_overlay(loaded, True) >= 1
         assert composite.GetForegroundVolumeID() == volume.GetID() and composite.GetForegroundOpacity() > 0
         review.show_confidence_overlay(loaded, False)
         assert composite.GetForegroundVolumeID() is None
+        review.jump_slices(scene, pieces[0]["centroid_ras"])
+        centre = [view.GetSliceToRAS().GetElement(i, 3) for i in range(3)]
+        assert np.allclose(centre, pieces[0]["centroid_ras"], atol=1e-3)
     finally:
-        loaded.GetScene().RemoveNode(composite)
+        scene.RemoveNode(composite)
+        scene.RemoveNode(view)
 
 
 def test_a_reassigned_branch_counts_as_sure(loaded, case):
