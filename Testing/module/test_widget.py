@@ -168,6 +168,7 @@ def test_remote_server_device(panel, remote_server, test_ca, tmp_path):
     assert not visible(ui.remoteServerWidget)
     ui.deviceComboBox.currentIndex = ui.deviceComboBox._obj.findData("remote")
     assert p.device == "remote" and visible(ui.remoteServerWidget)
+    assert ui.serverTokenLineEdit._obj.echoMode() == QtWidgets.QLineEdit.Password  # masked
     ui.testServerButton.click()  # no URL yet: says where to enter it
     kind, text = host.dialogs[-1]
     assert kind == "error" and "No segmentation server is set" in text and "Remote server" in text
