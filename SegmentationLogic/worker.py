@@ -12,6 +12,8 @@ Protocol: one JSON message per stdin line, answered with the progress protocol's
                                           plus "seconds" and "warm") or error
     {"id": "2", "command": "devices"}  -> result {"devices": [...]}
     {"id": "3", "command": "ping"}     -> result {"pid": ...}
+    {"id": "4", "command": "server.info", "remote": {"url", "token_file", "ca_cert"}}
+                                       -> result: the segmentation server's /info (a connection check)
     {"command": "cancel", "id": "1"}   stops message 1 at its next progress report, or drops it if
                                        it is still queued (error kind "cancelled")
     {"command": "shutdown"}            (or closing stdin) ends the worker
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 from .errors import Cancelled, SegmentationError, error_event
 from .progress import CancelToken, Progress
 from .request import BadRequestError, SegmentRequest
-from .server.client import run_worker_request
+from .server.client import run_worker_request, worker_server_info
 from .system import files
 from .system.devices import available_devices
 from .system.signals import exit_code, stop_on_signals
@@ -219,6 +221,7 @@ def _segment(message, context):
 register_command("ping", _ping)
 register_command("devices", _devices)
 register_command("segment", _segment)
+register_command("server.info", lambda message, context: worker_server_info(message, context.progress))
 
 
 def serve(plugins=()):

@@ -7,6 +7,7 @@ import pytest
 
 import slicer_core_build
 from sample_data import example_path
+from server_fixtures import remote_server, test_ca  # noqa: F401 (session fixtures: one server for all folders)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,8 @@ Python console:
     logic = slicer.util.getModuleLogic("TotalSegmentator")
     seg = logic.process(volumeNode, task="total", quality="fast")               # blocks
     seg = logic.process(volumeNode, seg, roiSubset=["liver", "spleen"], device="cuda:0")
+    logic.serverUrl = "https://gpu.hospital.org:8470"                            # a segmentation server
+    seg = logic.process(volumeNode, task="total", device="remote")               # (token: logic.setServerToken)
 """
 import logging
 import os
@@ -89,7 +91,9 @@ def sharedLogic():
     global _sharedLogic
     if _sharedLogic is None:
         _sharedLogic = TotalSegmentatorLogic(keepModelsLoaded=slicer.util.toBool(_setting("KeepModelsLoaded", True)),
-                                             weightsFolder=_setting("WeightsFolder", "") or None)
+                                             weightsFolder=_setting("WeightsFolder", "") or None,
+                                             serverUrl=_setting("ServerURL", "") or None,
+                                             serverCaCert=_setting("ServerCACert", "") or None)
         if getattr(slicer, "app", None) is not None:
             slicer.app.connect("aboutToQuit()", _shutdownSharedLogic)
     return _sharedLogic
@@ -155,7 +159,8 @@ class TotalSegmentatorParameterNode:
     """What the user chose; saved with the scene.
 
     inputVolume - volume to segment. outputSegmentation - segmentation to replace (None: a new one).
-    task, quality (normal | fast | fastest), device (auto | cpu | cuda:N | mps) - engine options.
+    task, quality (normal | fast | fastest), device (auto | cpu | cuda:N | mps | remote) - engine options
+    (remote: the segmentation server set under Device; its URL and certificate are settings, not scene data).
     roiSubset - class names to segment (empty: all). useStandardNames - terminology names (else class names).
     createSurfaces - 3D surfaces right after the import. splitLiverVessels - liver_vessels: portal/hepatic split.
     """
@@ -183,6 +188,9 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         "qualityWidget": "QWidget", "normalQualityRadioButton": "QRadioButton",
         "fastQualityRadioButton": "QRadioButton", "fastestQualityRadioButton": "QRadioButton",
         "deviceComboBox": "QComboBox", "splitLiverVesselsCheckBox": "QCheckBox",
+        "remoteServerWidget": "QWidget", "serverUrlLineEdit": "QLineEdit", "serverTokenLineEdit": "QLineEdit",
+        "serverCaCertPathLineEdit": "ctkPathLineEdit", "testServerButton": "QPushButton",
+        "serverStatusLabel": "QLabel",
         "structuresCollapsibleButton": "ctkCollapsibleButton", "structureSearchBox": "ctkSearchBox",
         "structureListWidget": "QListWidget", "structureSelectionLabel": "QLabel",
         "clearStructuresButton": "QPushButton", "structuresUnavailableLabel": "QLabel",
@@ -194,7 +202,8 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         "importWeightsZipButton": "QPushButton", "importWeightsFolderButton": "QPushButton",
         "packageVersionsLabel": "QLabel", "reinstallDependenciesButton": "QPushButton",
         "vesselReviewCollapsibleButton": "ctkCollapsibleButton", "vesselQCTableWidget": "QTableWidget",
-        "vesselWarningsLabel": "QLabel", "reassignPointPlaceWidget": "qSlicerMarkupsPlaceWidget",
+        "vesselWarningsLabel": "QLabel", "showConfidenceCheckBox": "QCheckBox", "unsureSummaryLabel": "QLabel",
+        "unsurePiecesTableWidget": "QTableWidget", "reassignPointPlaceWidget": "qSlicerMarkupsPlaceWidget",
         "subtreeScopeRadioButton": "QRadioButton", "reassignButton": "QPushButton",
         "portalSeedsPlaceWidget": "qSlicerMarkupsPlaceWidget", "hepaticSeedsPlaceWidget": "qSlicerMarkupsPlaceWidget",
         "rerunSplitButton": "QPushButton", "saveReviewButton": "QPushButton",
@@ -231,6 +240,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer.setInterval(100)
         self.pollTimer.connect("timeout()", self.onPollTimer)
         self.devices = sections.DeviceList(self)
+        self.remoteServer = sections.RemoteServerSection(self, _setSetting)
         self.structures = sections.StructuresSection(self)
         self.advanced = sections.AdvancedSection(self, _setSetting)
         self.vesselReview = sections.VesselReviewSection(self)
@@ -339,6 +349,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.qualityWidget.setVisible(len(qualities) > 1)
             getattr(self.ui, self.QUALITY_BUTTONS[choices.best_quality(task, p.quality)]).checked = True
             self.ui.deviceComboBox.currentIndex = max(self.ui.deviceComboBox.findData(p.device), 0)
+            self.remoteServer.show(p.device == choices.REMOTE)
             self.ui.splitLiverVesselsCheckBox.setVisible(task == "liver_vessels")
             self.structures.show(task, list(p.roiSubset))
             self._updateModalityWarning()
@@ -355,7 +366,9 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onDeviceChanged(self, index):
         if index >= 0:
-            self.setParameters(device=self.ui.deviceComboBox.itemData(index))
+            device = self.ui.deviceComboBox.itemData(index)
+            self.setParameters(device=device)
+            self.remoteServer.show(device == choices.REMOTE)  # setParameters does not redraw the panel
 
     def onInputVolumeChanged(self, node):
         self._updateModalityWarning()
@@ -386,7 +399,8 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.outputSegmentationSelector, self.ui.downloadWeightsButton,
                        self.ui.importWeightsZipButton, self.ui.importWeightsFolderButton,
                        self.ui.reinstallDependenciesButton, self.ui.setLicenseButton,
-                       self.ui.weightsFolderPathLineEdit, self.ui.reassignButton, self.ui.rerunSplitButton):
+                       self.ui.weightsFolderPathLineEdit, self.ui.reassignButton, self.ui.rerunSplitButton,
+                       self.ui.testServerButton):
             widget.enabled = not running
 
     # -- operations: one display for every background operation --------------------------
@@ -396,9 +410,12 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._operation.cancel()
             self.onPollTimer()
             return
-        if not self.advanced.ensureDependencies(then=self.onApplyButton):
-            return
         p = self._parameterNode
+        remote = p.device == choices.REMOTE  # a server runs it: nothing to install, no devices to detect here
+        if remote and not self.remoteServer.commit():
+            return
+        if not self.advanced.ensureDependencies(then=self.onApplyButton, remote=remote):
+            return
         # The engine refuses a CT task on a volume that is clearly not CT; the user who sees
         # the warning and knows better (e.g. unusual intensity scaling) confirms and runs anyway.
         warning = self.ui.modalityWarningLabel.text
@@ -406,7 +423,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                               windowTitle=_("Volume and task do not match")):
             return
         self.addLog("-" * 40)  # keep earlier output (e.g. the first-run install) above
-        if self.logic.keepModelsLoaded:
+        if self.logic.keepModelsLoaded and not remote:
             self.devices.detect()  # queued first: the worker answers as soon as it has started
         try:
             job = self.logic.processAsync(
@@ -417,8 +434,9 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except SegmentationError as e:
             self.showError(_("Cannot start the segmentation."), {"cause": e.cause, "fix": e.fix})
             return
-        self.showOperation(job, self.onSegmentationDone, _("Segmenting '{name}' ({task})").format(
-            name=p.inputVolume.GetName(), task=p.task))
+        title = (_("Segmenting '{name}' ({task}) on {url}") if remote else _("Segmenting '{name}' ({task})"))
+        self.showOperation(job, self.onSegmentationDone, title.format(name=p.inputVolume.GetName(), task=p.task,
+                                                                      url=self.logic.serverUrl))
 
     def showOperation(self, operation, onDone, title):
         """Follow a background operation: progress, log, Apply turns into Cancel; onDone(operation) at the end."""
@@ -476,7 +494,7 @@ class TotalSegmentatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.statusLabel.text = _("Failed: {cause}").format(cause=job.error.get("cause", ""))
             self.showError(_("Segmentation failed."), job.error)
-        if not self.logic.keepModelsLoaded:
+        if not self.logic.keepModelsLoaded and job.remote is None:
             self.devices.detect()  # in its own engine process, now that the segmentation's has ended
 
     # -- messages --------------------------------------------------------------------------

@@ -47,17 +47,37 @@ def _report(progress, fraction, message):
         progress("import", fraction, message)  # a Progress raises Cancelled here when cancelled
 
 
-def read_labelmap(labelmap):
-    """(integer array indexed [i, j, k], 4x4 voxel-to-RAS affine) from a nibabel image or a path."""
-    import nibabel as nib  # installed on first use, not with Slicer: a labelmap can arrive without it
+def _read_file(path):
+    """(array indexed [i, j, k], voxel-to-RAS affine) of a labelmap file, read with SimpleITK:
+    Slicer ships it, so a result (e.g. from a segmentation server) imports where nibabel is
+    not installed. ITK's LPS geometry becomes RAS; the voxels are nibabel's, in its order."""
+    import SimpleITK as sitk  # heavy (ITK): only when a labelmap is read from a file
 
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        last = str(e).strip().splitlines()[-1:] or [type(e).__name__]
+        raise SceneImportError(f"Could not read the labelmap {path}: {last[0]}",
+                               "Check that the file is a NIfTI labelmap written by the engine.") from e
+    dim = image.GetDimension()
+    data = sitk.GetArrayFromImage(image).T  # ITK's (z, y, x) -> (i, j, k[, t]); a vector image is refused below
+    if dim < 3:
+        return data, np.eye(4)  # refused below as not 3D
+    direction = np.array(image.GetDirection(), float).reshape(dim, dim)[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.array(image.GetSpacing()[:3], float)
+    affine[:3, 3] = image.GetOrigin()[:3]
+    affine[:2] *= -1  # LPS -> RAS
+    return data, affine
+
+
+def read_labelmap(labelmap):
+    """(integer array indexed [i, j, k], 4x4 voxel-to-RAS affine) from a path or an image with
+    `dataobj` and `affine` (a nibabel image; the engine's in-memory result)."""
     if isinstance(labelmap, (str, os.PathLike)):
-        try:
-            labelmap = nib.load(str(labelmap))
-        except Exception as e:
-            raise SceneImportError(f"Could not read the labelmap {labelmap}: {e}",
-                                   "Check that the file is a NIfTI labelmap written by the engine.") from e
-    data = np.asanyarray(labelmap.dataobj)
+        data, affine = _read_file(labelmap)
+    else:
+        data, affine = np.asanyarray(labelmap.dataobj), labelmap.affine
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -73,7 +93,7 @@ def read_labelmap(labelmap):
     if data.size and int(data.min()) < 0:
         raise SceneImportError("The labelmap holds negative values.", "Import the engine's labelmap (values 0..N).")
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32
-    return np.asarray(data, dtype=dtype), np.asarray(labelmap.affine, dtype=float)
+    return np.asarray(data, dtype=dtype), np.asarray(affine, dtype=float)
 
 
 def _normalise_class_map(class_map):

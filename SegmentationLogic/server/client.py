@@ -456,7 +456,8 @@ def _tls_error(url, e):
         why = type(e).__name__
     return ServerTLSError(f"The TLS certificate of {url} was not accepted: {why}.",
                           "Give the certificate of the authority that signed the server's certificate with --ca_cert "
-                          "(ask the admin), and use the host name the certificate is made out to. Verification is "
+                          "(in Slicer: CA certificate, under Remote server; ask the admin), and use the host name the "
+                          "certificate is made out to. Verification is "
                           "never switched off: a certificate that does not match may mean someone is listening in.")
 
 
@@ -480,16 +481,29 @@ def _raise_for(response):
     raise error_from(data)
 
 
+def _from_message(message):
+    """The RemoteSegmenter a worker message's "remote": {"url", "token_file", "ca_cert"} (or "token") names."""
+    remote = message.get("remote") or {}
+    if not isinstance(remote, dict) or not remote.get("url"):
+        raise BadRequestError("A remote request needs \"remote\": {\"url\": ...}.", "Give the server's URL.")
+    return RemoteSegmenter(remote["url"], token=remote.get("token"), token_file=remote.get("token_file"),
+                           ca_cert=remote.get("ca_cert"))
+
+
+def worker_server_info(message, progress):
+    """A `server.info` message of the worker: the server's /info (the URL, its certificate and the token
+    checked on the way), for the module's connection check. Returns the result payload."""
+    progress("connect", 0.0, "asking the server")
+    remote_segmenter = _from_message(message)
+    return {"url": remote_segmenter.url, **remote_segmenter.info()}
+
+
 def run_worker_request(message, progress):
     """A `segment` message of the persistent worker (worker.py) that carries "remote": {"url", "token_file",
     "ca_cert"} (or "token") beside its "request" (SegmentRequest fields): run it on that server, with events
     and cancel through the worker's `progress`. Returns the result payload."""
-    remote = message.get("remote") or {}
-    if not isinstance(remote, dict) or not remote.get("url"):
-        raise BadRequestError("A remote request needs \"remote\": {\"url\": ...}.", "Give the server's URL.")
+    remote_segmenter = _from_message(message)
     segment_request = SegmentRequest.from_json(message.get("request"))
     started = time.perf_counter()
-    remote_segmenter = RemoteSegmenter(remote["url"], token=remote.get("token"), token_file=remote.get("token_file"),
-                                       ca_cert=remote.get("ca_cert"))
     result = remote_segmenter.run(segment_request, progress=progress)
     return {**result.to_json(), "seconds": round(time.perf_counter() - started, 3), "remote": True}

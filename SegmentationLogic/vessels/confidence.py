@@ -14,6 +14,7 @@ not clipped to a budget: a short list that misses the errors would mislead). Ves
 the split left unlabelled are 0.5; voxels outside the vessel mask are 0 (no vessel, no claim).
 """
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .voxels import class_boundary
@@ -58,3 +59,43 @@ def summary(confidence, labels):
     flagged = int((confidence < UNSURE_BELOW).sum())
     mean = float(confidence[labelled].mean()) if labelled.any() else 0.0
     return mean, flagged, flagged / max(len(confidence), 1)
+
+
+def doubtful_warning(share):
+    """The QC warning when more than MAX_UNSURE of the vessel voxels are flagged, else None."""
+    if share <= MAX_UNSURE:
+        return None
+    return (f"The split is unsure in {share:.0%} of the vessel voxels (more than {MAX_UNSURE:.0%}): "
+            "review the whole tree, not only the flagged places.")
+
+
+def is_doubtful_warning(text):
+    return text.startswith("The split is unsure in ")
+
+
+def unsure_mask(confidence, below=UNSURE_BELOW):
+    """Vessel voxels the map flags for review (0 outside the vessels is no claim, not doubt)."""
+    confidence = np.asarray(confidence)
+    return (confidence > 0) & (confidence < below)
+
+
+def unsure_pieces(confidence, labels, affine, below=UNSURE_BELOW):
+    """The connected places to review, largest first: [{"voxels", "volume_mm3", "centroid_ras",
+    "portal_voxels", "hepatic_voxels"}] from a map and its labels on one grid (affine: voxel to RAS)."""
+    mask = unsure_mask(confidence, below)
+    pieces, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if not n:
+        return []
+    index = np.arange(1, n + 1)
+    sizes = np.bincount(pieces.ravel(), minlength=n + 1)[1:]
+    centres = np.asarray(ndimage.center_of_mass(mask, pieces, index), float).reshape(n, 3)
+    labels = np.asarray(labels)
+    portal = np.bincount(pieces[labels == 1], minlength=n + 1)[1:]
+    hepatic = np.bincount(pieces[labels == 2], minlength=n + 1)[1:]
+    affine = np.asarray(affine, float)
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    ras = centres @ affine[:3, :3].T + affine[:3, 3]
+    order = np.argsort(-sizes, kind="stable")
+    return [{"voxels": int(sizes[i]), "volume_mm3": round(float(sizes[i]) * voxel_mm3, 1),
+             "centroid_ras": [round(float(v), 2) for v in ras[i]], "portal_voxels": int(portal[i]),
+             "hepatic_voxels": int(hepatic[i])} for i in order]

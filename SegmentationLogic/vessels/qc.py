@@ -8,7 +8,7 @@ the map flags as unsure, below `unsure_below`) and their share of the vessel vox
 """
 import numpy as np
 
-from .confidence import UNSURE_BELOW
+from .confidence import UNSURE_BELOW, doubtful_warning, is_doubtful_warning, summary
 
 PORTAL, HEPATIC = 1, 2
 FRACTION_LOW, FRACTION_HIGH = 0.05, 0.95
@@ -72,6 +72,23 @@ def update_qc(qc, labels, vessels, confidence=None, ambiguous_voxels=None):
         if key in base:
             new[key] = base[key]
     new["manual_edits"] = int(base.get("manual_edits", 0))
+    return new
+
+
+def with_confidence(qc, confidence, labels):
+    """QC whose confidence figures (confidence, ambiguous_voxels, unsure_fraction, and the warning
+    when too much is unsure) describe `confidence`, a map on the grid of `labels` (after a manual
+    edit set the edited voxels to 1.0, or after a re-split)."""
+    confidence, labels = np.asarray(confidence), np.asarray(labels)
+    vessels = confidence > 0  # the map covers exactly the vessel voxels (0.5 where unlabelled)
+    mean, flagged, share = summary(confidence[vessels], labels[vessels])
+    new = dict(qc or {})
+    new.update(confidence=round(mean, 4), ambiguous_voxels=flagged, unsure_fraction=round(share, 4),
+               unsure_below=UNSURE_BELOW)
+    warnings = [w for w in new.get("warnings", []) if not is_doubtful_warning(w)]
+    doubtful = doubtful_warning(share)
+    new["warnings"] = ([w for w in warnings if not _is_fraction_warning(w)] + ([doubtful] if doubtful else [])
+                       + [w for w in warnings if _is_fraction_warning(w)])  # the split's own order
     return new
 
 

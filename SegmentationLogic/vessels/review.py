@@ -3,8 +3,8 @@
 Labels are 0 (none), 1 (portal), 2 (hepatic) on the CT's voxel grid with its affine.
 
     labels, qc = reassign(labels, affine, point_ras, scope="branch", qc=qc)   # or "subtree", to="portal"
-    labels, qc = resplit(labels, affine, masks={"ivc": "out/inferior_vena_cava.nii.gz"},
-                         portal_points_ras=[p1], qc=qc)
+    labels, qc, confidence = resplit(labels, affine, masks={"ivc": "out/inferior_vena_cava.nii.gz"},
+                                     portal_points_ras=[p1], qc=qc)
 
 Both build a skeleton graph of the vessels (seconds on a large liver), so the Slicer
 module runs them in its engine worker, never on the GUI thread (`worker_commands.py`
@@ -178,7 +178,8 @@ def resplit(labels, affine, masks=None, portal_points_ras=(), hepatic_points_ras
 
     masks: {"liver", "portal_trunk", "ivc"} -> None, a path or an array on the CT grid.
     vessels: the vessel mask (path or array); by default the union of the two classes.
-    Returns (new labels, the split's QC with the manual-edit count kept)."""
+    Returns (new labels, the split's QC with the manual-edit count kept, the new split's
+    confidence map), both arrays on the grid of `labels`."""
     labels = np.asarray(labels)
     shape = labels.shape
     given = {key: mask_input((masks or {}).get(key), key, shape, affine) for key in SUPPORT_KEYS}
@@ -200,7 +201,7 @@ def resplit(labels, affine, masks=None, portal_points_ras=(), hepatic_points_ras
     new_qc = res.qc
     new_qc["manual_edits"] = int((qc or {}).get("manual_edits", 0))
     new_qc["user_seed_points"] = {"portal": len(portal_points_ras), "hepatic": len(hepatic_points_ras)}
-    return from_canonical(res.labels, ref_img), new_qc
+    return from_canonical(res.labels, ref_img), new_qc, from_canonical(res.confidence, ref_img)
 
 
 def qc_rows(qc):
@@ -221,8 +222,8 @@ def _read_labels(request):
     return np.asanyarray(image.dataobj), image.affine
 
 
-def _write_labels(labels, affine, path):
-    nib.save(nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), affine), str(path))
+def _write_labels(labels, affine, path, dtype=np.uint8):
+    nib.save(nib.Nifti1Image(np.asarray(labels, dtype=dtype), affine), str(path))
     return str(path)
 
 
@@ -235,10 +236,14 @@ def reassign_command(request, progress):
 
 
 def resplit_command(request, progress):
-    """{"labels", "output", "masks", "portal_points_ras", "hepatic_points_ras", "qc"} -> {"labels": output, "qc"}."""
+    """{"labels", "output", "masks", "portal_points_ras", "hepatic_points_ras", "qc"[, "confidence_output"]}
+    -> {"labels": output, "qc"[, "confidence": confidence_output]}."""
     labels, affine = _read_labels(request)
-    labels, qc = resplit(labels, affine, masks=request.get("masks"),
-                         portal_points_ras=request.get("portal_points_ras") or (),
-                         hepatic_points_ras=request.get("hepatic_points_ras") or (), qc=request.get("qc"),
-                         progress=progress)
-    return {"labels": _write_labels(labels, affine, request["output"]), "qc": json_safe(qc)}
+    labels, qc, confidence = resplit(labels, affine, masks=request.get("masks"),
+                                     portal_points_ras=request.get("portal_points_ras") or (),
+                                     hepatic_points_ras=request.get("hepatic_points_ras") or (), qc=request.get("qc"),
+                                     progress=progress)
+    out = {"labels": _write_labels(labels, affine, request["output"]), "qc": json_safe(qc)}
+    if request.get("confidence_output"):
+        out["confidence"] = _write_labels(confidence, affine, request["confidence_output"], np.float32)
+    return out

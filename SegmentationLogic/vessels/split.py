@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .confidence import (DOUBTED, MAX_UNSURE, UNSURE_BELOW, interface_confidence, margin_confidence,
+from .confidence import (DOUBTED, UNSURE_BELOW, doubtful_warning, interface_confidence, margin_confidence,
                          summary)
 from .io import VesselInputError
 from .qc import split_qc
@@ -228,10 +228,9 @@ def split_vessels(vessels, spacing, liver=None, portal_trunk=None, ivc=None, use
     step("postprocess", 0.9, "Confidence map")
     vconf = np.minimum(vconf, interface_confidence(idx, final, radius, spacing, pairs))
     vconf[final == 0] = 0.5
-    doubtful = float((vconf < UNSURE_BELOW).mean())
-    if doubtful > MAX_UNSURE:
-        warnings.append(f"The split is unsure in {doubtful:.0%} of the vessel voxels (more than {MAX_UNSURE:.0%}): "
-                        "review the whole tree, not only the flagged places.")
+    doubtful = doubtful_warning(float((vconf < UNSURE_BELOW).mean()))
+    if doubtful:
+        warnings.append(doubtful)
     confidence = np.zeros(vessels.shape, np.float32)
     confidence[tuple(idx.T)] = vconf
 

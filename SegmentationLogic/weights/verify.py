@@ -20,8 +20,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InvalidWeightsError
 
 SUBDIR_RE = re.compile(r"^(?P<trainer>[^_][^/]*?)__(?P<plans>[^/]+?)__(?P<configuration>[^/_][^/]*)$")
@@ -34,6 +32,9 @@ _FIX = ("Download the model again, or import the official release zip of this da
 
 def _safe_globals():
     """What nnU-Net checkpoints hold besides tensors (numpy 1 and numpy 2 names)."""
+    # numpy only here: a remote-only client imports this package (the token's home) without it
+    import numpy as np
+
     core = getattr(np, "_core", None) or np.core
     scalar, reconstruct = core.multiarray.scalar, core.multiarray._reconstruct
     allowed = [np.dtype, np.ndarray, (scalar, "numpy.core.multiarray.scalar"),

@@ -58,12 +58,15 @@ def test_devices_list_auto_cpu_each_gpu_by_name_and_apple_gpu():
     items = choices.device_items(detected)
     assert [(i.id, i.text) for i in items] == [
         ("auto", "Auto: GPU 0: NVIDIA RTX A6000, 48 GB"), ("cpu", "CPU (16 cores), 63 GB"),
-        ("cuda:0", "GPU 0: NVIDIA RTX A6000, 48 GB"), ("cuda:1", "GPU 1: NVIDIA T4, 15 GB")]
+        ("cuda:0", "GPU 0: NVIDIA RTX A6000, 48 GB"), ("cuda:1", "GPU 1: NVIDIA T4, 15 GB"),
+        ("remote", "Remote server")]
     mac = choices.device_items([{"id": "mps", "name": "Apple GPU (Metal)", "memory_gb": None},
                                 {"id": "cpu", "name": "CPU (10 cores)", "memory_gb": 32}])
-    assert [i.id for i in mac] == ["auto", "cpu", "mps"] and mac[0].text == "Auto: Apple GPU (MPS)"
+    assert [i.id for i in mac] == ["auto", "cpu", "mps", "remote"] and mac[0].text == "Auto: Apple GPU (MPS)"
     assert choices.device_items([{"id": "cpu", "name": "CPU (2 cores)"}])[0].text == "Auto: CPU (no GPU found)"
-    assert choices.device_items(None)[0].text == "Auto (detecting devices...)"
+    # before the engine ran (or where it is not installed): the remote server is offered all the same
+    assert [(i.id, i.text) for i in choices.device_items(None)] == [
+        ("auto", "Auto (detecting devices...)"), ("cpu", "CPU"), ("remote", "Remote server")]
 
 
 def test_wrong_modality_warning():

@@ -156,6 +156,43 @@ def test_apply_runs_in_the_background_cancel_and_errors(panel, tmp_path):
     assert ui.statusLabel.text.startswith("Failed:") and segmentation_nodes(scene) == 1
 
 
+def test_remote_server_device(panel, remote_server, test_ca, tmp_path):
+    """Device "Remote server" on a laptop without the engine's packages: URL, masked token, CA certificate,
+    a connection check, then Apply, progress and the result as for a local run (the session's real server)."""
+    from serve_process import laptop_environment
+    from TotalSegmentatorLib.runner import WorkerEngine
+
+    widget, host, scene, ct = panel
+    ui, p = widget.ui, widget._parameterNode
+    widget.logic.worker = WorkerEngine(env=laptop_environment(tmp_path / "laptop"))
+    assert not visible(ui.remoteServerWidget)
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox._obj.findData("remote")
+    assert p.device == "remote" and visible(ui.remoteServerWidget)
+    assert ui.serverTokenLineEdit._obj.echoMode() == QtWidgets.QLineEdit.Password  # masked
+    ui.testServerButton.click()  # no URL yet: says where to enter it
+    kind, text = host.dialogs[-1]
+    assert kind == "error" and "No segmentation server is set" in text and "Remote server" in text
+
+    ui.serverUrlLineEdit.text = remote_server.url
+    ui.serverCaCertPathLineEdit.currentPath = str(test_ca.cert_path)
+    ui.serverTokenLineEdit.text = remote_server.token  # pasted into the masked field
+    ui.testServerButton.click()
+    pump(lambda: widget._operation is None)
+    assert ui.serverStatusLabel.text.startswith("Connected: server"), host.dialogs
+    assert ui.serverTokenLineEdit.text == "" and "stored" in ui.serverTokenLineEdit.placeholderText
+
+    p.quality = "fastest"
+    ui.applyButton.click()
+    assert ui.applyButton.text == "Cancel" and remote_server.url in ui.statusLabel.text
+    pump(lambda: widget._operation is None)
+    assert ui.statusLabel.text.startswith("Done:") and segmentation_nodes(scene) == 1, host.dialogs
+    log = ui.logTextEdit._obj.toPlainText()
+    assert "[upload]" in log and "[fetch]" in log and "[import]" in log
+    assert remote_server.token not in log and "Device detection failed" not in log
+    settings = (tmp_path / "settings.ini").read_text()  # the next session connects the same way, token aside
+    assert remote_server.url in settings and remote_server.token not in settings
+
+
 def test_wrong_modality_warns_and_apply_asks_before_running(panel, example):
     widget, host, scene, ct = panel
     ui, p = widget.ui, widget._parameterNode
@@ -258,7 +295,7 @@ def test_first_run_install_asks_then_installs_in_the_background_then_segments(pa
                                         imported_modules={})
     plans = [missing, missing]
     monkeypatch.setattr(widget.logic, "dependencyPlan",
-                        lambda reinstall=False: plans.pop(0) if plans else dependencies.plan_install())
+                        lambda reinstall=False, remote=False: plans.pop(0) if plans else dependencies.plan_install())
     real_install = dependencies.install
     # pip runs for real, but only pretends to install (--dry-run): the test must not change its own venv.
     monkeypatch.setattr(dependencies, "install", lambda plan, workdir, **kw: real_install(
@@ -285,6 +322,7 @@ def test_liver_vessel_split_review(panel, tmp_path):
     liver, trunk, IVC and vessels exactly), then a review step with a known effect: the
     subtree of a portal branch picked in the view becomes hepatic, and nothing else changes."""
     from SegmentationLogic.mrml import vessel_review as review
+    import nibabel as nib
     import numpy as np
     from vessel_phantoms import PORTAL, make_phantom, save_ct, score_split, subtree_ids
 
@@ -310,6 +348,11 @@ def test_liver_vessel_split_review(panel, tmp_path):
     assert len(rows) == len(review.qc_rows(review.get_qc(node))) > 3
     assert ui.vesselWarningsLabel.text == ("\n".join(f"\u26a0 {w}" for w in review.warnings(review.get_qc(node)))
                                            or "No warnings.")
+    # where the split is unsure: the pieces to jump to, the overlay switch, the share in the summary
+    pieces = review.unsure_pieces(node)
+    assert ui.unsurePiecesTableWidget._obj.rowCount() == len(pieces) and visible(ui.showConfidenceCheckBox)
+    assert f"{len(pieces)} unsure place" in ui.unsureSummaryLabel.text or "sure everywhere" in ui.unsureSummaryLabel.text
+    assert review.unsure_node(node).GetSegmentation().GetNthSegment(0).GetName() == "Unsure (< 0.75)"
 
     before, affine = review.current_labels(node)
     assert np.allclose(affine, phantom.affine)
@@ -341,10 +384,13 @@ def test_liver_vessel_split_review(panel, tmp_path):
     assert review.get_qc(node)["user_seed_points"] == {"portal": 0, "hepatic": 1}
     rerun, _ = review.current_labels(node)
     assert (rerun[branch_voxels] == 2).mean() >= 0.9, "a hepatic seed on the branch keeps it hepatic"
+    assert ui.unsurePiecesTableWidget._obj.rowCount() == len(review.unsure_pieces(node))  # the new split's
 
     host.answers["folder"] = str(tmp_path / "saved")
     ui.saveReviewButton.click()
     assert (tmp_path / "saved" / "liver_vessels_labeled.nii.gz").is_file()
+    saved = nib.load(str(tmp_path / "saved" / "liver_vessels_split_confidence.nii.gz")).get_fdata()
+    assert np.allclose(saved, review.confidence_array(node)), "the map as reviewed, beside the labels"
     assert "Saved:" in ui.logTextEdit._obj.toPlainText()
     review_root = widget.logic.reviewRoot
     assert any(Path(review_root).iterdir()), "the run's support masks are kept for re-runs"

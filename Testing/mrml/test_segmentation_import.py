@@ -304,3 +304,21 @@ def test_volume_under_a_transform_gets_the_result_where_it_shows(scene, example,
     finally:
         for n in (node, volume, moved):
             scene.RemoveNode(n)
+
+
+def test_a_labelmap_file_reads_as_nibabel_reads_it_also_oblique_and_flipped(tmp_path):
+    """Result files are read with SimpleITK (Slicer ships it; a Slicer that only uses a segmentation
+    server has no nibabel): the same voxels in the same order, the same voxel-to-RAS geometry."""
+    data = np.random.default_rng(0).integers(0, 5, (7, 6, 5)).astype(np.uint8)
+    a = 0.3
+    rotation = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.8, 1.5, 2.0])
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    path = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    labels, read_affine = si.read_labelmap(path)
+    assert np.array_equal(labels, data) and np.allclose(read_affine, affine, atol=1e-5)
+    (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(SceneImportError, match="Could not read the labelmap"):
+        si.read_labelmap(tmp_path / "broken.nii.gz")

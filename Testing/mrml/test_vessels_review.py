@@ -58,6 +58,10 @@ def _mid(segment):
     return list((segment.p0 + segment.p1) / 2)  # the phantom's affine is RAS mm
 
 
+def _unsure(conf):
+    return (conf > 0) & (conf < 0.75)
+
+
 def test_load_shows_named_coloured_segments_with_terminology_and_surfaces(loaded, case):
     ph, _, out, meta = case
     segs = _segments(loaded)
@@ -103,6 +107,60 @@ def test_reassign_branch_flips_the_branch_and_updates_qc(loaded, case):
     assert (_labels(loaded)[ph.branch_ids == seg.id + 1] == PORTAL).mean() > 0.95
 
 
+def test_confidence_overlay_and_unsure_places_show_where_to_look(loaded, case):
+    ph, _, out, meta = case
+    on_disk = np.asanyarray(nib.load(str(out / OUTPUT_FILES["confidence"])).dataobj)
+    volume = review.confidence_volume(loaded)
+    assert volume is not None and review.CONFIDENCE_NAME in volume.GetName()
+    assert np.array_equal(review.confidence_array(loaded), on_disk)  # the map beside the split, on the CT grid
+    display = volume.GetDisplayNode()
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.5, 1.0) and display.GetApplyThreshold()
+    unsure = review.unsure_node(loaded)
+    segmentation = unsure.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    segment_id = segmentation.GetNthSegmentID(0)
+    assert segmentation.GetSegment(segment_id).GetName() == review.UNSURE_NAME == "Unsure (< 0.75)"
+    shown = unsure.GetDisplayNode()
+    assert shown.GetSegmentVisibility2DOutline(segment_id) and not shown.GetSegmentVisibility2DFill(segment_id)
+    # the pieces cover exactly the unsure vessel voxels, largest first, each centred near its voxels
+    pieces = review.unsure_pieces(loaded)
+    flagged = _unsure(on_disk)
+    assert pieces and sum(p["voxels"] for p in pieces) == flagged.sum() == meta["portal_hepatic_split_qc"][
+        "ambiguous_voxels"]
+    assert [p["voxels"] for p in pieces] == sorted((p["voxels"] for p in pieces), reverse=True)
+    ijk = np.linalg.inv(ph.affine) @ np.r_[pieces[0]["centroid_ras"], 1.0]
+    nearest = np.abs(np.argwhere(flagged) - ijk[:3]).max(axis=1).min()
+    assert nearest <= 3, "the first place to look is where the unsure voxels are"
+    assert dict(review.qc_rows(review.get_qc(loaded)))["Unsure share"].endswith("%")
+    # the overlay goes onto the slice views and comes off again; a place to look centres the views on it
+    scene = loaded.GetScene()
+    composite, view = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode"), scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    try:
+        assert review.show_confidence_overlay(loaded, True) >= 1
+        assert composite.GetForegroundVolumeID() == volume.GetID() and composite.GetForegroundOpacity() > 0
+        review.show_confidence_overlay(loaded, False)
+        assert composite.GetForegroundVolumeID() is None
+        review.jump_slices(scene, pieces[0]["centroid_ras"])
+        centre = [view.GetSliceToRAS().GetElement(i, 3) for i in range(3)]
+        assert np.allclose(centre, pieces[0]["centroid_ras"], atol=1e-3)
+    finally:
+        scene.RemoveNode(composite)
+        scene.RemoveNode(view)
+
+
+def test_a_reassigned_branch_counts_as_sure(loaded, case):
+    ph = case[0]
+    before, conf_before = _labels(loaded), review.confidence_array(loaded)
+    seg = next(s for s in ph.segments if s.cls == PORTAL and s.parent >= 0 and (ph.branch_ids == s.id + 1).sum() > 30)
+    qc = review.reassign_branch(loaded, _mid(seg))
+    after, conf = _labels(loaded), review.confidence_array(loaded)
+    changed = before != after
+    assert changed.any() and (conf[changed] == 1.0).all()  # the surgeon decided these
+    assert np.array_equal(conf[~changed], conf_before[~changed])
+    assert qc["ambiguous_voxels"] == _unsure(conf).sum() <= _unsure(conf_before).sum()
+    assert sum(p["voxels"] for p in review.unsure_pieces(loaded)) == _unsure(conf).sum()
+
+
 def _descendants(ph, sid):
     out, stack = [], [sid]
     while stack:
@@ -134,9 +192,15 @@ def test_rerun_with_seed_points_fixes_a_bad_split(scene, case, tmp_path):
     node = review.load_split(scene, bad_dir / OUTPUT_FILES["labeled"], ct,
                              qc=json.loads((bad_dir / OUTPUT_FILES["metadata"]).read_text()))
     assert score_split(_labels(node), ph)["accuracy"] < 0.9
+    volume, unsure, map_before = review.confidence_volume(node), review.unsure_node(node), review.confidence_array(node)
     roots = [_mid(s) for s in ph.segments if s.parent == -1 and s.cls == HEPATIC]
     qc = review.rerun_split(node, hepatic_points_ras=roots)
     assert score_split(_labels(node), ph)["accuracy"] >= 0.95
+    # the overlay and the unsure segment show the new split's map (same nodes, refreshed)
+    assert review.confidence_volume(node) is volume and review.unsure_node(node) is unsure
+    conf = review.confidence_array(node)
+    assert not np.array_equal(conf, map_before) and ((conf > 0) == (ph.vessels > 0)).all()
+    assert qc["ambiguous_voxels"] == _unsure(conf).sum() == sum(p["voxels"] for p in review.unsure_pieces(node))
     assert qc["user_seed_points"] == {"portal": 0, "hepatic": 3} and qc["seed_sources"]["hepatic"] == "user"
     assert review.get_qc(node) == qc
     # the recorded trunk file was used again: its seed did not fall back
@@ -151,7 +215,10 @@ def test_save_review_writes_files_metadata_and_seg_nrrd(loaded, case, tmp_path):
     paths = review.save_review(loaded, tmp_path)
     names = {p.name for p in paths}
     assert {OUTPUT_FILES["labeled"], OUTPUT_FILES["portal"], OUTPUT_FILES["hepatic"], OUTPUT_FILES["metadata"],
-            "liver_vessels_split.seg.nrrd"} == names
+            OUTPUT_FILES["confidence"], "liver_vessels_split.seg.nrrd"} == names
+    saved = np.asanyarray(nib.load(str(tmp_path / OUTPUT_FILES["confidence"])).dataobj)
+    assert np.array_equal(saved, review.confidence_array(loaded)), "the map as the review left it, not the split's"
+    assert (saved[current > 0] > 0).all() and not saved[current == 0].any()
     img = nib.load(str(tmp_path / OUTPUT_FILES["labeled"]))
     assert np.array_equal(np.asanyarray(img.dataobj), current) and np.allclose(img.affine, ph.affine)
     meta = json.loads((tmp_path / OUTPUT_FILES["metadata"]).read_text())

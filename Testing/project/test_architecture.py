@@ -19,6 +19,9 @@ LAZY_ENGINE_IMPORTS = {
     ("vessels/cli.py", "SegmentationLogic.vessels.qc"): "numpy, only when a vessel command runs",
     ("server/tokens.py", "SegmentationLogic.weights"): "numpy: the remote client runs without it",
     ("request.py", "numpy"): "the contract is imported by remote clients without numpy",
+    ("weights/verify.py", "numpy"): "the remote client's default token file lies in the weights package's home",
+    ("vessels/worker_commands.py", "SegmentationLogic.vessels.review"):
+        "nibabel and scipy: the module's worker relays remote runs on a computer without them",
 }
 # Front doors import the engine inside the command that runs, so `--help`, `list-tasks`,
 # `segment --server` and a worker relaying to a server start without numpy, nibabel or torch.

@@ -24,6 +24,15 @@ def blocked_python(code):
     return f"import sys\nfor m in {ENGINE_LIBRARIES!r}:\n    sys.modules[m] = None\n{code}"
 
 
+def laptop_environment(folder):
+    """Environment variables under which a Python process (e.g. the module's engine worker) cannot import the
+    engine's libraries, as on a laptop Slicer that has none of them: a sitecustomize.py in `folder` blocks them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(blocked_python(""))
+    return {"PYTHONPATH": os.pathsep.join([str(folder), str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -94,8 +94,12 @@ def validate_roi_subset(task_name, roi_subset, catalogue=None):
 
 @dataclass(frozen=True)
 class DeviceItem:
-    id: str  # what --device takes
+    id: str  # what --device takes, or REMOTE
     text: str
+
+
+REMOTE = "remote"  # the device choice that runs on a segmentation server (`serve`), not on this computer
+REMOTE_TEXT = "Remote server"
 
 
 def _device_text(d):
@@ -109,10 +113,11 @@ def _device_text(d):
 
 
 def device_items(detected=None):
-    """Auto, CPU, each CUDA GPU by name, the Apple GPU where present. `detected`: devices.available_devices().
+    """Auto, CPU, each CUDA GPU by name, the Apple GPU where present, and the remote server.
+    `detected`: devices.available_devices().
 
     'Auto' says what it will use, as the engine picks it: the first CUDA GPU, else the
-    Apple GPU, else the CPU.
+    Apple GPU, else the CPU. 'Remote server' is always offered: it needs nothing installed here.
     """
     detected = list(detected or [])
     gpus = [d for d in detected if d["id"].startswith("cuda")]
@@ -127,7 +132,7 @@ def device_items(detected=None):
     items = [DeviceItem("auto", auto), DeviceItem("cpu", _device_text(cpu))]
     items += [DeviceItem(d["id"] if ":" in d["id"] else f"{d['id']}:0", _device_text(d)) for d in gpus]
     items += [DeviceItem("mps", _device_text(d)) for d in mps]
-    return items
+    return items + [DeviceItem(REMOTE, REMOTE_TEXT)]
 
 
 def modality_warning(task_name, guess, catalogue=None):

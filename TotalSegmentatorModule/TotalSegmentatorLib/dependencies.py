@@ -89,6 +89,14 @@ REQUIREMENTS = (
     Need("requests", ">=2.28"),         # Slicer's
     Need("vtk", ">=9.2"),               # Slicer's
 )
+# A run on a segmentation server (device "Remote server") needs only what Slicer ships: the
+# client is the standard library and requests (SegmentationLogic/server/client.py), the
+# result is read with SimpleITK and imported with VTK. No torch, nnU-Net or nibabel.
+REMOTE_REQUIREMENTS = (
+    Need("requests", ">=2.28"),         # Slicer's
+    Need("SimpleITK", ">=2.2"),         # Slicer's
+    Need("numpy", ">=1.24"),            # Slicer's
+)
 # nnunetv2 2.8 requires torch>=2.1.2 and not 2.9.*; the PyTorch extension installs torch.
 TORCH_REQUIREMENT = "torch>=2.1.2,!=2.9.*"
 TORCH_TESTED = "2.13.0"
@@ -317,14 +325,19 @@ def _newer_than_range(version, specifier):
 
 def plan_install(requirements=REQUIREMENTS, torch_requirement=TORCH_REQUIREMENT, installed=None,
                  slicer_version=None, imported_modules=None, reinstall=False, allow_downgrades=False,
-                 releases=None):
+                 releases=None, remote=False):
     """Compare what is installed with what the engine needs; nothing is changed.
+
+    remote: the plan of a run on a segmentation server (REMOTE_REQUIREMENTS, no torch):
+    what Slicer ships, so normally nothing to install, whatever the local engine lacks.
 
     installed: {name: version} (default: this Python's distributions, and BUILTIN for
     Slicer's packages importable without metadata; given, it is all there is); slicer_version:
     default the running Slicer's (None outside Slicer: every release's packages count as
     Slicer's); allow_downgrades: the user agreed to downgrade packages outside our range.
     """
+    if remote:
+        requirements, torch_requirement = REMOTE_REQUIREMENTS, None
     imported_modules = sys.modules if imported_modules is None else imported_modules
     probe = installed is None  # look for importable packages without metadata only in this Python
     installed = {canonicalize_name(k): v for k, v in (
@@ -377,10 +390,11 @@ def plan_install(requirements=REQUIREMENTS, torch_requirement=TORCH_REQUIREMENT,
         elif have != BUILTIN:  # what stays must stay consistent with what changes: pip checks the whole set
             plan.requirements.append(need.requirement if action.action != "conflict" else f"{need.name}=={have}")
 
-    torch_req = Requirement(torch_requirement)
-    have = version_of("torch")
-    if have is None or (have != BUILTIN and not torch_req.specifier.contains(_base(have), prereleases=True)):
-        plan.actions.append(Action("torch", str(torch_req), have, "torch", accepted=str(torch_req.specifier)))
+    if torch_requirement:
+        torch_req = Requirement(torch_requirement)
+        have = version_of("torch")
+        if have is None or (have != BUILTIN and not torch_req.specifier.contains(_base(have), prereleases=True)):
+            plan.actions.append(Action("torch", str(torch_req), have, "torch", accepted=str(torch_req.specifier)))
 
     # Constraints: Slicer's, the PyTorch extension's and pip's own packages stay exactly as
     # they are; anything else installed may be upgraded as a dependency, never downgraded.

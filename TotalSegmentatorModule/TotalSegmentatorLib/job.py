@@ -12,6 +12,11 @@ keeps models loaded, or a one-shot one) -> import the result with its class map 
 script. The liver-vessel split runs the engine's `liver-vessels` command instead and is
 shown by `mrml.vessel_review`.
 
+With `remote` ({"url", "token_file", "ca_cert"}) the worker only relays the request to a
+segmentation server (its client: stdlib and requests) and the labelmap is read with
+SimpleITK: the whole path runs with what Slicer ships. Progress adds the client's stages
+(upload, queued, fetch); Cancel cancels the job on the server.
+
 Nothing reaches the scene unless the engine succeeded and the import completed. The
 temp folder is removed in every case (success, failure, cancel), and the engine's own
 temp files go there too. Closing the scene, or removing the input volume or the target
@@ -35,13 +40,28 @@ from .runner import ProcessRun, WorkerEngine, engine_command, engine_environment
 
 ENGINE_SHARE = 0.92  # share of the overall bar for the engine; the rest is import into the scene
 SCENE_CLOSED = "The scene was closed, so the segmentation was stopped."
+# What to do in the panel when the server refuses (the client's fixes name its command-line options)
+REMOTE_FIXES = {
+    "auth": "Paste the current access token from the server's admin into Access token (Device: Remote server), "
+            "then Apply again.",
+    "tls": "Choose the certificate (PEM) of the authority that signed the server's certificate as CA certificate "
+           "(Device: Remote server; ask the server's admin), and use the host name the certificate is made out to. "
+           "Verification is never switched off: a certificate that does not match may mean someone is listening in.",
+}
+
+
+def remote_advice(error):
+    """A server's error with the panel's fix where the client's names a command-line option."""
+    if not error or error.get("kind") not in REMOTE_FIXES:
+        return error
+    return {**error, "fix": REMOTE_FIXES[error["kind"]]}
 
 
 class SegmentationJob(Operation):
     def __init__(self, volume_node, segmentation_node=None, task="total", quality="fast", roi_subset=None,
                  device="auto", use_standard_names=True, create_surfaces=True, weights_dir=None,
                  split_liver_vessels=False, review_root=None, download=True, worker=None, python=None, env=None,
-                 check_modality=True):
+                 check_modality=True, remote=None):
         super().__init__(task)
         self.volume_node = volume_node
         self.target_node = segmentation_node
@@ -58,6 +78,7 @@ class SegmentationJob(Operation):
         self.download = download
         self.check_modality = check_modality  # False: the user confirmed a wrong-looking modality
         self.worker = worker  # None: a one-shot worker of its own
+        self.remote = remote  # {"url", "token_file", "ca_cert"}: run on that segmentation server
         self.python = python
         self.env = env
         self.phase = "new"  # new | running | importing, then the outcome
@@ -97,6 +118,9 @@ class SegmentationJob(Operation):
         if self.split_liver_vessels and self.task != "liver_vessels":
             raise SegmentationError("The portal / hepatic vein split needs task 'liver_vessels'.",
                                     "Choose task 'liver_vessels' or turn the split off.")
+        if self.split_liver_vessels and self.remote:
+            raise SegmentationError("The portal / hepatic vein split runs on this computer, not on a segmentation "
+                                    "server.", "Choose a local device (Auto, CPU or a GPU), or turn the split off.")
 
     def start(self):
         self.check()
@@ -122,7 +146,8 @@ class SegmentationJob(Operation):
     def request(self, source, output):
         """The typed request the engine runs."""
         return SegmentRequest(input=str(source), output=str(output), task=self.task, quality=self.quality,
-                              roi_subset=self.roi_subset or None, device=self.device, ml=True,
+                              roi_subset=self.roi_subset or None, ml=True,
+                              device="auto" if self.remote else self.device,  # the server uses its own
                               weights_dir=str(self.weights_dir) if self.weights_dir else None,
                               download=self.download, check_modality=self.check_modality)
 
@@ -145,8 +170,9 @@ class SegmentationJob(Operation):
                               env=engine_environment(self.tmpdir / "tmp", self.env), description="liver vessels")
         self.output = self.tmpdir / "segmentation.nii.gz"
         worker = self.worker or WorkerEngine(python=self.python, env=self.env, keep_alive=False)
+        extra = {"remote": self.remote} if self.remote else {}
         return worker.submit("segment", request=self.request(source, self.output).to_json(),
-                             tmpdir=str(self.tmpdir / "tmp"), description=self.task)
+                             tmpdir=str(self.tmpdir / "tmp"), description=self.task, **extra)
 
     # -- follow ------------------------------------------------------------------------
     def _step(self):
@@ -167,7 +193,7 @@ class SegmentationJob(Operation):
             elif self.run.outcome == "succeeded":
                 self._import(self.run.result)
             else:
-                self._fail(self.run.error, self.run.outcome)
+                self._fail(remote_advice(self.run.error) if self.remote else self.run.error, self.run.outcome)
 
     def _stop(self, error):
         """Stop the engine (its process tree dies, or the worker drops the request). Nothing is imported."""

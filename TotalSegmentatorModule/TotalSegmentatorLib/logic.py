@@ -7,6 +7,11 @@ In Slicer's Python console:
     seg = logic.process(volumeNode, seg, roiSubset=["liver", "spleen"], device="cuda:0")
     op = logic.processAsync(volumeNode, task="total_mr")     # an Operation: poll() it, cancel() it
 
+    logic.serverUrl = "https://gpu.hospital.org:8470"        # a segmentation server runs the models:
+    logic.serverCaCert = "hospital-ca.pem"                   # (optional: your organisation's CA)
+    logic.setServerToken("the token from the admin")         # kept in a private file, never logged
+    seg = logic.process(volumeNode, task="total", device="remote")   # nothing installed here
+
 Every background operation (segmentation, install, weights, devices, a vessel-review
 edit) is an `Operation` (operation.py): one interface for the panel. The logic imports
 no Qt, so it runs and is tested with slicer-core in plain Python.
@@ -15,14 +20,18 @@ import logging
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import slicer
 from SegmentationLogic import weights
 from SegmentationLogic.errors import SegmentationError
 from SegmentationLogic.imaging.modality import guess_modality
 from SegmentationLogic.mrml import scene as mrml_scene
+from SegmentationLogic.server import tokens
+from SegmentationLogic.server.client import ServerConnectionError, ServerTLSError, check_url
 
 from . import dependencies, installation
+from .choices import REMOTE
 from .job import SegmentationJob
 from .review_edit import ReviewEdit
 from .runner import ProcessRun, WorkerEngine, engine_command, engine_environment
@@ -52,11 +61,21 @@ class TotalSegmentatorLogic:
     run starts and ends its own). weightsFolder: where the model weights are (None: the
     official default, TOTALSEG_HOME_DIR / TOTALSEG_WEIGHTS_PATH). Errors are
     `SegmentationError`s with `.cause` and `.fix`.
+
+    Device "remote" runs on a segmentation server (`python -m SegmentationLogic serve`):
+    serverUrl (https://HOST:PORT), serverCaCert (optional PEM of the authority that signed
+    the server's certificate), the access token from serverTokenFile, else
+    $TOTALSEG_SERVER_TOKEN, else ~/.totalsegmentator/server_token (`setServerToken` writes
+    it). Such a run needs nothing beyond what Slicer ships (no PyTorch, nnU-Net or nibabel).
     """
 
-    def __init__(self, keepModelsLoaded=True, weightsFolder=None):
+    def __init__(self, keepModelsLoaded=True, weightsFolder=None, serverUrl=None, serverCaCert=None,
+                 serverTokenFile=None):
         self._keepModelsLoaded = bool(keepModelsLoaded)
         self.weightsFolder = weightsFolder or None
+        self.serverUrl = serverUrl or None
+        self.serverCaCert = serverCaCert or None
+        self.serverTokenFile = serverTokenFile or None
         self.worker = None  # the persistent engine worker (keepModelsLoaded)
         self._operations = []  # started and maybe still running (cancelAll)
         self._reviewPointNodes = {}
@@ -114,6 +133,43 @@ class TotalSegmentatorLogic:
         """An operation whose result is {"devices": [{"id", "name", "memory_gb"}]} (starts the engine)."""
         return self._track(self._engine().submit("devices", description="devices"))
 
+    # -- segmentation server (device "remote") -------------------------------------------------
+    def setServerToken(self, token):
+        """Keep the server's access token for later runs, in a file only this user can read
+        (serverTokenFile, default ~/.totalsegmentator/server_token); returns its path. The token
+        is never logged or shown."""
+        return tokens.store_token(token, self.serverTokenFile)
+
+    def hasServerToken(self):
+        """Whether a run would send an access token (the token file, $TOTALSEG_SERVER_TOKEN or the default file)."""
+        try:
+            return tokens.token_from(token_file=self.serverTokenFile, use_default_file=True) is not None
+        except SegmentationError:  # an unusable file: a run says why
+            return True
+
+    def remoteSettings(self):
+        """What the engine worker needs for a run on the server ({"url", "token_file", "ca_cert"}), checked."""
+        if not self.serverUrl:
+            raise ServerConnectionError("No segmentation server is set.",
+                                        "Enter the server's URL under Device > Remote server (Python: "
+                                        "logic.serverUrl = 'https://host:port'), as the server's admin gave it.")
+        url = check_url(self.serverUrl)
+        ca_cert = Path(self.serverCaCert).expanduser() if self.serverCaCert else None
+        if ca_cert is not None and not ca_cert.is_file():
+            raise ServerTLSError(f"The CA certificate file {ca_cert} does not exist.",
+                                 "Choose the certificate (PEM) your server's admin gave you, or clear the field if "
+                                 "the server's certificate comes from an authority this computer trusts.")
+        return {"url": url, "token_file": self.serverTokenFile, "ca_cert": str(ca_cert) if ca_cert else None}
+
+    def checkServerAsync(self):
+        """Ask the server who it is (URL, certificate and token checked; no image sent); the operation's
+        result: {"url", "version", "device", "jobs", ...}."""
+        return self._track(self._engine().submit("server.info", remote=self.remoteSettings(), description="server"))
+
+    def checkServer(self, timeout=60):
+        """As checkServerAsync, blocking; returns the server's information."""
+        return _raise_unless_succeeded(self.checkServerAsync().wait(timeout=timeout), "Connecting to the server").result
+
     # -- segmentation ----------------------------------------------------------------------
     def process(self, volumeNode, segmentationNode=None, task="total", quality="fast", roiSubset=None,
                 device="auto", useStandardNames=True, createSurfaces=True, splitLiverVessels=False,
@@ -125,7 +181,8 @@ class TotalSegmentatorLogic:
         :param task: a TotalSegmentator task, e.g. "total", "total_mr", "liver_vessels", "lung_vessels".
         :param quality: "normal" (1.5 mm), "fast" (3 mm) or "fastest" (6 mm), where the task has them.
         :param roiSubset: class names to segment, e.g. ["liver", "spleen"] (total / total_mr only); None: all.
-        :param device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+        :param device: "auto", "cpu", "cuda", "cuda:N", "mps", or "remote": the segmentation server at
+            `logic.serverUrl` (see the class; needs no Python packages beyond Slicer's).
         :param useStandardNames: segment names from standard terminology (False: TotalSegmentator class names).
         :param createSurfaces: create closed surfaces so the result shows in 3D at once.
         :param splitLiverVessels: task "liver_vessels" only: split portal and hepatic veins (for review).
@@ -134,7 +191,7 @@ class TotalSegmentatorLogic:
         :param checkModality: refuse a CT task on a volume that does not look like CT (False: run anyway).
         :raises SegmentationError: with `.cause` and `.fix`; the scene is unchanged on failure or cancel.
         """
-        plan = self.dependencyPlan()
+        plan = self.dependencyPlan(remote=device == REMOTE)
         if not plan.nothing_to_do:
             if not installDependencies:
                 raise SegmentationError("Python packages the engine needs are missing:\n" + plan.summary(),
@@ -152,12 +209,13 @@ class TotalSegmentatorLogic:
                      device="auto", useStandardNames=True, createSurfaces=True, splitLiverVessels=False,
                      checkModality=True):
         """Start a segmentation in the background; returns its SegmentationJob (an Operation)."""
+        remote = self.remoteSettings() if device == REMOTE else None
         job = SegmentationJob(volumeNode, segmentationNode, task=task, quality=quality, roi_subset=roiSubset,
                               device=device, use_standard_names=useStandardNames, create_surfaces=createSurfaces,
                               weights_dir=self.weightsFolder, split_liver_vessels=splitLiverVessels,
                               review_root=self.reviewRoot,
                               worker=self._engine() if self.keepModelsLoaded else None,
-                              check_modality=checkModality)
+                              check_modality=checkModality, remote=remote)
         return self._track(job.start())
 
     @staticmethod
@@ -171,9 +229,11 @@ class TotalSegmentatorLogic:
             return None
 
     # -- dependencies ----------------------------------------------------------------------
-    def dependencyPlan(self, reinstall=False):
-        """What is missing; packages kept because another extension installed them are logged every time."""
-        plan = dependencies.plan_install(reinstall=reinstall)
+    def dependencyPlan(self, reinstall=False, remote=False):
+        """What is missing; packages kept because another extension installed them are logged every time.
+        remote: for a run on a segmentation server (only what Slicer ships; PyTorch and the engine's
+        packages are not needed)."""
+        plan = dependencies.plan_install(reinstall=reinstall, remote=remote)
         for warning in plan.warnings():
             logging.warning(warning)
         return plan

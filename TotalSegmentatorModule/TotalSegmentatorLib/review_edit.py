@@ -5,9 +5,11 @@ split run in the engine worker, never on Slicer's GUI thread.
     ...poll...                       # op.result["qc"]; the node shows the edit once op succeeded
 
 Steps: the node's labels are written to a temp NIfTI (a quick export on the GUI thread),
-the worker computes the new labels into another file, and they replace the node's two
-segments in one step. Cancel, a failure, or the node leaving the scene leave the node as
-it was; the temp folder is removed in every case.
+the worker computes the new labels into another file (a re-split also its confidence
+map), and they replace the node's two segments in one step; the confidence overlay
+follows (a re-split's new map; after a reassignment the changed voxels count as sure).
+Cancel, a failure, or the node leaving the scene leave the node as it was; the temp
+folder is removed in every case.
 """
 import shutil
 import tempfile
@@ -29,6 +31,7 @@ class ReviewEdit(Operation):
         self.worker, self.node, self.command, self.fields = worker, segmentation_node, command, fields
         self.run = None
         self.tmpdir = None
+        self.labels = None  # what the node showed when the edit started
         self._stopping = None  # the cancel error while the worker is stopping
 
     def start(self):
@@ -39,12 +42,13 @@ class ReviewEdit(Operation):
         try:
             self._emit({"event": "progress", "stage": "review", "fraction": 0.0, "overall": 0.0,
                         "message": "Reading the segments"})
-            labels, affine = vessel_review.current_labels(self.node)
-            nib.save(nib.Nifti1Image(labels, affine), str(self.tmpdir / "labels.nii"))
+            self.labels, affine = vessel_review.current_labels(self.node)
+            nib.save(nib.Nifti1Image(self.labels, affine), str(self.tmpdir / "labels.nii"))
             request = {"labels": str(self.tmpdir / "labels.nii"), "output": str(self.tmpdir / "edited.nii"),
                        "qc": vessel_review.get_qc(self.node), **self.fields}
             if self.command == "vessels.resplit":
                 request["masks"] = vessel_review.support_masks(self.node)
+                request["confidence_output"] = str(self.tmpdir / "confidence.nii")
             self.run = self.worker.submit(self.command, description=self.description, **request)
         except BaseException:
             self._cleanup()
@@ -70,8 +74,11 @@ class ReviewEdit(Operation):
 
         try:
             image = nib.load(self.run.result["labels"])
+            confidence = self.run.result.get("confidence")  # a re-split's map; None: keep the node's, edited
             qc = vessel_review.apply_labels(self.node, np.asanyarray(image.dataobj), image.affine,
-                                            self.run.result.get("qc") or {})
+                                            self.run.result.get("qc") or {},
+                                            confidence=nib.load(confidence) if confidence else None,
+                                            previous=self.labels)
         except SegmentationError as e:
             self._end("failed", error=error_event(e))
             return

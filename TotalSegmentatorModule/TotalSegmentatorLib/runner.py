@@ -7,7 +7,8 @@
   second Apply skips start-up, imports and model loading); Cancel asks it to stop (at the
   engine's next progress report: one tile on a CPU can take seconds) and kills it only if
   it does not within `cancel_grace` seconds. Without keep_alive it
-  serves its requests and exits, and Cancel kills it at once.
+  serves its requests and exits, and Cancel kills it at once (a run relayed to a
+  segmentation server is asked to stop first, so the job on the server is cancelled too).
 - `ProcessRun`: one engine CLI command (download or import weights, liver vessels) or
   pip; Cancel kills its whole process tree.
 
@@ -132,10 +133,12 @@ class SequenceRun(Steps):
 class WorkerRun(Operation):
     """One request to a WorkerEngine."""
 
-    def __init__(self, engine, request_id, description=""):
+    def __init__(self, engine, request_id, description="", cooperative=False):
         super().__init__(description)
         self.engine = engine
         self.request_id = request_id
+        # also a one-shot worker is asked to stop first: a run relayed to a server then cancels the job there
+        self.cooperative = cooperative
         self._cancel_deadline = None
 
     @property
@@ -160,7 +163,8 @@ class WorkerRun(Operation):
     def _stop(self, error):
         if self._cancel_deadline:
             return
-        if self.engine.keep_alive and self.engine.send({"command": "cancel", "id": self.request_id}):
+        if (self.engine.keep_alive or self.cooperative) and self.engine.send({"command": "cancel",
+                                                                               "id": self.request_id}):
             self._cancel_deadline = time.monotonic() + self.engine.cancel_grace  # it answers "cancelled"
         else:
             self.engine.kill()
@@ -213,10 +217,11 @@ class WorkerEngine:
         return self.process is not None and self.process.send(obj)
 
     def submit(self, command, description="", **fields):
-        """Queue a request and return its run: `segment` (request=SegmentRequest.to_json(), tmpdir=...),
-        `devices`, `ping`, `vessels.reassign`, `vessels.resplit`."""
+        """Queue a request and return its run: `segment` (request=SegmentRequest.to_json(), tmpdir=...
+        [, remote={"url", "token_file", "ca_cert"}]), `devices`, `ping`, `server.info` (remote=...),
+        `vessels.reassign`, `vessels.resplit`."""
         self.start()
-        run = WorkerRun(self, str(next(self._ids)), description or command)
+        run = WorkerRun(self, str(next(self._ids)), description or command, cooperative=bool(fields.get("remote")))
         self._runs[run.request_id] = run
         if not self.send({"id": run.request_id, "command": command, **fields}):
             self.pump()

@@ -1,7 +1,8 @@
 """Sections of the module panel, wired like the widget itself (TotalSegmentator.py): the
-device list, the structure list (ROI subset), Advanced (weights, licence, packages and
-the first-run install) and the liver-vessel review. Qt wiring only: what they run is
-the logic's, shown through the widget's one operation display (`widget.showOperation`).
+device list, the remote server, the structure list (ROI subset), Advanced (weights,
+licence, packages and the first-run install) and the liver-vessel review. Qt wiring only:
+what they run is the logic's, shown through the widget's one operation display
+(`widget.showOperation`).
 """
 import ctk
 import qt
@@ -12,6 +13,7 @@ from SegmentationLogic.vessels.qc import qc_rows, warnings
 from slicer.i18n import tr as _
 
 from . import choices, dependencies, installation
+from .job import remote_advice
 
 
 class DeviceList:
@@ -52,6 +54,94 @@ class DeviceList:
                 devices=", ".join(d.get("name") or d["id"] for d in self.detected)))
         elif probe.outcome == "failed":
             self.widget.addLog(_("Device detection failed: {cause}").format(cause=probe.error.get("cause")))
+
+
+class RemoteServerSection:
+    """Device "Remote server": the server's URL, the access token (a masked field whose text is
+    stored in a file only the user can read, then cleared: never shown again, never logged), an
+    optional CA certificate, and a connection check. Nothing needs to be installed for it."""
+
+    def __init__(self, widget, setSetting):
+        self.widget, self.ui, self.logic, self.setSetting = widget, widget.ui, widget.logic, setSetting
+        self.ui.serverCaCertPathLineEdit.filters = ctk.ctkPathLineEdit.Files
+        self.ui.serverCaCertPathLineEdit.nameFilters = [_("Certificates (*.pem *.crt *.cer)"), _("All files (*)")]
+        self.ui.serverUrlLineEdit.text = self.logic.serverUrl or ""
+        self.ui.serverCaCertPathLineEdit.currentPath = self.logic.serverCaCert or ""
+        self.ui.serverUrlLineEdit.connect("editingFinished()", self.onUrlChanged)
+        self.ui.serverTokenLineEdit.connect("editingFinished()", self.commitToken)
+        self.ui.serverCaCertPathLineEdit.connect("currentPathChanged(QString)", self.onCaCertChanged)
+        self.ui.testServerButton.connect("clicked(bool)", self.onTestConnection)
+        self.updateTokenState()
+
+    def show(self, visible):
+        self.ui.remoteServerWidget.setVisible(visible)
+
+    def onUrlChanged(self):
+        url = self.ui.serverUrlLineEdit.text.strip()
+        if url != (self.logic.serverUrl or ""):
+            self.logic.serverUrl = url or None
+            self.setSetting("ServerURL", url)
+            self.ui.serverStatusLabel.text = ""
+
+    def onCaCertChanged(self, path):
+        self.logic.serverCaCert = path or None
+        self.setSetting("ServerCACert", path)
+        self.ui.serverStatusLabel.text = ""
+
+    def commitToken(self):
+        """Store a token typed or pasted into the field, and clear the field; False if it was refused."""
+        text = self.ui.serverTokenLineEdit.text.strip()
+        if not text:
+            return True
+        self.ui.serverTokenLineEdit.text = ""  # the token never stays in the panel
+        try:
+            self.logic.setServerToken(text)
+        except SegmentationError as e:  # its message never holds the token
+            self.widget.showError(_("The access token was not stored."), {"cause": e.cause, "fix": e.fix})
+            return False
+        finally:
+            self.updateTokenState()
+        self.widget.addLog(_("Access token for the segmentation server stored (readable by you only)."))
+        self.ui.serverStatusLabel.text = ""
+        return True
+
+    def updateTokenState(self):
+        self.ui.serverTokenLineEdit.placeholderText = (
+            _("stored; paste a new one to replace it") if self.logic.hasServerToken()
+            else _("paste the token from the server's admin"))
+
+    def commit(self):
+        """Take what is in the fields now (before Apply or a check); False if the token was refused."""
+        self.onUrlChanged()
+        return self.commitToken()
+
+    def onTestConnection(self):
+        if not self.commit():
+            return
+        try:
+            operation = self.logic.checkServerAsync()
+        except SegmentationError as e:
+            self.ui.serverStatusLabel.text = _("Not connected.")
+            self.widget.showError(_("The server settings cannot be used."), {"cause": e.cause, "fix": e.fix})
+            return
+        self.widget.showOperation(operation, self.onTestDone,
+                                  _("Connecting to {url}").format(url=self.logic.serverUrl))
+
+    def onTestDone(self, operation):
+        if operation.outcome == "succeeded":
+            info = operation.result
+            text = _("Connected: server {version} on {device}, {jobs} job(s) there now.").format(
+                version=info.get("version", "?"), device=info.get("device", "?"), jobs=info.get("jobs", 0))
+            self.ui.serverStatusLabel.text = text
+            self.ui.statusLabel.text = text
+            self.widget.addLog(text)
+        elif operation.outcome == "failed":
+            self.ui.serverStatusLabel.text = _("Not connected.")
+            self.ui.statusLabel.text = _("Failed: {cause}").format(cause=operation.error.get("cause", ""))
+            self.widget.showError(_("The segmentation server cannot be used."), remote_advice(operation.error))
+        else:
+            self.ui.serverStatusLabel.text = ""
+            self.ui.statusLabel.text = _("Cancelled.")
 
 
 class StructuresSection:
@@ -170,10 +260,11 @@ class AdvancedSection:
     def updateLicenseLabel(self):
         self.ui.licenseKeyLabel.text = self.logic.licenseDisplay() or _("(none: only needed for licensed tasks)")
 
-    def ensureDependencies(self, then=None, reinstall=False):
-        """True if the engine's packages are there; else offer to install them (installation.py, in
-        the background) and call `then` once they are."""
-        plan = self.logic.dependencyPlan(reinstall=reinstall)
+    def ensureDependencies(self, then=None, reinstall=False, remote=False):
+        """True if the engine's packages are there (remote: what a run on a segmentation server
+        needs, i.e. what Slicer ships); else offer to install them (installation.py, in the
+        background) and call `then` once they are."""
+        plan = self.logic.dependencyPlan(reinstall=reinstall, remote=remote)
         for warning in plan.warnings():  # kept as another extension installed it: say so, every time
             self.widget.addLog(_("Note: {warning}").format(warning=warning))
         if plan.nothing_to_do:
@@ -212,15 +303,21 @@ class AdvancedSection:
 
 
 class VesselReviewSection:
-    """The portal/hepatic split after a liver_vessels run: QC, reassign a branch, split again, save.
+    """The portal/hepatic split after a liver_vessels run: QC, where the split is unsure
+    (confidence overlay, the unsure pieces to jump to), reassign a branch, split again, save.
     The edits run in the engine worker, shown as operations (progress, Cancel)."""
+
+    PIECE_COLUMNS = (_("Unsure place"), _("Voxels"), _("Volume (mm\u00b3)"), _("Mostly"))
 
     def __init__(self, widget):
         self.widget, self.ui, self.logic = widget, widget.ui, widget.logic
         self.node = None
+        self.pieces = []
         self.ui.reassignButton.connect("clicked(bool)", self.onReassignBranch)
         self.ui.rerunSplitButton.connect("clicked(bool)", self.onRerunSplit)
         self.ui.saveReviewButton.connect("clicked(bool)", self.onSaveReview)
+        self.ui.showConfidenceCheckBox.connect("toggled(bool)", self.onShowConfidence)
+        self.ui.unsurePiecesTableWidget.connect("cellClicked(int,int)", self.onPieceClicked)
         self.hide()
 
     def hide(self):
@@ -240,6 +337,7 @@ class VesselReviewSection:
         if single is not None:
             self.ui.reassignPointPlaceWidget.placeMultipleMarkups = single
         self.showQC(qc)
+        self.showConfidence()
 
     def showQC(self, qc):
         rows = qc_rows(qc or {})
@@ -252,6 +350,49 @@ class VesselReviewSection:
             table.setItem(row, 1, qt.QTableWidgetItem(str(value)))
         table.resizeColumnsToContents()
         self.ui.vesselWarningsLabel.text = "\n".join(f"\u26a0 {w}" for w in warnings(qc or {})) or _("No warnings.")
+
+    def showConfidence(self):
+        """The unsure places of the split, largest first, and the overlay (where the split has a map)."""
+        from SegmentationLogic.mrml import vessel_review  # reads NIfTI: nibabel is installed on first use
+
+        has_map = vessel_review.confidence_volume(self.node) is not None
+        self.pieces = vessel_review.unsure_pieces(self.node) if has_map else []
+        table = self.ui.unsurePiecesTableWidget
+        table.setColumnCount(len(self.PIECE_COLUMNS))
+        table.setHorizontalHeaderLabels(list(self.PIECE_COLUMNS))
+        table.setRowCount(len(self.pieces))
+        for row, piece in enumerate(self.pieces):
+            mostly = _("portal") if piece["portal_voxels"] >= piece["hepatic_voxels"] else _("hepatic")
+            for column, value in enumerate((f"#{row + 1}", piece["voxels"], f"{piece['volume_mm3']:.0f}", mostly)):
+                table.setItem(row, column, qt.QTableWidgetItem(str(value)))
+        table.resizeColumnsToContents()
+        table.setVisible(bool(self.pieces))
+        self.ui.showConfidenceCheckBox.setVisible(has_map)
+        qc = vessel_review.get_qc(self.node)
+        if not has_map:
+            text = _("This split has no confidence map (liver_vessels_split_confidence.nii.gz).")
+        elif self.pieces:
+            text = _("{n} unsure place(s), {share} of the vessel voxels below {below}, outlined in orange. "
+                     "Click one to centre the slice views on it.").format(
+                n=len(self.pieces), share=f"{qc.get('unsure_fraction', 0):.1%}", below=qc.get("unsure_below", 0.75))
+        else:
+            text = _("The split is sure everywhere (no vessel voxel below {below}).").format(
+                below=qc.get("unsure_below", 0.75))
+        self.ui.unsureSummaryLabel.text = text
+        if has_map:
+            vessel_review.show_confidence_overlay(self.node, self.ui.showConfidenceCheckBox.checked)
+
+    def onShowConfidence(self, on):
+        if self.node is not None:
+            from SegmentationLogic.mrml import vessel_review  # reads NIfTI: nibabel is installed on first use
+
+            vessel_review.show_confidence_overlay(self.node, on)
+
+    def onPieceClicked(self, row, column=0):
+        if self.node is not None and 0 <= row < len(self.pieces):
+            from SegmentationLogic.mrml import vessel_review  # reads NIfTI: nibabel is installed on first use
+
+            vessel_review.jump_slices(self.node.GetScene(), self.pieces[row]["centroid_ras"])
 
     def onReassignBranch(self):
         points = self.logic.reviewPoints("Reassign point")
@@ -278,6 +419,7 @@ class VesselReviewSection:
     def onEditDone(self, operation):
         if operation.outcome == "succeeded":
             self.showQC(operation.result["qc"])
+            self.showConfidence()  # a re-split's new map; after a reassignment the edited voxels are sure
             self.ui.statusLabel.text = _("Done.")
         elif operation.outcome == "failed":
             self.widget.showError(_("The vessel edit failed."), operation.error)
