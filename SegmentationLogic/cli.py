@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from .cli_output_flags import add_output_flags, output_options
 from .errors import SegmentationError
 
 EXIT_ERROR = 1
@@ -88,7 +89,7 @@ def segment_options(args):
                 statistics=args.statistics, preview=args.preview, body_seg=args.body_seg,
                 force_split=args.force_split, remove_small_blobs=args.remove_small_blobs,
                 robust_crop=args.robust_crop, weights_dir=args.weights_dir, download=not args.no_download,
-                check_modality=not args.ignore_modality)
+                check_modality=not args.ignore_modality, **output_options(args))
 
 
 def result_payload(result):
@@ -202,6 +203,7 @@ def build_parser():
     p.add_argument("--no_download", action="store_true", help="fail instead of downloading missing weights")
     p.add_argument("--ignore_modality", action="store_true",
                    help="run a CT task even when the volume does not look like CT")
+    add_output_flags(p)
     _common(p)
     p.set_defaults(func=cmd_segment)
 

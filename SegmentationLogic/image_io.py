@@ -271,6 +271,11 @@ def _describe_series(uid, hs):
 
 
 def _load_dicom_dir(folder, progress=None, series_uid=None, available_bytes=None):
+    return _dicom_series_to_nifti(series_headers(folder, progress, series_uid), progress, available_bytes)
+
+
+def series_headers(folder, progress=None, series_uid=None):
+    """Header dicts (with 'path') of the one series `load_image` reads from a DICOM folder."""
     files, headers = _scan_dicom(folder, progress)
     if not headers:
         found = ", ".join(sorted({f.suffix or f.name for f in files})[:8]) or "nothing"
@@ -302,7 +307,7 @@ def _load_dicom_dir(folder, progress=None, series_uid=None, available_bytes=None
             "or pass its uid (Python API: series_uid=...).")
     else:
         hs = next(iter(series.values()))
-    return _dicom_series_to_nifti(hs, progress, available_bytes)
+    return hs
 
 
 def _dicom_series_to_nifti(hs, progress=None, available_bytes=None):

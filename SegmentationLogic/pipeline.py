@@ -33,6 +33,8 @@ from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebr
                              remove_outside_of_mask, remove_small_blobs as remove_blobs, vertebrae_pp)
 from .progress import CancelToken, Progress
 from .request import SegmentRequest, SegmentResult
+from .statistics_extra import fast_statistics_options, segment_statistics
+from .dicom_output import plan_outputs
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +201,8 @@ class Segmenter:
     def segment(self, input, output=None, task="total", quality="normal", roi_subset=None, device=None, ml=True,
                 statistics=False, preview=False, body_seg=False, force_split=False, remove_small_blobs=False,
                 robust_crop=False, weights_dir=None, download=None, progress=None, cancel=None,
-                check_modality=True):
+                check_modality=True, output_types=None, statistics_extra=False, stats_aggregation="mean",
+                stats_include_incomplete=False):
         """Segment `input` (path or nibabel image); see README for the options.
 
         Writes nothing when `output` is None; otherwise a multilabel NIfTI (`ml`) or a
@@ -210,6 +213,8 @@ class Segmenter:
         cat = load_catalogue()
         spec = cat.task(task)
         mode = spec.mode(quality)
+        dicom = plan_outputs(input, output, output_types, spec.name, progress)  # DICOM outputs: checked now
+        ml = ml or dicom is not None
         roi_subset = _check_request(spec, mode, quality, roi_subset, output, ml)
         weights_dir = weights_dir if weights_dir is not None else self.weights_dir
         download = self.download if download is None else download
@@ -237,7 +242,8 @@ class Segmenter:
             if check_modality:  # on the voxels already read, not a second read of the file
                 _check_modality(nib.Nifti1Image(values, img.affine), spec, progress)
             run.timed("read", time.time() - t)
-            want_fast_stats = bool(statistics) and quality == "fast"
+            want_fast_stats = fast_statistics_options(statistics, quality, stats_aggregation, statistics_extra,
+                                                      stats_include_incomplete, progress)
             try:
                 labels, fast_stats = self._run_task(run, plan, img, values, force_split, remove_small_blobs,
                                                     want_fast_stats)
@@ -256,16 +262,15 @@ class Segmenter:
                 if want_fast_stats:
                     stats = fast_stats
                 else:
-                    from .statistics import basic_statistics
-
-                    stats = basic_statistics(labels, values, img.header.get_zooms(), spec.classes, roi_subset)
+                    stats = segment_statistics(labels, values, img.header.get_zooms(), spec.classes, roi_subset,
+                                               stats_aggregation, statistics_extra, stats_include_incomplete)
             run.timed("postprocess", time.time() - t)
             note = "; ".join(sorted(run.notes)) or None
             files = []
             if output is not None:
                 t = time.time()
                 files = self._write(output, ml, spec, quality, labels, img, values, labelmap, class_map, stats,
-                                    preview, note, progress)
+                                    preview, note, progress, dicom)
                 run.timed("save", time.time() - t)
             progress("save", 1.0, "done")
         finally:
@@ -469,9 +474,7 @@ class Segmenter:
             remove_blobs(pred, sorted(spec.classes), blob_threshold(SMALL_BLOB_MM3, pred_zooms))
         stats = None
         if fast_stats:
-            from .statistics import basic_statistics
-
-            stats = basic_statistics(pred, data, zooms, spec.classes, roi_subset)
+            stats = segment_statistics(pred, data, zooms, spec.classes, roi_subset, **fast_stats)
         if resampled:
             pred = geometry.resample_labels_to_shape(pred, canonical_shape)
         pred = geometry.from_canonical(pred, affine)
@@ -498,19 +501,22 @@ class Segmenter:
 
     # -- outputs ----------------------------------------------------------------------------------
     def _write(self, output, ml, spec, quality, labels, img, values, labelmap, class_map, stats, preview, note,
-               progress):
-        output = Path(output)
+               progress, dicom=None):
+        output = Path(output) if dicom is None else dicom.main_path
         out_dir = output.parent if ml else output
         writer = outputs.AtomicWriter()
         progress("save", 0.0, f"writing {output}")
         try:
-            if ml:
-                outputs.write_multilabel(writer, labelmap, output)
-            else:
-                outputs.write_per_class(writer, labels, img, class_map, output)
-                if spec.postprocessing == "body":
-                    outputs.write_body_derived(writer, labels, img, values, spec.classes, output)
-            writer.json(outputs.sidecar(spec.name, class_map, note), outputs.sidecar_path(output, ml))
+            if dicom is None or dicom.nifti:
+                if ml:
+                    outputs.write_multilabel(writer, labelmap, output)
+                else:
+                    outputs.write_per_class(writer, labels, img, class_map, output)
+                    if spec.postprocessing == "body":
+                        outputs.write_body_derived(writer, labels, img, values, spec.classes, output)
+                writer.json(outputs.sidecar(spec.name, class_map, note), outputs.sidecar_path(output, ml))
+            if dicom is not None:
+                dicom.write(writer, labelmap, class_map, spec.name, note, progress)
             if stats is not None:
                 writer.json(stats, out_dir / "statistics.json")
             if preview:
@@ -565,7 +571,8 @@ def default_segmenter():
 
 def segment(input, output=None, task="total", quality="normal", roi_subset=None, device="auto", ml=True,
             statistics=False, preview=False, body_seg=False, force_split=False, remove_small_blobs=False,
-            robust_crop=False, weights_dir=None, download=True, progress=None, cancel=None, check_modality=True):
+            robust_crop=False, weights_dir=None, download=True, progress=None, cancel=None, check_modality=True,
+            output_types=None, statistics_extra=False, stats_aggregation="mean", stats_include_incomplete=False):
     """Segment an image; the models stay loaded for the next call in this process.
 
     input: NIfTI path (NRRD/DICOM folder/zip with image_io) or a nibabel image.
@@ -578,7 +585,9 @@ def segment(input, output=None, task="total", quality="normal", roi_subset=None,
         input, output, task=task, quality=quality, roi_subset=roi_subset, device=device, ml=ml,
         statistics=statistics, preview=preview, body_seg=body_seg, force_split=force_split,
         remove_small_blobs=remove_small_blobs, robust_crop=robust_crop, weights_dir=weights_dir, download=download,
-        progress=progress, cancel=cancel, check_modality=check_modality)
+        progress=progress, cancel=cancel, check_modality=check_modality, output_types=output_types,
+        statistics_extra=statistics_extra, stats_aggregation=stats_aggregation,
+        stats_include_incomplete=stats_include_incomplete)
 
 
 __all__ = ["segment", "Segmenter", "SegmentRequest", "SegmentResult", "SegmentationResult", "available_memory", "load_input", "Cancelled"]

@@ -57,6 +57,10 @@ class SegmentRequest:
     weights_dir: Optional[str] = None
     download: bool = True
     check_modality: bool = True
+    output_types: list = field(default_factory=lambda: ["nifti"])  # nifti | dicom_seg | dicom_rtstruct
+    statistics_extra: bool = False
+    stats_aggregation: str = "mean"  # mean | median
+    stats_include_incomplete: bool = False
 
     def __post_init__(self):
         check_quality(self.quality)

@@ -1,0 +1,182 @@
+"""DICOM RT Structure Set (RTSTRUCT) of a labelmap, written with pydicom.
+
+Why not rt-utils (the official tool's choice): it needs OpenCV with its GUI libraries and
+a `dataclasses` backport, and it has not been released since 2023. The structure set is
+a small, well-defined object; we write it directly and trace the contours with
+scikit-image, which the engine already depends on.
+
+Contours: per source slice and class, marching squares at level 0.5 on the mask (padded
+by one pixel, so every contour closes) gives closed polygons through the pixel-edge
+midpoints; holes come out as their own polygons (viewers fill with the even-odd rule,
+as for any RTSTRUCT). Polygons are simplified with a tolerance of 0.25 pixel: pixel
+centres lie at least 0.35 pixel from the traced outline, so the simplification never
+moves a pixel centre across it, and rasterising the contours gives back the mask.
+Each ROI has one contour on exactly the slices where its mask has pixels.
+"""
+import datetime
+
+import numpy as np
+
+from . import codes
+from .common import frames_from_labelmap, patient_points, present_classes
+
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"  # retired detached study class, still the referenced one
+SERIES_NUMBER = 101
+SIMPLIFY_TOLERANCE_PX = 0.25
+
+
+def _ds(value):
+    """A DS string of at most 16 characters (mm, 3 decimals is 1 micrometre)."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def slice_contours(mask):
+    """Closed polygons [(n, 2) arrays of (row, col)] outlining a 2D boolean mask."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    padded = np.pad(mask.astype(np.float32), 1)
+    out = []
+    for contour in find_contours(padded, 0.5, fully_connected="high"):
+        contour = approximate_polygon(contour - 1.0, SIMPLIFY_TOLERANCE_PX)
+        if len(contour) > 1 and np.allclose(contour[0], contour[-1]):
+            contour = contour[:-1]  # CLOSED_PLANAR: the closing segment is implied
+        if len(contour) >= 3:
+            out.append(contour)
+    return out
+
+
+def _image_ref(ds):
+    from pydicom.dataset import Dataset
+
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = ds.SOPClassUID
+    ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    return ref
+
+
+def _code_item(code):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def build_rtstruct(labels, affine, class_map, series, task, description=None):
+    """The RT Structure Set dataset (pydicom FileDataset-ready Dataset)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    frames = frames_from_labelmap(labels, affine, series)
+    present = present_classes(frames, class_map, "an RTSTRUCT")
+    src = series.first
+    now = datetime.datetime.now()
+    ds = Dataset()
+    ds.SpecificCharacterSet = src.get("SpecificCharacterSet", "ISO_IR 100") or "ISO_IR 100"
+    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.SOPInstanceUID = generate_uid()
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    for attr in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                 "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        setattr(ds, attr, src.get(attr, ""))
+    for attr in ("StudyDescription", "PatientAge", "PatientWeight", "PatientSize", "IssuerOfPatientID"):
+        if src.get(attr, None) not in (None, ""):
+            setattr(ds, attr, src.get(attr))
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = SERIES_NUMBER
+    ds.SeriesDescription = f"TotalSegmentator {task}"[:64]
+    ds.OperatorsName = ""
+    ds.Manufacturer = codes.MANUFACTURER
+    ds.ManufacturerModelName = codes.MODEL_NAME
+    ds.SoftwareVersions = codes.engine_version()
+    ds.DeviceSerialNumber = "1"
+    ds.FrameOfReferenceUID = src.FrameOfReferenceUID
+    ds.PositionReferenceIndicator = src.get("PositionReferenceIndicator", "")
+    ds.StructureSetLabel = "TotalSegmentator"
+    ds.StructureSetName = task[:64]
+    ds.StructureSetDescription = (description or f"TotalSegmentator {task}")[:1024]
+    ds.StructureSetDate = ds.InstanceCreationDate
+    ds.StructureSetTime = ds.InstanceCreationTime
+    ds.InstanceNumber = 1
+
+    image_refs = [_image_ref(d) for d in series.datasets]
+    series_ref = Dataset()
+    series_ref.SeriesInstanceUID = src.SeriesInstanceUID
+    series_ref.ContourImageSequence = image_refs
+    study_ref = Dataset()
+    study_ref.ReferencedSOPClassUID = STUDY_COMPONENT_MANAGEMENT
+    study_ref.ReferencedSOPInstanceUID = src.StudyInstanceUID
+    study_ref.RTReferencedSeriesSequence = [series_ref]
+    frame_ref = Dataset()
+    frame_ref.FrameOfReferenceUID = src.FrameOfReferenceUID
+    frame_ref.RTReferencedStudySequence = [study_ref]
+    ds.ReferencedFrameOfReferenceSequence = [frame_ref]
+
+    rois, contours, observations = [], [], []
+    for number, (value, name) in enumerate(present, 1):
+        category, type_, modifier, region, rgb = codes.segment_codes(name)
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = src.FrameOfReferenceUID
+        roi.ROIName = name[:64]
+        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        roi.ROIGenerationDescription = f"{codes.ALGORITHM_NAME} {codes.engine_version()}, task {task}"[:64]
+        rois.append(roi)
+
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber = number
+        roi_contour.ROIDisplayColor = list(rgb)
+        items = []
+        for k in range(frames.shape[0]):
+            mask = frames[k] == value
+            if not mask.any():
+                continue
+            for polygon in slice_contours(mask):
+                points = patient_points(series, k, polygon[:, 0], polygon[:, 1])
+                contour = Dataset()
+                contour.ContourImageSequence = [_image_ref(series.datasets[k])]
+                contour.ContourGeometricType = "CLOSED_PLANAR"
+                contour.NumberOfContourPoints = len(points)
+                contour.ContourData = [_ds(v) for v in points.ravel()]
+                items.append(contour)
+        roi_contour.ContourSequence = items
+        contours.append(roi_contour)
+
+        obs = Dataset()
+        obs.ObservationNumber = number
+        obs.ReferencedROINumber = number
+        obs.RTROIInterpretedType = "ORGAN"
+        obs.ROIInterpreter = ""
+        code = _code_item(type_)
+        if modifier is not None:
+            code.SegmentedPropertyTypeModifierCodeSequence = [_code_item(modifier)]
+        obs.RTROIIdentificationCodeSequence = [code]
+        observations.append(obs)
+    ds.StructureSetROISequence = rois
+    ds.ROIContourSequence = contours
+    ds.RTROIObservationsSequence = observations
+    if codes.uses_private_scheme(n for _, n in present):
+        ds.CodingSchemeIdentificationSequence = [codes.private_scheme_identification()]
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.preamble = b"\x00" * 128
+    ds = pydicom.dataset.FileDataset(None, ds, file_meta=meta, preamble=ds.preamble)
+    return ds
+
+
+def write_rtstruct(path, labels, affine, class_map, series, task, description=None):
+    ds = build_rtstruct(labels, affine, class_map, series, task, description=description)
+    ds.save_as(str(path), enforce_file_format=True)
+    return ds
