@@ -119,9 +119,11 @@ def rtstruct_masks(rt_path, source_datasets):
     for roi in ds.ROIContourSequence:
         name = names[int(roi.ReferencedROINumber)]
         for contour in getattr(roi, "ContourSequence", []):
-            k = index[str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)]
+            ref = str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)
+            points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
+            k = index[ref] if ref in index else _slice_containing(points[0], source_datasets)
             ipp, row_dir, col_dir, dr, dc = _slice_geometry(source_datasets[k])
-            pts = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3) - ipp
+            pts = points - ipp
             normal = np.cross(row_dir, col_dir)
             assert np.abs(pts @ normal).max() < 0.01, "contour points are not in their slice"
             c = pts @ row_dir / dc
@@ -131,6 +133,15 @@ def rtstruct_masks(rt_path, source_datasets):
             fill[rr, cc] = True
             out[name][k] ^= fill
     return out, ds
+
+
+def _slice_containing(point, source_datasets):
+    """Index of the source slice whose plane holds `point` (for files whose image references are empty)."""
+    distances = []
+    for ds in source_datasets:
+        ipp, row_dir, col_dir, _, _ = _slice_geometry(ds)
+        distances.append(abs((point - ipp) @ np.cross(row_dir, col_dir)))
+    return int(np.argmin(distances))
 
 
 def dice(a, b):
