@@ -95,3 +95,8 @@ def _extra_metrics(mask, vals, box):
     return {"n_voxels": n, "intensity_std": float(np.std(vals).round(5)), "intensity_min": float(vals.min()),
             "intensity_max": float(vals.max()), "centroid_vox": [round(c, 2) for c in centroid],
             "bbox_vox": [[int(ix.min()) + off, int(ix.max()) + off] for ix, off in zip(local, offsets)]}
+
+
+def without_notes(stats):
+    """The statistics as the official tool writes them (our "excluded" notes removed)."""
+    return {name: {k: v for k, v in entry.items() if k != EXCLUDED_KEY} for name, entry in stats.items()}
