@@ -58,11 +58,13 @@ def cmd_list_tasks(args):
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'TASK'.ljust(width)}  MOD  LICENCE  CLASSES  QUALITIES          DESCRIPTION")
-    for r in rows:
-        print(f"{r['name'].ljust(width)}  {r['modality']:<3}  {'yes' if r['licensed'] else 'no':<7}  "
-              f"{r['classes']:>7}  {','.join(r['qualities']):<17}  {r['description']}")
+    table = [["TASK", "MOD", "LICENCE", "CLASSES", "QUALITIES", "DESCRIPTION"]] + [
+        [r["name"], r["modality"], "yes" if r["licensed"] else "no", str(r["classes"]), ",".join(r["qualities"]),
+         r["description"]] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:  # every column as wide as its widest cell; counts right-aligned
+        cells = [c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells + [row[-1]]))
     print(f"\n{len(rows)} tasks. Licensed tasks need a licence key (free for non-commercial use): "
           f"{cat.license_info_url}")
     return 0
