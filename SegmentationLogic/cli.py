@@ -254,6 +254,9 @@ def build_parser():
     from .vessels.cli import add_commands as add_vessel_commands  # liver-vessels, split-vessels
 
     add_vessel_commands(sub, _common, _progress_from_args, _emit_result)
+    from .tools import add_commands as add_tool_commands  # info, combine-masks, get-modality, get-phase, ...
+
+    add_tool_commands(sub, _common, _progress_from_args, _emit_result)
     return ap
 
 
