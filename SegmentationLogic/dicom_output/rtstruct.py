@@ -8,14 +8,14 @@ scikit-image, which the engine already depends on.
 Contours: per source slice and class, marching squares at level 0.5 on the mask (padded
 by one pixel, so every contour closes) gives closed polygons through the pixel-edge
 midpoints; holes come out as their own polygons (viewers fill with the even-odd rule,
-as for any RTSTRUCT). Polygons are simplified with a tolerance of 0.25 pixel: pixel
-centres lie at least 0.35 pixel from the traced outline, so the simplification never
-moves a pixel centre across it, and rasterising the contours gives back the mask.
+as for any RTSTRUCT). Points in the middle of straight runs are dropped, which leaves the
+polygon itself unchanged, so rasterising the contours gives back the traced mask.
 Each ROI has one contour on exactly the slices where its mask has pixels.
 """
 import datetime
 
 import numpy as np
+from scipy import ndimage
 
 from . import codes
 from .common import frames_from_labelmap, patient_points, present_classes
@@ -23,7 +23,9 @@ from .common import frames_from_labelmap, patient_points, present_classes
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"  # retired detached study class, still the referenced one
 SERIES_NUMBER = 101
-SIMPLIFY_TOLERANCE_PX = 0.25
+
+
+CONTOUR_DATA = 0x30060050
 
 
 def _ds(value):
@@ -32,16 +34,36 @@ def _ds(value):
     return "0" if text in ("-0", "") else text
 
 
+def _contour_data(points):
+    """ContourData as an encoded element: pydicom would build one object per number otherwise
+    (most of the writing time of a large structure set)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    value = "\\".join(_ds(v) for v in points.ravel()).encode("ascii")
+    if len(value) % 2:
+        value += b" "
+    return RawDataElement(Tag(CONTOUR_DATA), "DS", len(value), value, 0, False, True)
+
+
+def _drop_collinear(contour):
+    """The same closed polygon without the points in the middle of straight runs (exact)."""
+    step_in = contour - np.roll(contour, 1, axis=0)
+    step_out = np.roll(contour, -1, axis=0) - contour
+    turn = step_in[:, 0] * step_out[:, 1] - step_in[:, 1] * step_out[:, 0]
+    return contour[np.abs(turn) > 1e-9]
+
+
 def slice_contours(mask):
     """Closed polygons [(n, 2) arrays of (row, col)] outlining a 2D boolean mask."""
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     padded = np.pad(mask.astype(np.float32), 1)
     out = []
     for contour in find_contours(padded, 0.5, fully_connected="high"):
-        contour = approximate_polygon(contour - 1.0, SIMPLIFY_TOLERANCE_PX)
         if len(contour) > 1 and np.allclose(contour[0], contour[-1]):
             contour = contour[:-1]  # CLOSED_PLANAR: the closing segment is implied
+        contour = _drop_collinear(contour - 1.0)
         if len(contour) >= 3:
             out.append(contour)
     return out
@@ -74,6 +96,7 @@ def build_rtstruct(labels, affine, class_map, series, task, description=None):
 
     frames = frames_from_labelmap(labels, affine, series)
     present = present_classes(frames, class_map, "an RTSTRUCT")
+    boxes = ndimage.find_objects(frames)
     src = series.first
     now = datetime.datetime.now()
     ds = Dataset()
@@ -134,17 +157,19 @@ def build_rtstruct(labels, affine, class_map, series, task, description=None):
         roi_contour.ReferencedROINumber = number
         roi_contour.ROIDisplayColor = list(rgb)
         items = []
-        for k in range(frames.shape[0]):
-            mask = frames[k] == value
+        box = boxes[value - 1]  # only the slices, rows and columns the class occupies
+        for k in range(box[0].start, box[0].stop):
+            mask = frames[k, box[1], box[2]] == value
             if not mask.any():
                 continue
             for polygon in slice_contours(mask):
+                polygon = polygon + (box[1].start, box[2].start)
                 points = patient_points(series, k, polygon[:, 0], polygon[:, 1])
                 contour = Dataset()
                 contour.ContourImageSequence = [_image_ref(series.datasets[k])]
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 contour.NumberOfContourPoints = len(points)
-                contour.ContourData = [_ds(v) for v in points.ravel()]
+                contour[CONTOUR_DATA] = _contour_data(points)
                 items.append(contour)
         roi_contour.ContourSequence = items
         contours.append(roi_contour)
