@@ -9,6 +9,9 @@ pixel is known from the pixel value alone, independent of any geometry code. The
 are checked by dciodvfy and read back by readers written from the standard
 (Testing/support/dicom_checks.py).
 """
+import json
+from pathlib import Path
+
 import numpy as np
 import nibabel as nib
 import pytest
@@ -225,3 +228,44 @@ def test_an_anonymised_series_without_uids_still_gives_valid_files(tmp_path):
     plan.write(writer, labelmap, CLASSES, "total")
     for path in writer.commit():
         assert_valid(path)
+
+
+def test_a_zipped_series_is_referenced_like_its_folder(tmp_path):
+    import tempfile
+    import zipfile
+
+    write_case(tmp_path / "series", "axial")
+    labelmap, _ = engine_labelmap(tmp_path / "series")
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted((tmp_path / "series").iterdir()):
+            zf.write(f, f"study/{f.name}")
+    before = set(Path(tempfile.gettempdir()).glob("totalseg_dicom_out_*"))
+    plan = plan_outputs(archive, tmp_path / "seg.dcm", ["dicom_seg"], "total")
+    assert set(Path(tempfile.gettempdir()).glob("totalseg_dicom_out_*")) == before, "unpacked patient files left"
+    from_folder = plan_outputs(tmp_path / "series", tmp_path / "seg2.dcm", ["dicom_seg"], "total")
+    assert [d.SOPInstanceUID for d in plan.series.datasets] == [d.SOPInstanceUID for d in from_folder.series.datasets]
+    writer = AtomicWriter()
+    plan.write(writer, labelmap, CLASSES, "total")
+    assert_valid(writer.commit()[0])
+
+
+def test_cli_refuses_dicom_output_for_a_nifti_input_before_loading_models(tmp_path, example, capsys):
+    from SegmentationLogic.cli import main
+
+    rc = main(["segment", "-i", str(example("example_ct_sm.nii.gz")), "-o", str(tmp_path / "x.dcm"), "-ot",
+               "dicom_seg", "--weights_dir", str(tmp_path / "none"), "--no_download", "--progress", "json"])
+    assert rc == 1
+    error = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()][-1]
+    assert error["event"] == "error" and error["kind"] == "output" and "DICOM input" in error["cause"]
+    assert main(["segment", "-i", "x", "-o", "y", "-ot", "rtstruct"]) == 1
+    assert "Unknown output type 'rtstruct'" in capsys.readouterr().err
+
+
+def test_request_carries_output_types_and_statistics_options():
+    from SegmentationLogic.request import SegmentRequest
+
+    req = SegmentRequest(input="a", output="b.dcm", output_types=["dicom_seg"], stats_aggregation="median",
+                         statistics_extra=True, stats_include_incomplete=True)
+    again = SegmentRequest.from_json(json.loads(json.dumps(req.to_json())))
+    assert again == req and SegmentRequest(input="a").output_types == ["nifti"]
