@@ -269,3 +269,38 @@ def test_request_carries_output_types_and_statistics_options():
                          statistics_extra=True, stats_include_incomplete=True)
     again = SegmentRequest.from_json(json.loads(json.dumps(req.to_json())))
     assert again == req and SegmentRequest(input="a").output_types == ["nifti"]
+
+
+def test_only_the_slices_the_reader_used_are_referenced(tmp_path):
+    """A localizer in the series folder: the reader drops it, so do the DICOM outputs."""
+    import shutil
+
+    import pydicom
+
+    lab = write_case(tmp_path / "series", "axial")
+    write_series(str(tmp_path / "scout"), np.full((1, 30, 34), -500, np.int16), direction=ORIENTATIONS["coronal"],
+                 image_type="ORIGINAL\\PRIMARY\\LOCALIZER", extra_tags=PATIENT)
+    shutil.copy(next((tmp_path / "scout").iterdir()), tmp_path / "series" / "scout.dcm")
+    labelmap, _ = engine_labelmap(tmp_path / "series")
+    _, plan = write_outputs(tmp_path / "series", tmp_path / "out" / "r", ["dicom_seg", "dicom_rtstruct"], labelmap)
+    assert len(plan.series.datasets) == lab.shape[0]
+    seg = pydicom.dcmread(plan.dicom["dicom_seg"], stop_before_pixels=True)
+    referenced = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {d.SOPInstanceUID for d in plan.series.datasets}
+    for path in plan.dicom.values():
+        assert_valid(path)
+
+
+def test_an_mr_series_is_referenced_as_mr(tmp_path):
+    import pydicom
+
+    lab = label_volume()
+    write_series(str(tmp_path / "series"), lab.astype(np.int16) * 200 - 900, modality="MR",
+                 direction=ORIENTATIONS["sagittal"], extra_tags=PATIENT)
+    labelmap, _ = engine_labelmap(tmp_path / "series")
+    _, plan = write_outputs(tmp_path / "series", tmp_path / "r", ["dicom_seg", "dicom_rtstruct"], labelmap)
+    seg = pydicom.dcmread(plan.dicom["dicom_seg"], stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPClassUID == \
+        "1.2.840.10008.5.1.4.1.1.4"
+    for path in plan.dicom.values():
+        assert_valid(path)
