@@ -28,19 +28,15 @@ SERIES_NUMBER = 101
 CONTOUR_DATA = 0x30060050
 
 
-def _ds(value):
-    """A DS string of at most 16 characters (mm, 3 decimals is 1 micrometre)."""
-    text = f"{value:.3f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
 def _contour_data(points):
-    """ContourData as an encoded element: pydicom would build one object per number otherwise
-    (most of the writing time of a large structure set)."""
+    """ContourData as an encoded element (DS values of at most 16 characters, 3 decimals: 1 micrometre).
+    Building it as text in one go: pydicom would make one object per number (most of the time of a
+    large structure set)."""
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    value = "\\".join(_ds(v) for v in points.ravel()).encode("ascii")
+    values = np.round(points.ravel(), 3) + 0.0  # + 0.0: no "-0.000"
+    value = ("\\".join(["%.3f"] * values.size) % tuple(values.tolist())).encode("ascii")
     if len(value) % 2:
         value += b" "
     return RawDataElement(Tag(CONTOUR_DATA), "DS", len(value), value, 0, False, True)
@@ -170,6 +166,8 @@ def build_rtstruct(labels, affine, class_map, series, task, description=None):
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 contour.NumberOfContourPoints = len(points)
                 contour[CONTOUR_DATA] = _contour_data(points)
+                # encoded as the file will be: pydicom then writes the raw value instead of parsing it back
+                contour.set_original_encoding(False, True, contour._character_set)
                 items.append(contour)
         roi_contour.ContourSequence = items
         contours.append(roi_contour)
