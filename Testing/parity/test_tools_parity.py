@@ -4,6 +4,7 @@ One official subprocess (Testing/support/official_tools.py) runs every case:
 - combine-masks: lung / vertebrae / ribs / ... from the reference segmentation's
   multilabel file and from a folder of its per-class masks: identical files (data,
   affine, header, label table);
+- crop-to-body: whole body and trunk only, on the example CT (test body model): identical files;
 - info: for every task both know, the same modality, licence flag and classes;
 - get-modality: the official classifier files (from the reference package) and five
   classifiers trained here in the same format, on the example CT, MR and an MR shifted to
@@ -65,6 +66,9 @@ def setup(tmp_path_factory, example, test_weights):
             cases.append({"tool": "combine_masks", "input": str(source), "masks": group, "multilabel": kind == "file",
                           "output": str(tmp / f"official_{group}_{kind}.nii.gz"), "kind": kind})
     cases.append({"tool": "registry"})
+    for trunc in (False, True):
+        cases.append({"tool": "crop_to_body", "input": images["ct"], "only_trunc": trunc,
+                      "output": str(tmp / f"official_crop_{trunc}.nii.gz")})
     for name, path in images.items():
         cases.append({"tool": "get_modality", "input": path, "image": name, "classifier": "official"})
         cases.append({"tool": "get_modality", "input": path, "image": name, "classifier": "test",
@@ -135,3 +139,18 @@ def test_get_phase_identical_to_official(setup):
         stats = json.loads(Path(case["existing_stats"]).read_text()) if case.get("existing_stats") else None
         ours = contrast_phase(case["input"], models, segmenter, stats)
         assert ours == official, case
+
+
+def test_crop_to_body_identical_to_official(setup):
+    from SegmentationLogic.pipeline import Segmenter
+    from SegmentationLogic.tools.crop_to_body import crop_to_body
+
+    segmenter = Segmenter(device="cpu", weights_dir=setup["weights"], download=False)
+    for case, official_path in _by(setup, "crop_to_body"):
+        ours, _ = crop_to_body(case["input"], segmenter, case["only_trunc"])
+        ours_path = setup["tmp"] / f"ours_crop_{case['only_trunc']}.nii.gz"
+        nib.save(ours, ours_path)
+        a, b = nib.load(ours_path), nib.load(official_path)
+        assert a.shape == b.shape, case
+        assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)), case
+        assert np.array_equal(a.affine, b.affine) and a.header.binaryblock == b.header.binaryblock, case

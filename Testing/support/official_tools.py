@@ -2,9 +2,10 @@
 
     run_official_tools(cases, weights_dir, workdir) -> [result per case]
 
-A case is {"tool": "combine_masks" | "registry" | "get_modality" | "get_phase", ...}:
+A case is {"tool": "combine_masks" | "registry" | "crop_to_body" | "get_modality" | "get_phase", ...}:
 - combine_masks: "input", "masks", "multilabel", "output" (the official libs.combine_masks, saved);
 - registry: the official registry.task_registry();
+- crop_to_body: "input", "output", "only_trunc" (the official command's main, on the CPU);
 - get_modality: "input"; "classifier_dir" (optional) replaces the folder the official command
   reads its classifier files from (it has no option for that), so both tools use one file;
 - get_phase: "input", "model_file", "existing_stats" (optional): the official
@@ -62,6 +63,17 @@ def _run(case):
             return mod.get_modality(nib.load(case["input"]))
         finally:
             mod.importlib.resources.files = files
+    if tool == "crop_to_body":
+        from totalsegmentator.bin import crop_to_body
+
+        argv = sys.argv
+        sys.argv = ["crop_to_body", "-i", case["input"], "-o", case["output"], "-d", "cpu", "-q"] + \
+            (["-t"] if case.get("only_trunc") else [])
+        try:
+            crop_to_body.main()
+        finally:
+            sys.argv = argv
+        return case["output"]
     if tool == "get_phase":
         from totalsegmentator.bin.totalseg_get_phase import get_ct_contrast_phase
 
