@@ -86,18 +86,11 @@ def combine_masks(source, masks, multilabel=False):
 
 
 def cmd_combine_masks(args):
-    from ..outputs import AtomicWriter
+    from .results import write_nifti
 
-    img = combine_masks(args.input, args.masks, multilabel=args.multilabel)
-    writer = AtomicWriter()
-    try:
-        writer.nifti(img, args.output)
-        files = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    if not getattr(args, "quiet", False):
-        print(files[0])
+    path = write_nifti(combine_masks(args.input, args.masks, multilabel=args.multilabel), args.output)
+    if not args.quiet:
+        print(path)
     return 0
 
 

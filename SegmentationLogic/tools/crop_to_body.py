@@ -25,18 +25,12 @@ def crop_to_body(input, segmenter, only_trunc=False, progress=None):
 
 
 def cmd_crop_to_body(args, progress_from_args):
-    from ..outputs import AtomicWriter
     from ..pipeline import Segmenter
+    from .results import write_nifti
 
     segmenter = Segmenter(device=args.device, weights_dir=args.weights_dir, download=not args.no_download)
     img, bbox = crop_to_body(args.input, segmenter, args.only_trunc, progress_from_args(args))
-    writer = AtomicWriter()
-    try:
-        writer.nifti(img, args.output)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    write_nifti(img, args.output)
     if not args.quiet:
         print(f"cropped to {'x'.join(map(str, img.shape))} (box {bbox}): {args.output}")
     return 0

@@ -1,4 +1,5 @@
-"""Writing a tool's JSON result: atomically to the output file, and to stdout unless quiet."""
+"""Writing a tool's result atomically (a temporary name until complete): JSON (also to stdout unless
+quiet) or a NIfTI image."""
 import json
 
 
@@ -11,3 +12,15 @@ def write_result(result, output, quiet=False):
     if not quiet:
         print(json.dumps(result, indent=4))
     return 0
+
+
+def write_nifti(img, output):
+    from ..outputs import AtomicWriter
+
+    writer = AtomicWriter()
+    try:
+        writer.nifti(img, output)
+        return writer.commit()[0]
+    except BaseException:
+        writer.abort()
+        raise
