@@ -128,10 +128,8 @@ def rtstruct_masks(rt_path, source_datasets):
             assert np.abs(pts @ normal).max() < 0.01, "contour points are not in their slice"
             c = pts @ row_dir / dc
             r = pts @ col_dir / dr
-            rr, cc = polygon(r, c, shape=(rows, cols))
-            fill = np.zeros((rows, cols), bool)
-            fill[rr, cc] = True
-            out[name][k] ^= fill
+            rr, cc = polygon(r, c, shape=(rows, cols))  # each pixel once: even-odd by XOR
+            out[name][k, rr, cc] ^= True
     return out, ds
 
 
