@@ -114,6 +114,7 @@ def rtstruct_masks(rt_path, source_datasets):
     ds = pydicom.dcmread(rt_path)
     index = {str(s.SOPInstanceUID): k for k, s in enumerate(source_datasets)}
     rows, cols = int(source_datasets[0].Rows), int(source_datasets[0].Columns)
+    geometry = [_slice_geometry(d) for d in source_datasets]
     names = {int(r.ROINumber): r.ROIName for r in ds.StructureSetROISequence}
     out = {name: np.zeros((len(source_datasets), rows, cols), bool) for name in names.values()}
     for roi in ds.ROIContourSequence:
@@ -121,8 +122,8 @@ def rtstruct_masks(rt_path, source_datasets):
         for contour in getattr(roi, "ContourSequence", []):
             ref = str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)
             points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
-            k = index[ref] if ref in index else _slice_containing(points[0], source_datasets)
-            ipp, row_dir, col_dir, dr, dc = _slice_geometry(source_datasets[k])
+            k = index[ref] if ref in index else _slice_containing(points[0], geometry)
+            ipp, row_dir, col_dir, dr, dc = geometry[k]
             pts = points - ipp
             normal = np.cross(row_dir, col_dir)
             assert np.abs(pts @ normal).max() < 0.01, "contour points are not in their slice"
@@ -133,13 +134,9 @@ def rtstruct_masks(rt_path, source_datasets):
     return out, ds
 
 
-def _slice_containing(point, source_datasets):
+def _slice_containing(point, geometry):
     """Index of the source slice whose plane holds `point` (for files whose image references are empty)."""
-    distances = []
-    for ds in source_datasets:
-        ipp, row_dir, col_dir, _, _ = _slice_geometry(ds)
-        distances.append(abs((point - ipp) @ np.cross(row_dir, col_dir)))
-    return int(np.argmin(distances))
+    return int(np.argmin([abs((point - ipp) @ np.cross(row, col)) for ipp, row, col, _, _ in geometry]))
 
 
 def dice(a, b):
