@@ -12,6 +12,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[test]"
+	# the official tool's RTSTRUCT writer (parity reference); its opencv-python needs GUI libraries: headless cv2 instead
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt --no-deps rt-utils
 	touch $@
 
 demo: setup

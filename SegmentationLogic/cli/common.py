@@ -5,6 +5,7 @@ progress.py); the real stream is kept here and sys.stdout points at stderr while
 command runs, so a stray print from a library cannot break the protocol. Otherwise
 progress goes to stderr as short human lines.
 """
+import argparse
 import contextlib
 import json
 import sys
@@ -31,6 +32,21 @@ def protocol_stdout(json_mode):
         yield
     finally:
         sys.stdout, _EVENT_STREAM = saved, None
+
+
+class VersionAction(argparse.Action):
+    """`--version`: the engine's version and the TotalSegmentator release whose results it matches."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show the engine's version and the TotalSegmentator release it matches")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..version import __version__  # the version and the catalogue: cheap, read only when asked
+        from ..catalogue import load_catalogue
+
+        print(f"SegmentationLogic {__version__} (results of TotalSegmentator {load_catalogue().official_version})")
+        parser.exit()
 
 
 def add_common(p):

@@ -13,9 +13,10 @@ import traceback
 from ..errors import Cancelled, SegmentationError, error_event
 from ..cohort.cli import add_commands as add_cohort_commands
 from ..server.cli import add_commands as add_server_commands
+from ..tools.cli import add_commands as add_tool_commands
 from ..vessels.cli import add_commands as add_vessel_commands
 from . import evaluate, segment, tasks, weights, worker
-from .common import add_common, emit, emit_result, json_mode, progress_from_args, protocol_stdout
+from .common import VersionAction, add_common, emit, emit_result, json_mode, progress_from_args, protocol_stdout
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
@@ -24,6 +25,7 @@ EXIT_CANCELLED = 130
 def build_parser():
     ap = argparse.ArgumentParser(prog="python -m SegmentationLogic",
                                  description="TotalSegmentator-exact segmentation on nnU-Net v2.")
+    ap.add_argument("--version", action=VersionAction)
     sub = ap.add_subparsers(dest="command", required=True)
     segment.add_parser(sub)
     weights.add_parsers(sub)
@@ -33,6 +35,7 @@ def build_parser():
     add_vessel_commands(sub, add_common, progress_from_args, emit_result)  # liver-vessels, split-vessels
     add_server_commands(sub)  # serve; segment --server/--token_file/--ca_cert
     add_cohort_commands(sub, add_common, progress_from_args, emit_result)  # cohort (Ray)
+    add_tool_commands(sub, add_common, progress_from_args)  # info, combine-masks, get-phase, ... (official totalseg_*)
     return ap
 
 

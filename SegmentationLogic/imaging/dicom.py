@@ -81,7 +81,8 @@ def _is_volume_slice(h):
     return frames[0] > 1 or (_floats(h.get("orientation"), 6) is not None and _floats(h.get("position"), 3) is not None)
 
 
-def _series_of(path):
+def series_of(path):
+    """The series instance UID of one DICOM file ('' when it has none, None when it is no image)."""
     h = _read_header(path)
     return h.get("series_uid", "") if h else None
 
@@ -89,7 +90,7 @@ def _series_of(path):
 def load_dicom_file(path, progress=None, series_uid=None, available_bytes=None):
     """The series one DICOM file belongs to, read from the files beside it."""
     path = Path(path)
-    return load_dicom_folder(path.parent, progress, series_uid or _series_of(path), available_bytes)
+    return load_dicom_folder(path.parent, progress, series_uid or series_of(path), available_bytes)
 
 
 def _scan_dicom(folder, progress=None):
@@ -113,6 +114,13 @@ def _describe_series(uid, hs):
 
 def load_dicom_folder(folder, progress=None, series_uid=None, available_bytes=None):
     """The one series in `folder` (or the one `series_uid` names) as a NIfTI image; see the module docstring."""
+    return _dicom_series_to_nifti(series_headers(folder, progress, series_uid), progress, available_bytes)
+
+
+def series_headers(folder, progress=None, series_uid=None):
+    """Header dicts (with 'path') of the one series `load_dicom_folder` reads from `folder`.
+
+    The DICOM outputs use this to reference exactly the files the image was built from."""
     files, headers = _scan_dicom(folder, progress)
     if not headers:
         found = ", ".join(sorted({f.suffix or f.name for f in files})[:8]) or "nothing"
@@ -144,12 +152,22 @@ def load_dicom_folder(folder, progress=None, series_uid=None, available_bytes=No
             "or pass its uid (Python API: series_uid=...).")
     else:
         hs = next(iter(series.values()))
-    return _dicom_series_to_nifti(hs, progress, available_bytes)
+    return hs
+
+
+def is_multiframe(headers):
+    """Whether a series is one enhanced (multi-frame) file."""
+    return len(headers) == 1 and (_floats(headers[0].get("frames", "1"), 1) or [1])[0] > 1
+
+
+def volume_slices(headers):
+    """The slices a volume is built from, sorted as the image's slice axis (localizers,
+    duplicates and a minority orientation dropped): what `load_dicom_folder` reads."""
+    return _dicom_geometry(_usable_slices(headers))[0]
 
 
 def _dicom_series_to_nifti(hs, progress=None, available_bytes=None):
-    frames = _floats(hs[0].get("frames", "1"), 1) or [1]
-    if len(hs) == 1 and frames[0] > 1:
+    if is_multiframe(hs):
         return _dicom_multiframe(hs[0], available_bytes)
     hs, affine = _dicom_geometry(_usable_slices(hs))
     rows, cols = int(hs[0]["rows"]), int(hs[0]["columns"])

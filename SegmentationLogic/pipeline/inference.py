@@ -276,7 +276,8 @@ def preprocess(model, data_xyz, zooms_xyz, affine, workdir=None):
     return tensor, props
 
 
-def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, preprocessed=None, via_files=None):
+def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, preprocessed=None, via_files=None,
+            probabilities=False):
     """Segment one image (canonical x, y, z array) with one model.
 
     Returns the labelmap (x, y, z) with the model's own label values, as the official tool
@@ -285,6 +286,9 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
     `tile_callback(done, total)` is called after every sliding-window tile and may raise
     Cancelled. `via_files` forces (True) or forbids (False) the file round trip through
     the model's reader/writer; by default only readers not emulated in memory use it.
+    `probabilities`: nnU-Net's export with probabilities, as with its save_probabilities
+    (the labels then come from the probabilities); returns (labels, (probabilities,
+    properties)) instead, the probabilities as nnU-Net saves them.
     """
     convert = _nnunet()[5]
     workdir = None
@@ -317,12 +321,17 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
             raise predictor._cancelled
         # exactly what the official export worker receives: the fp16 logits as a numpy array
         seg = convert(logits.numpy(), model.plans_manager, model.configuration_manager, model.label_manager,
-                      props, return_probabilities=False)
+                      props, return_probabilities=probabilities)
         del logits
+        probs = None
+        if probabilities:
+            seg, probs = seg
+            probs = (probs, props)
         if workdir is not None:
-            return _file_round_trip_output(model, seg, props, workdir)
-        seg = np.asarray(seg)
-        return seg.transpose(2, 1, 0)
+            seg = _file_round_trip_output(model, seg, props, workdir)
+        else:
+            seg = np.asarray(seg).transpose(2, 1, 0)
+        return (seg, probs) if probabilities else seg
     finally:
         if tmp is not None:
             tmp.cleanup()

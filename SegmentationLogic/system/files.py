@@ -7,6 +7,7 @@ user's umask gives (0600 where `private`, e.g. the licence key), unlike `mkstemp
 for everything, so a result can be read by the user's group as any other file they write.
 """
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -66,6 +67,15 @@ def atomic_path(final, suffix="", private=False):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _json_default(o):
