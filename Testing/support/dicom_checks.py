@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+CONTOUR_DATA = 0x30060050
+
 # warning text (regex) -> why it is accepted
 ACCEPTED_WARNINGS = {
     r"Missing attribute or value that would be needed to build DICOMDIR - (Patient ID|Study ID|Series Number)":
@@ -115,17 +117,22 @@ def rtstruct_masks(rt_path, source_datasets):
     index = {str(s.SOPInstanceUID): k for k, s in enumerate(source_datasets)}
     rows, cols = int(source_datasets[0].Rows), int(source_datasets[0].Columns)
     geometry = [_slice_geometry(d) for d in source_datasets]
+    origins = np.array([g[0] for g in geometry])
+    normals = np.array([np.cross(g[1], g[2]) for g in geometry])
     names = {int(r.ROINumber): r.ROIName for r in ds.StructureSetROISequence}
     out = {name: np.zeros((len(source_datasets), rows, cols), bool) for name in names.values()}
     for roi in ds.ROIContourSequence:
         name = names[int(roi.ReferencedROINumber)]
         for contour in getattr(roi, "ContourSequence", []):
             ref = str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)
-            points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
-            k = index[ref] if ref in index else _slice_containing(points[0], geometry)
+            points = _contour_points(contour)
+            if ref in index:
+                k = index[ref]
+            else:  # a file whose image references are empty: the slice whose plane holds the contour
+                k = int(np.argmin(np.abs(((points[0] - origins) * normals).sum(axis=1))))
             ipp, row_dir, col_dir, dr, dc = geometry[k]
             pts = points - ipp
-            normal = np.cross(row_dir, col_dir)
+            normal = normals[k]
             assert np.abs(pts @ normal).max() < 0.01, "contour points are not in their slice"
             c = pts @ row_dir / dc
             r = pts @ col_dir / dr
@@ -134,9 +141,13 @@ def rtstruct_masks(rt_path, source_datasets):
     return out, ds
 
 
-def _slice_containing(point, geometry):
-    """Index of the source slice whose plane holds `point` (for files whose image references are empty)."""
-    return int(np.argmin([abs((point - ipp) @ np.cross(row, col)) for ipp, row, col, _, _ in geometry]))
+def _contour_points(contour):
+    """ContourData as (n, 3) floats; parsed from the element's raw text when pydicom has not yet
+    converted it (a DSfloat per number costs seconds on a file with a million of them)."""
+    value = contour.get_item(CONTOUR_DATA).value
+    if isinstance(value, bytes):
+        return np.array(value.decode("ascii").split("\\"), dtype=float).reshape(-1, 3)
+    return np.array([float(v) for v in value]).reshape(-1, 3)
 
 
 def dice(a, b):
