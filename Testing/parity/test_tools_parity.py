@@ -1,6 +1,7 @@
 """The extra commands against the official functions, on the same inputs and model files.
 
-One official subprocess (Testing/support/official_tools.py) runs every case:
+One official subprocess (Testing/support/official_tools.py) runs every case in the background
+while the tests compute ours (the costly ones, get-phase and crop-to-body, first):
 - combine-masks: lung / vertebrae / ribs / ... from the reference segmentation's
   multilabel file and from a folder of its per-class masks: identical files (data,
   affine, header, label table);
@@ -20,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from official_tools import run_official_tools
+from official_tools import OfficialTools
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
@@ -76,13 +77,51 @@ def setup(tmp_path_factory, example, test_weights):
     cases.append({"tool": "get_phase", "input": images["ct"], "model_file": str(phase_pkl),
                   "existing_stats": str(stats_file), "run": "stats"})
     cases.append({"tool": "get_phase", "input": images["ct"], "model_file": str(phase_pkl), "run": "full"})
-    results = run_official_tools(cases, test_weights, tmp / "work")
-    return {"tmp": tmp, "cases": cases, "results": results, "images": images, "test_clf": test_clf,
-            "phase_pkl": phase_pkl, "stats_file": stats_file, "weights": test_weights}
+    official = OfficialTools(cases, test_weights, tmp / "work")
+    yield {"tmp": tmp, "cases": cases, "official": official, "images": images, "test_clf": test_clf,
+           "phase_pkl": phase_pkl, "stats_file": stats_file, "weights": test_weights}
+    official.close()
+
+
+def _cases(setup, tool):
+    return [c for c in setup["cases"] if c["tool"] == tool]
 
 
 def _by(setup, tool):
-    return [(c, r) for c, r in zip(setup["cases"], setup["results"]) if c["tool"] == tool]
+    """(case, official result) of one tool: waits for the official runner."""
+    return [(c, r) for c, r in zip(setup["cases"], setup["official"].results()) if c["tool"] == tool]
+
+
+def _ours_crop(setup, case):
+    return setup["tmp"] / f"ours_crop_{case['only_trunc']}.nii.gz"
+
+
+def test_get_phase_identical_to_official(setup):
+    from SegmentationLogic.pipeline import Segmenter
+    from SegmentationLogic.tools.phase import contrast_phase, load_models
+
+    models = load_models(setup["phase_pkl"])
+    segmenter = Segmenter(device="cpu", weights_dir=setup["weights"], download=False)
+    ours = []
+    for case in _cases(setup, "get_phase"):
+        stats = json.loads(Path(case["existing_stats"]).read_text()) if case.get("existing_stats") else None
+        ours.append(contrast_phase(case["input"], models, segmenter, stats))
+    for mine, (case, official) in zip(ours, _by(setup, "get_phase")):
+        assert mine == official, case
+
+
+def test_crop_to_body_identical_to_official(setup):
+    from SegmentationLogic.pipeline import Segmenter
+    from SegmentationLogic.tools.crop_to_body import crop_to_body
+
+    segmenter = Segmenter(device="cpu", weights_dir=setup["weights"], download=False)
+    for case in _cases(setup, "crop_to_body"):
+        nib.save(crop_to_body(case["input"], segmenter, case["only_trunc"])[0], _ours_crop(setup, case))
+    for case, official_path in _by(setup, "crop_to_body"):
+        a, b = nib.load(_ours_crop(setup, case)), nib.load(official_path)
+        assert a.shape == b.shape, case
+        assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)), case
+        assert np.array_equal(a.affine, b.affine) and a.header.binaryblock == b.header.binaryblock, case
 
 
 def test_combine_masks_identical_to_official(setup):
@@ -127,30 +166,3 @@ def test_get_modality_identical_to_official(setup):
         assert ours == official, case
         seen.add((case["classifier"], ours["modality"]))
     assert ("test", "mr") in seen and ("test", "ct") in seen, "the test classifiers should tell the images apart"
-
-
-def test_get_phase_identical_to_official(setup):
-    from SegmentationLogic.pipeline import Segmenter
-    from SegmentationLogic.tools.phase import contrast_phase, load_models
-
-    models = load_models(setup["phase_pkl"])
-    segmenter = Segmenter(device="cpu", weights_dir=setup["weights"], download=False)
-    for case, official in _by(setup, "get_phase"):
-        stats = json.loads(Path(case["existing_stats"]).read_text()) if case.get("existing_stats") else None
-        ours = contrast_phase(case["input"], models, segmenter, stats)
-        assert ours == official, case
-
-
-def test_crop_to_body_identical_to_official(setup):
-    from SegmentationLogic.pipeline import Segmenter
-    from SegmentationLogic.tools.crop_to_body import crop_to_body
-
-    segmenter = Segmenter(device="cpu", weights_dir=setup["weights"], download=False)
-    for case, official_path in _by(setup, "crop_to_body"):
-        ours, _ = crop_to_body(case["input"], segmenter, case["only_trunc"])
-        ours_path = setup["tmp"] / f"ours_crop_{case['only_trunc']}.nii.gz"
-        nib.save(ours, ours_path)
-        a, b = nib.load(ours_path), nib.load(official_path)
-        assert a.shape == b.shape, case
-        assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)), case
-        assert np.array_equal(a.affine, b.affine) and a.header.binaryblock == b.header.binaryblock, case

@@ -1,6 +1,8 @@
 """Run the official tool's extra commands (their Python functions) in a subprocess, offline.
 
-    run_official_tools(cases, weights_dir, workdir) -> [result per case]
+    OfficialTools(cases, weights_dir, workdir).results() -> [result per case]
+
+The subprocess starts with the object and runs in the background until `results()` is asked for.
 
 A case is {"tool": "combine_masks" | "registry" | "crop_to_body" | "get_modality" | "get_phase", ...}:
 - combine_masks: "input", "masks", "multilabel", "output" (the official libs.combine_masks, saved);
@@ -21,21 +23,37 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 
 
-def run_official_tools(cases, weights_dir, workdir, timeout=1200):
-    from reference import make_home, oracle_env
+class OfficialTools:
+    """The cases run in one background subprocess (started here); `results()` waits for it."""
 
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "cases.json").write_text(json.dumps(cases))
-    out = workdir / "results.json"
-    log = workdir / "official_tools.log"
-    with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, str(HERE), str(workdir / "cases.json"), str(out)],
-                              env=oracle_env(weights_dir, make_home(workdir)), stdout=f, stderr=subprocess.STDOUT,
-                              cwd=workdir, timeout=timeout)
-    if proc.returncode:
-        raise RuntimeError(f"official tools runner failed ({proc.returncode}):\n{log.read_text()[-4000:]}")
-    return json.loads(out.read_text())
+    def __init__(self, cases, weights_dir, workdir, timeout=1200):
+        from reference import make_home, oracle_env
+
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "cases.json").write_text(json.dumps(cases))
+        self.out, self.log, self.timeout = workdir / "results.json", workdir / "official_tools.log", timeout
+        with open(self.log, "w") as f:
+            self.proc = subprocess.Popen([sys.executable, str(HERE), str(workdir / "cases.json"), str(self.out)],
+                                         env=oracle_env(weights_dir, make_home(workdir)), stdout=f,
+                                         stderr=subprocess.STDOUT, cwd=workdir)
+        self._results = None
+
+    def results(self):
+        if self._results is None:
+            try:
+                code = self.proc.wait(self.timeout)
+            finally:
+                self.close()
+            if code:
+                raise RuntimeError(f"official tools runner failed ({code}):\n{self.log.read_text()[-4000:]}")
+            self._results = json.loads(self.out.read_text())
+        return self._results
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _run(case):
