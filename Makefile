@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 		$(PIP) --index-url $(TORCH_CPU_INDEX) torch || echo "(that failed: torch comes with the other packages)"; \
 	fi
 	$(PIP) -e ".[test]"
+	# the official tool's RTSTRUCT writer (parity reference); its opencv-python needs GUI libraries: headless cv2 instead
+	$(PIP) --no-deps rt-utils
 	@$(PY) -c "import torch; print('torch', torch.__version__, '(with CUDA %s)' % torch.version.cuda if torch.version.cuda else '(CPU build)')"
 	touch $@
 

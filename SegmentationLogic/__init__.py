@@ -15,7 +15,7 @@ is cheap enough for Slicer start-up):
 See README.md for the CLI (`python -m SegmentationLogic --help`) and ARCHITECTURE.md for
 how the packages fit together.
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 from .errors import SegmentationError  # noqa: F401
 

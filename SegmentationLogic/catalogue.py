@@ -133,6 +133,8 @@ class Catalogue:
         self.weights_url_template = data["weights_url"]
         self.licensed_weights_url = data["licensed_weights_url"]
         self.license_info_url = data["license_info_url"]
+        self.official_version = data["totalsegmentator_version"]  # the release whose results the engine matches
+        self.total_v1_classes = {int(k): v for k, v in data["total_v1_classes"].items()}  # --v1_order
         self.datasets = {int(k): v for k, v in data["datasets"].items()}
         self._tasks = {name: self._task(name, t) for name, t in data["tasks"].items()}
 

@@ -7,11 +7,14 @@ results travel as JSON between processes (`to_json` / `from_json`); nothing goes
 an argv round trip.
 """
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import PurePath
 from typing import Optional
 
 from .errors import SegmentationError, UnknownTaskError
 
 QUALITIES = ("normal", "fast", "fastest")
+# fields naming files or folders (where the run reads or writes); a server decides these itself
+PATH_FIELDS = ("output", "weights_dir", "statistics_file", "save_probabilities", "report")
 
 
 def quality_from_flags(fast=False, fastest=False):
@@ -37,9 +40,47 @@ class BadRequestError(SegmentationError):
     kind = "request"
 
 
+OUTPUT_TYPES = ("nifti", "dicom_seg", "dicom_rtstruct")
+DICOM_OUTPUT_TYPES = ("dicom_seg", "dicom_rtstruct")
+_OUTPUT_TYPE_ALIASES = {"dicom": "dicom_rtstruct"}  # the official tool's backward-compatible name
+STATS_AGGREGATIONS = ("mean", "median")
+MODEL_SIZES = ("big", "small")
+SMALL_BLOB_MM3 = 200.0  # official --remove_small_blobs default
+
+
+def normalize_output_types(values):
+    """['nifti,dicom_seg', 'dicom'] -> ['nifti', 'dicom_seg', 'dicom_rtstruct'] (checked, no repeats), as the
+    official CLI reads `--output_type`."""
+    if values is None:
+        return ["nifti"]
+    if isinstance(values, str):
+        values = [values]
+    out = []
+    for value in values:
+        for name in str(value).split(","):
+            name = _OUTPUT_TYPE_ALIASES.get(name.strip(), name.strip())
+            if not name:
+                continue
+            if name not in OUTPUT_TYPES:
+                raise BadRequestError(f"Unknown output type {name!r}.", f"Use one or more of: {', '.join(OUTPUT_TYPES)}.")
+            if name not in out:
+                out.append(name)
+    return out or ["nifti"]
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise BadRequestError(f"Unknown {name} {value!r}.", f"Use one of: {', '.join(map(str, choices))}.")
+    return value
+
+
 @dataclass
 class SegmentRequest:
-    """What to segment and how; field names follow the official tool's options."""
+    """What to segment and how; field names follow the official tool's options.
+
+    As in the official Python API, `statistics` may be a file path (statistics on, written
+    there: stored as `statistics_file`) and `remove_small_blobs` a size in mm3 (stored as
+    `remove_small_blobs_mm3`); on the wire both are plain booleans plus those fields."""
 
     input: str  # image file, DICOM folder or zip (the Python API also takes a nibabel image)
     output: Optional[str] = None  # None: nothing written; a .nii.gz with `ml`, else a folder
@@ -59,18 +100,53 @@ class SegmentRequest:
     check_modality: bool = True
     overwrite: bool = False  # replace existing files that are not results of ours (outputs/ownership.py)
     deterministic: bool = False  # GPU: no cuDNN autotuning, deterministic algorithms (CPU: always reproducible)
+    output_types: list = field(default_factory=lambda: ["nifti"])  # nifti | dicom_seg | dicom_rtstruct
+    statistics_extra: bool = False  # n_voxels, intensity std/min/max, centroid and bounding box
+    stats_aggregation: str = "mean"  # mean | median
+    stats_include_incomplete: bool = False  # also classes touching the image border
+    statistics_file: Optional[str] = None  # -s PATH: statistics.json written there
+    remove_small_blobs_mm3: float = SMALL_BLOB_MM3  # -rmb MM3
+    resampling_order: int = 1  # -ro: spline order of the input resampling (0-5)
+    higher_order_resampling: bool = False  # -ho: nnU-Net resamples (order 3 in, logits out)
+    higher_order_resampling_legacy: bool = False  # smooth (order 1, one-hot) upsampling of the labelmap
+    save_lowres: bool = False  # -sl: with fast/fastest, the labelmap at the model resolution
+    v1_order: bool = False  # -v1o: task total with the label values of TotalSegmentator v1
+    no_derived_masks: bool = False  # -ndm: task body per class without body.nii.gz and skin.nii.gz
+    skip_saving: bool = False  # -ss: no segmentation files (statistics, report, ... still written)
+    save_probabilities: Optional[str] = None  # -sp PATH: nnU-Net's probabilities (.npz) and properties (.pkl)
+    radiomics: bool = False  # -r: statistics_radiomics.json (pyradiomics)
+    report: Optional[str] = None  # -rp PATH: a JSON manifest of the run
+    model_size: str = "big"  # -ms: small = the total_v3 ResEnc-L models
 
     def __post_init__(self):
         check_quality(self.quality)
         if self.roi_subset is not None:
             self.roi_subset = [str(c) for c in self.roi_subset] or None
+        if isinstance(self.statistics, (str, PurePath)):  # official API: statistics=<path>
+            self.statistics_file, self.statistics = str(self.statistics), True
+        if not isinstance(self.remove_small_blobs, bool) and isinstance(self.remove_small_blobs, (int, float)):
+            self.remove_small_blobs_mm3, self.remove_small_blobs = float(self.remove_small_blobs), True
+        if self.statistics_file is not None:
+            self.statistics_file, self.statistics = str(self.statistics_file), True
+        self.output_types = normalize_output_types(self.output_types)
+        _choice("statistics aggregation", self.stats_aggregation, STATS_AGGREGATIONS)
+        _choice("model size", self.model_size, MODEL_SIZES)
+        if isinstance(self.resampling_order, bool) or not isinstance(self.resampling_order, int) \
+                or not 0 <= self.resampling_order <= 5:
+            raise BadRequestError(f"Invalid resampling order {self.resampling_order!r}.",
+                                  "Use a spline order from 0 to 5 (default 1).")
+        if isinstance(self.remove_small_blobs_mm3, bool) or not isinstance(self.remove_small_blobs_mm3, (int, float)) \
+                or not self.remove_small_blobs_mm3 > 0:
+            raise BadRequestError(f"Invalid blob size {self.remove_small_blobs_mm3!r} mm3.",
+                                  "Give a positive number of mm3 (default 200).")
+        self.remove_small_blobs_mm3 = float(self.remove_small_blobs_mm3)
 
     def to_json(self):
         data = asdict(self)
         if not isinstance(data["input"], str):  # an in-memory image cannot travel
             raise BadRequestError("Only a request whose input is a path can be sent to another process.",
                                   "Save the image to a file first.")
-        for key in ("output", "weights_dir"):
+        for key in PATH_FIELDS:
             if data[key] is not None:
                 data[key] = str(data[key])
         return data

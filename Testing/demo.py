@@ -169,9 +169,13 @@ def main(argv=None):
         print(f"*** {label} ***")
     print(f"Labelmap:    {labelmap_path}")
     print(f"Statistics:  {stats if stats else '(not written)'}")
+    cut_off = [k for k, v in (result.statistics or {}).items() if "excluded" in v]
+    if cut_off:  # the official border rule: say why these have no volume in statistics.json
+        print(f"             {len(cut_off)} structures touch the image border (cut off): statistics.json gives "
+              "them no volume and says why ('excluded'); --stats_include_incomplete counts them anyway.")
     print(f"3D preview:  {preview}")
     print(f"Summary:     {out_dir / 'demo_summary.json'}")
-    print(f"{n_found} of {len(class_map)} classes found ({kind}); largest structures:")
+    print(f"{n_found} of {len(class_map)} classes found ({kind}); largest structures (all voxels in the image):")
     for name, ml in largest:
         print(f"  {name:<32} {ml:>9.1f} ml")
     if note:

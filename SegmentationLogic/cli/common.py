@@ -55,6 +55,21 @@ class FlagParser(argparse.ArgumentParser):
         return token
 
 
+class VersionAction(argparse.Action):
+    """`--version`: the engine's version and the TotalSegmentator release whose results it matches."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show the engine's version and the TotalSegmentator release it matches")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..version import __version__  # the version and the catalogue: cheap, read only when asked
+        from ..catalogue import load_catalogue
+
+        print(f"SegmentationLogic {__version__} (results of TotalSegmentator {load_catalogue().official_version})")
+        parser.exit()
+
+
 def add_common(p):
     p.add_argument("--progress", choices=["text", "json"], default="text",
                    help="json: one JSON event per stdout line (for GUIs and batch runners)")

@@ -20,9 +20,10 @@ from ..cohort.cli import add_commands as add_cohort_commands
 from ..server.cli import add_commands as add_server_commands
 from ..system.files import file_error
 from ..system.signals import exit_code, stop_on_signals
+from ..tools.cli import add_commands as add_tool_commands
 from ..vessels.cli import add_commands as add_vessel_commands
 from . import evaluate, segment, tasks, weights, worker
-from .common import FlagParser, add_common, emit, emit_result, json_mode, progress_from_args, protocol_stdout
+from .common import FlagParser, VersionAction, add_common, emit, emit_result, json_mode, progress_from_args, protocol_stdout
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
@@ -32,6 +33,7 @@ def build_parser():
     ap = FlagParser(prog="python -m SegmentationLogic",
                     description="TotalSegmentator-exact segmentation on nnU-Net v2.",
                     epilog="Multi-word flags may also be written with hyphens: --roi-subset, --weights-dir, ...")
+    ap.add_argument("--version", action=VersionAction)
     sub = ap.add_subparsers(dest="command", required=True)
     segment.add_parser(sub)
     weights.add_parsers(sub)
@@ -41,6 +43,7 @@ def build_parser():
     add_vessel_commands(sub, add_common, progress_from_args, emit_result)  # liver-vessels, split-vessels
     add_server_commands(sub)  # serve; segment --server/--token_file/--ca_cert
     add_cohort_commands(sub, add_common, progress_from_args, emit_result)  # cohort (Ray)
+    add_tool_commands(sub, add_common, progress_from_args)  # info, combine-masks, get-phase, ... (official totalseg_*)
     return ap
 
 

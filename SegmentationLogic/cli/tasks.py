@@ -1,35 +1,22 @@
-"""`list-tasks` and `classes`: what the catalogue offers."""
+"""`list-tasks` and `classes`: what the catalogue offers (tables from tools/info.py)."""
 import json
 
-from ..catalogue import load_catalogue
+from ..tools.info import class_json, classes_table, task_rows, tasks_table
 
 
 def cmd_list_tasks(args):
-    cat = load_catalogue()
-    rows = [{"name": t.name, "modality": t.modality, "licensed": t.licensed, "classes": len(t.classes),
-             "qualities": list(t.qualities), "description": t.description} for t in cat.tasks()]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(task_rows(), indent=1))
         return 0
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'TASK'.ljust(width)}  MOD  LICENCE  CLASSES  QUALITIES          DESCRIPTION")
-    for r in rows:
-        print(f"{r['name'].ljust(width)}  {r['modality']:<3}  {'yes' if r['licensed'] else 'no':<7}  "
-              f"{r['classes']:>7}  {','.join(r['qualities']):<17}  {r['description']}")
-    print(f"\n{len(rows)} tasks. Licensed tasks need a licence key (free for non-commercial use): "
-          f"{cat.license_info_url}")
+    print(tasks_table())
     return 0
 
 
 def cmd_classes(args):
-    task = load_catalogue().task(args.task)
     if args.json:
-        print(json.dumps({str(k): v for k, v in sorted(task.classes.items())}, indent=1))
+        print(json.dumps(class_json(args.task), indent=1))
         return 0
-    print(f"Task '{task.name}' [{task.modality}, {'licence required' if task.licensed else 'open'}, "
-          f"{len(task.classes)} classes]")
-    for value in sorted(task.classes):
-        print(f"{value:>4}  {task.classes[value]}")
+    print(classes_table(args.task))
     return 0
 
 

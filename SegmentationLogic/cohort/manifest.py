@@ -20,12 +20,12 @@ match the record counts as unchanged without reading it (as make and rsync decid
 `verify=True` hashes every file again.
 """
 import csv
-import hashlib
 import json
 import os
 import socket
 from pathlib import Path
 
+from ..system.files import sha256_file
 from .errors import CohortError
 
 MANIFEST_NAME = "cohort_manifest.jsonl"
@@ -33,14 +33,6 @@ SUMMARY_NAME = "cohort_summary.csv"
 LOCK_NAME = ".cohort.lock"
 SUMMARY_FIELDS = ("case", "status", "seconds", "attempts", "runs", "output", "sha256", "cause", "fix", "input",
                   "finished")
-
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe_output(path, out_dir):

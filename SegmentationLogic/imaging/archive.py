@@ -15,7 +15,8 @@ from ..system.files import zip_member_problem
 from .dicom import load_dicom_folder
 
 
-def _safe_members(zf, zip_path):
+def safe_members(zf, zip_path):
+    """The members of a zip, refused (InputImageError) if any could land outside the folder it is unpacked to."""
     members = []
     for info in zf.infolist():
         why = zip_member_problem(info)
@@ -35,7 +36,7 @@ def load_dicom_zip(path, progress=None, series_uid=None, available_bytes=None):
         raise InputImageError(f"Cannot open zip file {path.name}: {e}",
                               "The zip is damaged; create it again from the DICOM folder.") from e
     with zf:
-        members = _safe_members(zf, path)
+        members = safe_members(zf, path)
         need = sum(m.file_size for m in members)
         tmp = tempfile.mkdtemp(prefix="totalseg_dicom_")
         try:

@@ -284,6 +284,13 @@ def _find_series(stacks, folder, series_uid=None, member=None):
 def load_dicom_folder(folder, progress=None, series_uid=None, available_bytes=None, member=None):
     """The one series in `folder` (or the one `series_uid` names, or the one holding the file
     `member`) as a NIfTI image; see the module docstring."""
+    return _dicom_series_to_nifti(series_headers(folder, progress, series_uid, member), progress, available_bytes)
+
+
+def series_headers(folder, progress=None, series_uid=None, member=None):
+    """Header dicts (with 'path') of the one series `load_dicom_folder` reads from `folder`.
+
+    The DICOM outputs use this to reference exactly the files the image was built from."""
     files, headers = _scan_dicom(folder, progress)
     if not headers:
         found = ", ".join(sorted({f.suffix or f.name for f in files})[:8]) or "nothing"
@@ -300,12 +307,22 @@ def load_dicom_folder(folder, progress=None, series_uid=None, available_bytes=No
     for h in slices:  # other images (dose screens, secondary captures) are ignored, as dicom2nifti does
         declared[_series_key(h)].append(h)
     stacks = [stack for hs in declared.values() for stack in _stacks(hs)]
-    return _dicom_series_to_nifti(_find_series(stacks, folder, series_uid, member), progress, available_bytes)
+    return _find_series(stacks, folder, series_uid, member)
+
+
+def is_multiframe(headers):
+    """Whether a series is one enhanced (multi-frame) file."""
+    return len(headers) == 1 and (_floats(headers[0].get("frames", "1"), 1) or [1])[0] > 1
+
+
+def volume_slices(headers):
+    """The slices a volume is built from, sorted as the image's slice axis (localizers,
+    duplicates and a minority orientation dropped): what `load_dicom_folder` reads."""
+    return _dicom_geometry(_usable_slices(headers))[0]
 
 
 def _dicom_series_to_nifti(hs, progress=None, available_bytes=None):
-    frames = _floats(hs[0].get("frames", "1"), 1) or [1]
-    if len(hs) == 1 and frames[0] > 1:
+    if is_multiframe(hs):
         return _dicom_multiframe(hs[0], available_bytes)
     hs, affine = _dicom_geometry(_usable_slices(hs))
     rows, cols = int(hs[0]["rows"]), int(hs[0]["columns"])

@@ -25,3 +25,11 @@ def from_canonical(data, original_affine):
     if np.array_equal(ornt, _IDENTITY):
         return data
     return apply_orientation(data, ornt)
+
+
+def from_canonical_affine(affine, shape, original_affine):
+    """The affine of RAS+ data of `shape` (with `affine`) once `from_canonical` has put it back into
+    the voxel order of `original_affine` (nibabel's as_reoriented)."""
+    ornt = ornt_transform(axcodes2ornt("RAS"), io_orientation(original_affine))
+    affine = np.asarray(affine, dtype=np.float64)
+    return affine if np.array_equal(ornt, _IDENTITY) else affine.dot(inv_ornt_aff(ornt, shape))

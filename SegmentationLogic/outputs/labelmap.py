@@ -46,6 +46,15 @@ def multilabel_image(labels, reference, class_map):
     return img
 
 
+def lowres_image(labels, affine, class_map):
+    """uint8 labelmap left at the model grid (--save_lowres): a header of its own for that grid, the
+    label-map extension."""
+    img = nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), affine)
+    img.header.set_data_dtype(np.uint8)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(0, label_table_xml(class_map).encode("utf-8")))
+    return img
+
+
 _LABEL = re.compile(r'<Label Key="(\d+)"[^>]*><!\[CDATA\[(.*?)\]\]></Label>', re.S)
 
 

@@ -3,8 +3,13 @@
 - Multilabel (`ml`): the labelmap (labelmap.py) as one NIfTI file.
 - Per class: `<output dir>/<class>.nii.gz` (uint8 0/1, input header, no extension) for
   every selected class, empty ones too, as the official tool; task 'body' adds its
-  derived body and skin masks.
-- The label sidecar, statistics.json and the preview PNG beside them.
+  derived body and skin masks (not with `no_derived_masks`).
+- DICOM SEG / RTSTRUCT (`output_types`, dicom_outputs.py).
+- The label sidecar, statistics.json (or the request's `statistics_file`) and the
+  preview PNG beside them; nnU-Net's probabilities where `save_probabilities` says.
+- `skip_saving`: no segmentation files, everything else as usual.
+After the commit, `write_extras` adds what reads the written files: radiomics features
+of the class files and the run report.
 - Made with test models (not the real weights), every file says so: the NIfTI description
   field reads TEST_MODEL_DESCRIPTION, statistics.json and the sidecar carry a "note".
 
@@ -16,6 +21,7 @@ permissions) is an OutputPathError naming the file.
 """
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +33,7 @@ from ..system.signals import deferred
 from .labelmap import output_header, sidecar
 from .layout import sidecar_path
 from .preview import render_preview
+from .radiomics import radiomics_features
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,10 @@ class AtomicWriter:
     def finals(self):
         """The final paths of the files written so far."""
         return [final for _, final in self._pending]
+
+    def text(self, text, final):
+        with open(self.path(final), "w", encoding="utf-8") as f:
+            f.write(text)
 
     def adopt(self, tmp, final):
         """Take over a file someone else wrote to `tmp`."""
@@ -147,34 +158,77 @@ def check_output_space(request, n_voxels, n_files):
     check_free_space(folder, need)
 
 
-def write_result(request, result, reference, progress, extra_masks=None):
+def write_result(request, result, reference, progress, extra_masks=None, dicom=None, probabilities=None):
     """Every file a run's `request` asks for, from its `result`; all written or none. Returns the paths.
 
     `reference`: the input image (header and affine of per-class files); `extra_masks`:
-    {file stem: mask} written beside per-class files (task 'body''s body and skin)."""
-    output = Path(request.output)
-    out_dir = output.parent if request.ml else output
+    {file stem: mask} written beside per-class files (task 'body''s body and skin);
+    `dicom`: the run's dicom_outputs.OutputPlan or None; `probabilities`: nnU-Net's
+    (probabilities, properties) for `save_probabilities`."""
+    ml = request.ml or dicom is not None
+    output = None if request.output is None else (dicom.main_path if dicom is not None else Path(request.output))
+    out_dir = None if output is None else (dicom.directory if dicom is not None else output.parent if ml else output)
     writer = AtomicWriter(protect=[request.input], note=result.model_note)
-    progress("save", 0.0, f"writing {output}")
     try:
-        if request.ml:
-            write_multilabel(writer, result.labelmap, output)
-        else:
-            write_per_class(writer, np.asanyarray(result.labelmap.dataobj), reference, result.class_map, output)
-            write_masks(writer, extra_masks or {}, reference, output)
-        if result.statistics is not None:
-            writer.json(statistics_document(result.statistics, result.model_note), out_dir / "statistics.json")
-        if request.preview:
+        if output is not None and not request.skip_saving:
+            progress("save", 0.0, f"writing {output}")
+            if dicom is None or dicom.nifti is not None:
+                nifti = output if dicom is None else dicom.nifti
+                if ml:
+                    write_multilabel(writer, result.labelmap, nifti)
+                else:
+                    write_per_class(writer, np.asanyarray(result.labelmap.dataobj), reference, result.class_map,
+                                    output)
+                    write_masks(writer, extra_masks or {}, reference, output)
+            if dicom is not None:
+                dicom.write(writer, result.labelmap, result.class_map, request.task, result.model_note, progress)
+        if result.statistics is not None and (request.statistics_file or out_dir is not None):
+            writer.json(statistics_document(result.statistics, result.model_note),
+                        request.statistics_file or out_dir / "statistics.json")
+        if request.preview and out_dir is not None:
             title = f"TotalSegmentator {request.task}" + (f" --{request.quality}" if request.quality != "normal"
                                                           else "")
             _preview(writer, result, out_dir / f"preview_{request.task}.png", title, progress)
-        label_file = sidecar_path(output, request.ml)  # last: it lists what this run wrote
-        writer.json(sidecar(request.task, result.class_map, result.model_note, writer.finals() + [label_file]),
-                    label_file)
+        if request.save_probabilities and probabilities is not None:
+            write_probabilities(writer, probabilities, Path(request.save_probabilities))
+        if output is not None and not request.skip_saving and (dicom is None or dicom.nifti is not None):
+            label_file = sidecar_path(output if dicom is None else dicom.nifti, ml)  # last: it lists what this run wrote
+            writer.json(sidecar(request.task, result.class_map, result.model_note, writer.finals() + [label_file]),
+                        label_file)
         return writer.commit()
     except BaseException:
         writer.abort()
         raise
+
+
+def write_probabilities(writer, probabilities, path):
+    """nnU-Net's class probabilities (`probabilities` in an .npz, at the grid nnU-Net saw) at `path`, and
+    the prediction's properties pickled beside it (`path` with suffix .pkl), as the official --save_probabilities."""
+    values, properties = probabilities
+    with open(writer.path(path), "wb") as f:  # an open file: numpy would append .npz to a name
+        np.savez_compressed(f, probabilities=values)
+    with open(writer.path(path.with_suffix(".pkl")), "wb") as f:
+        pickle.dump(properties, f)
+
+
+def write_extras(request, result, progress, report=None):
+    """What reads the committed files: radiomics of the class files, then the run report. Returns the paths."""
+    files = []
+    if request.radiomics and request.output is not None:
+        progress("save", None, "computing radiomics features")
+        writer = AtomicWriter(protect=[request.input])
+        try:
+            writer.json(radiomics_features(request.input, Path(request.output)),
+                        Path(request.output) / "statistics_radiomics.json")
+            files += writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    if report is not None:
+        writer = AtomicWriter(protect=[request.input])
+        writer.json(report, Path(request.report))
+        files += writer.commit()
+    return files
 
 
 def _preview(writer, result, png, title, progress):

@@ -344,7 +344,7 @@ def preprocess(model, data_xyz, zooms_xyz, affine, workdir=None):
 
 
 def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, preprocessed=None, via_files=None,
-            clock=None):
+            clock=None, probabilities=False):
     """Segment one image (canonical x, y, z array) with one model.
 
     Returns the labelmap (x, y, z) with the model's own label values, as the official tool
@@ -355,6 +355,9 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
     the model's reader/writer; by default only readers not emulated in memory use it.
     `clock` (a sliding_window.Clock) collects the time of preprocessing, forwards and the
     sliding window around them.
+    `probabilities`: nnU-Net's export with probabilities, as with its save_probabilities
+    (the labels then come from the probabilities); returns (labels, (probabilities,
+    properties)) instead, the probabilities as nnU-Net saves them.
     """
     clock = clock or sliding_window.Clock()
     workdir = None
@@ -375,11 +378,20 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
             if preprocessed is not None:
                 preprocessed[key] = (tensor, props)
         t, forward = time.perf_counter(), clock.forward
-        seg = model.segment(tensor, dict(props), step_size, tile_callback, clock, preprocessed)
+        probs = None
+        if probabilities:  # official --save_probabilities: nnU-Net's own export, which returns them too
+            props = dict(props)
+            seg, probs = (model.reference or NnunetPredictor(model)).segment(tensor, props, step_size, tile_callback,
+                                                                              clock, probabilities=True)
+            probs = (probs, props)
+        else:
+            seg = model.segment(tensor, dict(props), step_size, tile_callback, clock, preprocessed)
         clock.window += time.perf_counter() - t - (clock.forward - forward)
         if workdir is not None:
-            return _file_round_trip_output(model, seg, props, workdir)
-        return np.asarray(seg).transpose(2, 1, 0)
+            seg = _file_round_trip_output(model, seg, props, workdir)
+        else:
+            seg = np.asarray(seg).transpose(2, 1, 0)
+        return (seg, probs) if probabilities else seg
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -112,8 +112,9 @@ class NnunetPredictor:
                                                    self.model.dataset_json)
         return data, props
 
-    def segment(self, tensor, props, step_size, tile_callback=None, clock=None):
-        """nnU-Net's prediction and export: labels (reader's axis order) before nnU-Net's crop."""
+    def segment(self, tensor, props, step_size, tile_callback=None, clock=None, probabilities=False):
+        """nnU-Net's prediction and export: labels (reader's axis order) before nnU-Net's crop;
+        with `probabilities`, (labels, probabilities) as nnU-Net's save_probabilities exports them."""
         convert = _nnunet()[3]
         predictor = self.predictor
         predictor.tile_step_size = step_size
@@ -132,4 +133,4 @@ class NnunetPredictor:
             raise predictor._cancelled
         # exactly what the official export worker receives: the fp16 logits as a numpy array
         return convert(logits.numpy(), self.plans_manager, self.configuration_manager, self.label_manager, props,
-                       return_probabilities=False)
+                       return_probabilities=probabilities)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputImageError, OutOfMemoryError
-from ..imaging.orientation import from_canonical, to_canonical
-from ..outputs.statistics import basic_statistics
+from ..imaging.orientation import from_canonical, from_canonical_affine, to_canonical
+from ..outputs.statistics import segment_statistics
 from ..system.memory import available_memory, format_bytes, limit_note
 from ..weights import folds_of, model_dir
 from . import geometry
@@ -33,7 +33,6 @@ from .postprocessing import (blob_threshold, body_postprocessing, refine_vertebr
 
 TEST_MODEL_MARK = "TEST MODEL"
 VERTEBRAE_PP = ("vertebrae_pp", "vertebrae_pp_refined")  # both run the vertebrae_pp step at model resolution
-SMALL_BLOB_MM3 = 200  # official --remove_small_blobs default
 AUTO_SPLIT_VOXELS = 512 * 512 * 900  # official: split multi-part runs of larger images ...
 AUTO_SPLIT_MIN_Z = 200  # ... that have more than 200 slices
 OOM_FIX = ("Use --fast (3 mm) or --fastest (6 mm), crop the image to the region you need or use --roi_subset, "
@@ -63,6 +62,9 @@ class RunContext:
         self.progress = progress
         self.timings = {}
         self.notes = set()  # e.g. "TEST MODEL ..." descriptions of the weights used
+        self.lowres_affine = None  # save_lowres: the affine of the labelmap at the model resolution
+        self.save_probabilities = False  # keep nnU-Net's probabilities of the main task (--save_probabilities)
+        self.probabilities = None  # then: (probabilities, properties) of its last prediction
 
     def timed(self, name, seconds):
         self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
@@ -143,7 +145,13 @@ def predict_image(ctx, plan, image, region=None):
     ctx.timed("merge", time.time() - t - clock.preprocess - clock.forward - clock.window)
     t = time.time()
     pred, stats = _postprocess(plan, pred, model_input, merged=plan.mode.multi_part or split)
-    if model_input.resampled:
+    if plan.save_lowres:  # official --save_lowres: no upsampling; the model grid in the input's axis order
+        ctx.lowres_affine = lowres_affine(model_input, pred.shape, image.affine)
+    elif model_input.resampled and plan.smooth_upsampling:
+        if plan.roi_subset is not None:  # official: the subset is applied before the smooth upsampling
+            pred *= np.isin(pred, [k for k, v in plan.spec.classes.items() if v in plan.roi_subset])
+        pred = geometry.resample_labels_smooth(pred, model_input.canonical_shape)
+    elif model_input.resampled:
         pred = geometry.resample_labels_to_shape(pred, model_input.canonical_shape)
     pred = from_canonical(pred, image.affine)
     if model_input.bbox is not None:
@@ -164,7 +172,7 @@ def _prepare(ctx, plan, image, region):
     data, can_affine = to_canonical(data, crop_affine)
     canonical_shape = data.shape
     loaded = [ctx.model(m) for m in plan.models]
-    resample = plan.mode.resample
+    resample = plan.resample
     can_zooms = geometry.header_zooms(can_affine)
     if resample is not None:
         model_spacing = tuple(resample)
@@ -173,7 +181,8 @@ def _prepare(ctx, plan, image, region):
         model_spacing, model_shape = tuple(float(z) for z in can_zooms), canonical_shape
     check_memory(loaded, model_shape, model_spacing, plan.spec, canonical_shape)
     if resample is not None:
-        data, rsp_affine, resampled = geometry.resample_to_spacing(data, can_affine, resample)
+        data, rsp_affine, resampled = geometry.resample_to_spacing(data, can_affine, resample,
+                                                                   order=plan.resampling_order)
     else:
         rsp_affine, resampled = can_affine, False
     return loaded, _ModelInput(data, rsp_affine, geometry.header_zooms(rsp_affine), canonical_shape, resampled,
@@ -205,6 +214,7 @@ def _predict(ctx, plan, loaded, model_input, clock):
     preprocessed = [{} for _ in parts]
     class_inv = {v: k for k, v in spec.classes.items()}
     n_jobs = len(loaded) * len(parts)
+    want_probabilities = ctx.save_probabilities and plan.stage == "predict"
     for mi, (model, lm) in enumerate(zip(plan.models, loaded)):
         for pi, pdata in enumerate(part_data):
             job = mi * len(parts) + pi
@@ -215,8 +225,16 @@ def _predict(ctx, plan, loaded, model_input, clock):
             def tiles(done, total, job=job, label=label):
                 progress(plan.stage, (job + done / max(total, 1)) / n_jobs, f"{label}: tile {done}/{total}")
 
-            seg = predict(lm, pdata, model_input.zooms, model_input.affine, plan.mode.step_size, tiles,
-                          preprocessed[pi], clock=clock)
+            if want_probabilities:  # official --save_probabilities: kept from the last model's first part
+                keep = mi == len(loaded) - 1 and pi == 0
+                seg, probabilities = predict(lm, pdata, model_input.zooms, model_input.affine, plan.mode.step_size,
+                                             tiles, preprocessed[pi], via_files=True if keep else None,
+                                             probabilities=True, clock=clock)
+                if keep:
+                    ctx.probabilities = probabilities
+            else:
+                seg = predict(lm, pdata, model_input.zooms, model_input.affine, plan.mode.step_size, tiles,
+                              preprocessed[pi], clock=clock)
             if multi:
                 lut = np.zeros(max(model.classes) + 1, np.uint8)
                 for local, name in model.classes.items():
@@ -258,11 +276,19 @@ def _postprocess(plan, pred, model_input, merged):
         pred = vertebrae_pp(pred, spec.classes, pred_zooms)
         pred_zooms = stored_zooms
     if plan.remove_small_blobs:
-        remove_small_blobs(pred, sorted(spec.classes), blob_threshold(SMALL_BLOB_MM3, pred_zooms))
+        remove_small_blobs(pred, sorted(spec.classes), blob_threshold(plan.small_blob_mm3, pred_zooms))
     stats = None
-    if plan.fast_statistics:
-        stats = basic_statistics(pred, model_input.data, model_input.zooms, spec.classes, plan.roi_subset)
+    if plan.fast_statistics:  # official: aggregation and border rule, never the extra metrics, at this grid
+        options = plan.fast_statistics
+        stats = segment_statistics(pred, model_input.data, model_input.zooms, spec.classes, plan.roi_subset,
+                                   options.aggregation, False, options.include_incomplete)
     return pred, stats
+
+
+def lowres_affine(model_input, shape, input_affine):
+    """The affine of a labelmap left at the model grid, in the input's voxel axis order (official
+    --save_lowres: nnU-Net's output file, float32 affine, reoriented like the input)."""
+    return from_canonical_affine(geometry.stored_affine(model_input.affine), shape, input_affine)
 
 
 def check_memory(loaded, model_shape, model_spacing, spec, canonical_shape):

@@ -31,7 +31,8 @@ OUTPUT_FORMATS = ("nii.gz", "nii")
 LABELMAP_NAME = "seg"  # the labelmap in the result zip: seg.nii.gz (or seg.nii), its label table seg.labels.json
 
 # decided by the server's admin, never by a client (paths on the server, its GPU, its downloads)
-SERVER_FIELDS = ("input", "output", "weights_dir", "device", "download")
+SERVER_FIELDS = ("input", "output", "weights_dir", "device", "download", "statistics_file", "save_probabilities",
+                 "report")
 
 TERMINAL_EVENTS = ("result", "error")
 HEARTBEAT_SECONDS = 5.0  # a blank line this often keeps idle proxies (and the client's read time-out) happy

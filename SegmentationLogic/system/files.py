@@ -13,6 +13,7 @@ a folder should be) is an `OutputPathError` naming the file, its cause and a fix
 """
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -131,6 +132,15 @@ def atomic_path(final, suffix="", private=False):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _json_default(o):

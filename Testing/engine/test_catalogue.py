@@ -120,6 +120,12 @@ def test_cli_lists_tasks_and_classes(capsys):
     assert main(["list-tasks"]) == 0
     out = capsys.readouterr().out
     assert "liver_vessels" in out and "heartchambers_highres" in out and "51 tasks" in out
+    header, *rows = out.split("\n\n")[0].splitlines()
+    for column in ("MOD", "LICENCE", "QUALITIES", "DESCRIPTION"):  # every cell starts under its header
+        start = header.index(column)
+        assert all(row[start - 2:start] == "  " and row[start] != " " for row in rows), column
+    end = header.index("CLASSES") + len("CLASSES")  # counts are right-aligned under theirs
+    assert all(row[end - 1].isdigit() and row[end] == " " for row in rows)
     assert main(["classes", "total", "--json"]) == 0
     classes = json.loads(capsys.readouterr().out)
     assert classes["1"] == "spleen" and classes["117"] == "costal_cartilages" and len(classes) == 117

@@ -11,7 +11,7 @@ ENGINE = REPO / "SegmentationLogic"
 # Heavy or optional dependencies a function may import on first use (seconds to import, or
 # not needed by most runs). Anything else is imported at the top of its module.
 HEAVY = {"torch", "nnunetv2", "vtk", "vtkmodules", "SimpleITK", "pydicom", "highdicom", "slicer", "skimage",
-         "ctypes", "fastapi", "uvicorn", "ray", "msvcrt", "fcntl",
+         "ctypes", "fastapi", "uvicorn", "ray", "msvcrt", "fcntl", "xgboost", "radiomics",
          "dynamic_network_architectures", "acvl_utils"}  # nnU-Net's network and padding helpers import torch
 # Lazy imports of the engine's own modules, each for a heavy dependency behind it.
 LAZY_ENGINE_IMPORTS = {
@@ -25,7 +25,7 @@ LAZY_ENGINE_IMPORTS = {
 }
 # Front doors import the engine inside the command that runs, so `--help`, `list-tasks`,
 # `segment --server` and a worker relaying to a server start without numpy, nibabel or torch.
-FRONT_DOORS = ("cli/", "worker.py", "server/cli.py", "cohort/cli.py")
+FRONT_DOORS = ("cli/", "worker.py", "server/cli.py", "cohort/cli.py", "tools/cli.py")
 # Not shipped with Slicer (installed on the first Apply): the MRML code imported while the
 # module loads, and the remote client (Slicer's Python is enough for it), may import it only
 # where a result is read.

@@ -23,13 +23,13 @@ def rotation(axis, degrees):
 
 def write_series(folder, volume_zyx, spacing=(0.8, 0.7, 2.5), direction=np.eye(3), origin=(-100.0, -120.0, 50.0),
                  slope=None, intercept=None, series=1, description="synthetic", modality="CT",
-                 tilt_mm_per_slice=0.0, image_type="ORIGINAL\\PRIMARY\\AXIAL", name_order=None):
+                 tilt_mm_per_slice=0.0, image_type="ORIGINAL\\PRIMARY\\AXIAL", name_order=None, extra_tags=None):
     """Write `volume_zyx` (slices, rows, columns) as one DICOM file per slice.
 
     `direction` columns are the LPS row, column and slice directions; `slope`/`intercept`
     store values as (value - intercept) / slope; `tilt_mm_per_slice` shifts each slice
     along the column direction (gantry tilt); `name_order` permutes file names so that
-    directory order is not slice order.
+    directory order is not slice order; `extra_tags` ({"gggg|eeee": value}) go into every slice.
     """
     os.makedirs(folder, exist_ok=True)
     volume_zyx = np.asarray(volume_zyx)
@@ -54,6 +54,7 @@ def write_series(folder, volume_zyx, spacing=(0.8, 0.7, 2.5), direction=np.eye(3
             "0020|0032": "\\".join(f"{v:.4f}" for v in position),
             "0028|0030": f"{spacing[1]}\\{spacing[0]}", "0018|0050": str(spacing[2]),
         }
+        tags.update(extra_tags or {})
         if slope is not None:
             tags.update({"0028|1053": str(slope), "0028|1052": str(intercept), "0028|0100": "16",
                          "0028|0101": "16", "0028|0102": "15", "0028|0103": "1"})

@@ -59,11 +59,18 @@ def oracle_env(weights_dir, home):
 
 
 def official_kwargs(task="total", quality="normal", roi_subset=None, ml=True, statistics=False, body_seg=False,
-                    force_split=False, remove_small_blobs=False, robust_crop=False):
+                    force_split=False, remove_small_blobs=False, robust_crop=False, output_types=None,
+                    statistics_extra=False, stats_aggregation="mean", stats_include_incomplete=False):
     """Our option names -> the official python_api arguments."""
-    return {"task": task, "fast": quality == "fast", "fastest": quality == "fastest", "roi_subset": roi_subset,
-            "ml": ml, "statistics": statistics, "body_seg": body_seg, "force_split": force_split,
-            "remove_small_blobs": remove_small_blobs, "robust_crop": robust_crop}
+    kwargs = {"task": task, "fast": quality == "fast", "fastest": quality == "fastest", "roi_subset": roi_subset,
+              "ml": ml, "statistics": statistics, "body_seg": body_seg, "force_split": force_split,
+              "remove_small_blobs": remove_small_blobs, "robust_crop": robust_crop}
+    if output_types:  # the official CLI passes one type as a string, several as a list
+        kwargs["output_type"] = output_types[0] if len(output_types) == 1 else list(output_types)
+    if statistics_extra or stats_aggregation != "mean" or stats_include_incomplete:
+        kwargs.update(statistics_extra=statistics_extra, stats_aggregation=stats_aggregation,
+                      statistics_exclude_masks_at_border=not stats_include_incomplete)
+    return kwargs
 
 
 class OfficialBatch:

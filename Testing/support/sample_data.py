@@ -97,29 +97,33 @@ def example_path(name, download=True, progress=None):
 
 
 def _download(name, dest):
-    import requests  # imported lazily: most callers find the files locally
-
     if dest.is_file() and _sha256(dest) == FILES[name]:
         return
+    download_checked(BASE_URL + name, dest, FILES[name], "example data",
+                     "Check the internet connection, or copy the TotalSegmentator test files into a folder and set "
+                     "TOTALSEG_EXAMPLES_DIR to it.")
+
+
+def download_checked(url, dest, sha256, what, fix, error=WeightsDownloadError):
+    """Stream `url` to `dest` (a temporary name until its SHA-256 matches); `error(cause, fix)` on failure."""
+    import requests  # imported lazily: most callers find their files locally
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    url = BASE_URL + name
-    tmp = dest.with_name(dest.name + ".part")
+    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
     try:
         with requests.get(url, stream=True, timeout=(10, 60)) as r:
             r.raise_for_status()
             with open(tmp, "wb") as f:
                 for chunk in r.iter_content(1 << 16):
                     f.write(chunk)
+        if _sha256(tmp) != sha256:
+            raise error(f"The downloaded {what} {dest.name} has the wrong checksum (from {url}).",
+                        "Retry; if it persists the pinned source has changed: copy the file by hand.")
+        os.replace(tmp, dest)
     except requests.RequestException as e:
+        raise error(f"Could not download {what} from {url}: {e}", fix) from e
+    finally:
         tmp.unlink(missing_ok=True)
-        raise WeightsDownloadError(f"Could not download example data from {url}: {e}",
-                                   "Check the internet connection, or copy the TotalSegmentator test files "
-                                   "into a folder and set TOTALSEG_EXAMPLES_DIR to it.") from e
-    if _sha256(tmp) != FILES[name]:
-        tmp.unlink()
-        raise WeightsDownloadError(f"Downloaded example file {name} has the wrong checksum.",
-                                   "Retry; if it persists the pinned source has changed.")
-    os.replace(tmp, dest)
 
 
 def _sha256(path):

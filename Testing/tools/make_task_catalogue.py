@@ -201,6 +201,9 @@ def build():
     return {
         "format": 1,
         "source": f"facts from TotalSegmentator {package_version()} (Apache-2.0)",
+        "totalsegmentator_version": package_version(),
+        # the label values of TotalSegmentator v1 (`--v1_order` writes task total with them)
+        "total_v1_classes": {str(k): v for k, v in sorted(m2b.class_map["total_v1"].items())},
         "weights_url": "https://github.com/wasserth/TotalSegmentator/releases/download/{release}/{folder}.zip",
         "licensed_weights_url": "https://backend.totalsegmentator.com/download_weights",
         "license_info_url": "https://backend.totalsegmentator.com/license-academic/",
