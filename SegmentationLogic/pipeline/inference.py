@@ -160,7 +160,9 @@ class LoadedModel:
             n_in = self.plans.num_input_channels()
         except (PlansError, KeyError, TypeError, ValueError) as e:
             raise InvalidWeightsError(f"Model {self.name}: plans.json/dataset.json do not describe its network ({e}).",
-                                      "Re-download or re-import the weights of this model.") from e
+                                      "Download or import the weights of this model again (python -m "
+                                      "SegmentationLogic download-weights, or import-weights with the official "
+                                      "zip).") from e
         if n_in != 1:
             raise InvalidWeightsError(f"Model {self.name} expects {n_in} input channels; TotalSegmentator models "
                                       "take one image.", "Use weights made for TotalSegmentator.")

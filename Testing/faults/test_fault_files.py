@@ -180,7 +180,7 @@ def test_damaged_model_files_are_named_before_the_run(ct, test_weights, tmp_path
         "checkpoint_empty": (lambda m: (m / "fold_0" / "checkpoint_final.pth").write_bytes(b""),
                              ["checkpoint_final.pth", "not a PyTorch checkpoint"]),
         "plans_without_content": (lambda m: plans(m, json.dumps({"configurations": {m.name.split("__")[-1]: {}}})),
-                                  ["lacks what nnU-Net needs"]),
+                                  ["plans.json", "do not describe its network"]),
     }
     argvs = [_segment(["--weights_dir", damaged(name, damage), "--no_download", "--device", "cpu"], ct,
                       tmp_path / "out" / f"{name}.nii.gz", "--ml") for name, (damage, _) in cases.items()]
