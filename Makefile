@@ -8,6 +8,9 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 # PyTorch's index of CPU-only wheels: on Linux, PyPI's torch wheel brings GBs of CUDA libraries
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
+# pytest workers for `make test` (pytest-xdist; a file's tests stay on one worker)
+TEST_WORKERS ?= 2
+
 .PHONY: setup setup-mrml-stable testmodels demo test test-mrml-stable benchmark clean
 
 setup: $(VENV)/.installed
@@ -37,7 +40,7 @@ test:
 	@t0=$$(date +%s); \
 	$(MAKE) --no-print-directory setup setup-mrml-stable || exit $$?; t1=$$(date +%s); \
 	$(MAKE) --no-print-directory testmodels || exit $$?; t2=$$(date +%s); \
-	$(PY) -m pytest; rc=$$?; t3=$$(date +%s); \
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile; rc=$$?; t3=$$(date +%s); \
 	$(MAKE) --no-print-directory test-mrml-stable; rc2=$$?; t4=$$(date +%s); \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure, not a pass"; fi; \
 	echo "make test: set-up $$((t1 - t0)) s, test models $$((t2 - t1)) s, tests $$((t3 - t2)) s +" \
@@ -50,8 +53,10 @@ test:
 SLICER_CORE_STABLE_VERSION := 5.12.4.0
 SLICER_CORE_STABLE_PINS := slicer-core==$(SLICER_CORE_STABLE_VERSION) vtk==9.6.0
 SLICER_CORE_STABLE := .slicer-core-stable
-# Which tests the second pass runs (all that use MRML; `MRML_STABLE_TESTS=Testing/mrml` narrows it).
-MRML_STABLE_TESTS ?= -m mrml
+# Which tests the second pass runs: the MRML code itself (Testing/mrml: scenes, import, terminology,
+# vessel review, the batch script) and the module's start-up registration; `MRML_STABLE_TESTS="-m mrml"`
+# runs every test that uses MRML (the panel and job tests too: about 3 more minutes).
+MRML_STABLE_TESTS ?= Testing/mrml Testing/module/test_startup.py Testing/module/test_review_edit.py
 
 $(SLICER_CORE_STABLE)/.installed-$(SLICER_CORE_STABLE_VERSION): | setup
 	rm -rf $(SLICER_CORE_STABLE)

@@ -105,9 +105,10 @@ def _run(case):
 
 
 def main(cases_file, results_file):
-    from reference import PRIMUS_MODULE
+    from reference import PRIMUS_MODULE, nnunet_in_process
 
     sys.modules[PRIMUS_MODULE] = types.ModuleType(PRIMUS_MODULE)  # before nnunetv2 (timm -> torchvision)
+    nnunet_in_process()  # nnU-Net's preprocessing and export in this process (reference.py says why)
     results = [_run(case) for case in json.loads(Path(cases_file).read_text())]
     Path(results_file).write_text(json.dumps(results))
 

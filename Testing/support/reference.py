@@ -12,7 +12,11 @@ timm -> torchvision (broken here); the runner replaces that one module with an e
 before anything else is imported.
 
 Several cases can run in one subprocess (`OfficialBatch`), which pays the start-up cost
-once and runs in the background while the caller does other work.
+once and runs in the background while the caller does other work. nnU-Net's preprocessing
+and export run inside that subprocess instead of in worker processes it would spawn for
+every model (`nnunet_in_process`: the same functions with the same arguments; labelmaps
+checked identical both ways; `TOTALSEG_ORACLE_WORKERS=1` restores the workers): that halves
+the CPU the official runs cost.
 
 Usage as a script (what the subprocess runs):
     python Testing/support/reference.py CASES.json RESULTS.jsonl
@@ -175,6 +179,78 @@ def run_official(input_path, output_path, weights_dir, workdir=None, **options):
     return r["seconds"]
 
 
+class _Done:
+    """A finished `AsyncResult`, as nnU-Net's export loop polls it."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def ready(self):
+        return True
+
+    def get(self, timeout=None):
+        return self.value
+
+
+class _InlinePool:
+    """nnU-Net's export pool, run in the calling process: `apply_async` calls the function now."""
+
+    _pool = ()
+
+    def __init__(self, processes=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def apply_async(self, func, args=(), kwds=None):
+        return _Done(func(*args, **(kwds or {})))
+
+
+def nnunet_in_process():
+    """The official runs' nnU-Net without its worker processes.
+
+    For every model nnU-Net spawns a preprocessing process and an export pool; each new
+    process imports torch and nnU-Net again: seconds of CPU per model, most of a parity run
+    on two cores. Here the same functions run with the same arguments in this process
+    (preprocess_fromfiles_save_to_queue into a list, export_prediction_from_logits /
+    convert_predicted_logits_... called at once), so the numbers are nnU-Net's own."""
+    import multiprocessing
+    import types
+
+    import nnunetv2.inference.data_iterators as iterators
+    import nnunetv2.inference.predict_from_raw_data as predict
+
+    class Items(list):
+        def put(self, item, timeout=None):
+            self.append(item)
+
+    class Flag:
+        def set(self):
+            pass
+
+        def is_set(self):
+            return False
+
+    def preprocessing_iterator_fromfiles(list_of_lists, segs, ofiles, plans_manager, dataset_json,
+                                         configuration_manager, num_processes, pin_memory=False, verbose=False):
+        for i in range(len(list_of_lists)):
+            items = Items()
+            iterators.preprocess_fromfiles_save_to_queue(
+                list_of_lists[i:i + 1], None if segs is None else segs[i:i + 1],
+                None if ofiles is None else ofiles[i:i + 1], plans_manager, dataset_json, configuration_manager,
+                items, Flag(), Flag(), verbose)
+            yield from items
+
+    spawn = types.SimpleNamespace(Pool=_InlinePool)
+    predict.multiprocessing = types.SimpleNamespace(get_context=lambda method=None: spawn,
+                                                    TimeoutError=multiprocessing.TimeoutError)
+    predict.preprocessing_iterator_fromfiles = preprocessing_iterator_fromfiles
+
+
 def _runner(cases_file, results_file):
     import traceback
     import types
@@ -182,6 +258,9 @@ def _runner(cases_file, results_file):
     # Must precede any nnunetv2 import: the Primus trainers import timm -> torchvision.
     sys.modules[PRIMUS_MODULE] = types.ModuleType(PRIMUS_MODULE)
     from totalsegmentator.python_api import totalsegmentator
+
+    if os.environ.get("TOTALSEG_ORACLE_WORKERS") != "1":  # TOTALSEG_ORACLE_WORKERS=1: nnU-Net's own processes
+        nnunet_in_process()
 
     for case in json.loads(Path(cases_file).read_text()):
         t0 = time.time()
