@@ -10,6 +10,7 @@ one does, so ties and rounding fall the same way. Models with regions are not us
 TotalSegmentator and are not handled here.
 """
 import numpy as np
+from scipy.ndimage import map_coordinates
 
 from .nnunet_preprocessing import resampling_function
 
@@ -28,8 +29,6 @@ def _bbox(mask):
 
 def _resample_box(channel, new_shape, start, end):
     """(target slices, linearly resampled values) of channel[start:end] on the new grid."""
-    from scipy.ndimage import map_coordinates  # heavy: scipy.ndimage
-
     old_shape = np.array(channel.shape)
     scale = new_shape / old_shape
     t_start = np.maximum(np.floor(start * scale).astype(int), 0)
