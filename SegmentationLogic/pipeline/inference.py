@@ -219,23 +219,24 @@ class LoadedModel:
         return int(weights + tile + accumulate + export)
 
     # -- one prediction -----------------------------------------------------------------
-    def segment(self, tensor, props, step_size, tile_callback=None, clock=None, cache=None):
+    def segment(self, tensor, props, step_size, tile_callback=None, clock=None, cache=None, cropped=False):
         """Labels (reader's axis order, before nnU-Net's crop) of a preprocessed image:
         nnUNetPredictor.predict_logits_from_preprocessed_data, then the export. `cache`: a
-        dict shared by the models of one run, for what they can share."""
+        dict shared by the models of one run, for what they can share. `cropped`: the official
+        --higher_order_resampling export (cropped_export)."""
         clock = clock or sliding_window.Clock()
         if self.reference is not None:
-            return self.reference.segment(tensor, props, step_size, tile_callback, clock)
+            return self.reference.segment(tensor, props, step_size, tile_callback, clock, cropped=cropped)
         torch = _torch()
         threads = torch.get_num_threads()
         torch.set_num_threads(min(sliding_window.default_num_processes(), threads))  # as nnU-Net
         try:
             with torch.inference_mode():
-                return self._segment(tensor, props, step_size, tile_callback, clock, cache)
+                return self._segment(tensor, props, step_size, tile_callback, clock, cache, cropped)
         finally:
             torch.set_num_threads(threads)
 
-    def _segment(self, tensor, props, step_size, tile_callback, clock, cache):
+    def _segment(self, tensor, props, step_size, tile_callback, clock, cache, cropped):
         plans, on_device = self.plans, self.device.type == "cuda"
         if len(self.parameters) == 1:
             logits, weights, unpad = sliding_window.sliding_window_logits(
@@ -249,7 +250,7 @@ class LoadedModel:
                     return labels
                 logits, weights, unpad = logits.to("cpu"), None, None
             clock.settle()
-            return sliding_window.labels_from_logits(logits, plans, props, weights, unpad)
+            return sliding_window.labels_from_logits(logits, plans, props, weights, unpad, cropped)
         total = None
         for params in self.parameters:  # the ensemble, in fp16, as nnU-Net sums and averages it
             self.network.load_state_dict(params)
@@ -263,7 +264,7 @@ class LoadedModel:
                 total += logits
         total /= len(self.parameters)
         clock.settle()
-        return sliding_window.labels_from_logits(total, plans, props)
+        return sliding_window.labels_from_logits(total, plans, props, cropped=cropped)
 
 
 class ModelCache:
@@ -346,7 +347,7 @@ def preprocess(model, data_xyz, zooms_xyz, affine, workdir=None):
 
 
 def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, preprocessed=None, via_files=None,
-            clock=None, probabilities=False):
+            clock=None, probabilities=False, cropped=False):
     """Segment one image (canonical x, y, z array) with one model.
 
     Returns the labelmap (x, y, z) with the model's own label values, as the official tool
@@ -359,7 +360,8 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
     sliding window around them.
     `probabilities`: nnU-Net's export with probabilities, as with its save_probabilities
     (the labels then come from the probabilities); returns (labels, (probabilities,
-    properties)) instead, the probabilities as nnU-Net saves them.
+    properties)) instead, the probabilities as nnU-Net saves them (the official tool then
+    ignores --higher_order_resampling's export too). `cropped`: that export (cropped_export).
     """
     clock = clock or sliding_window.Clock()
     workdir = None
@@ -387,7 +389,7 @@ def predict(model, data_xyz, zooms_xyz, affine, step_size, tile_callback=None, p
                                                                               clock, probabilities=True)
             probs = (probs, props)
         else:
-            seg = model.segment(tensor, dict(props), step_size, tile_callback, clock, preprocessed)
+            seg = model.segment(tensor, dict(props), step_size, tile_callback, clock, preprocessed, cropped)
         clock.window += time.perf_counter() - t - (clock.forward - forward)
         if workdir is not None:
             seg = _file_round_trip_output(model, seg, props, workdir)

@@ -13,6 +13,7 @@ import logging
 import threading
 
 from ..errors import Cancelled
+from .sliding_window import labels_from_logits
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class NnunetPredictor:
                                                    self.model.dataset_json)
         return data, props
 
-    def segment(self, tensor, props, step_size, tile_callback=None, clock=None, probabilities=False):
+    def segment(self, tensor, props, step_size, tile_callback=None, clock=None, probabilities=False, cropped=False):
         """nnU-Net's prediction and export: labels (reader's axis order) before nnU-Net's crop;
         with `probabilities`, (labels, probabilities) as nnU-Net's save_probabilities exports them."""
         convert = _nnunet()[3]
@@ -131,6 +132,8 @@ class NnunetPredictor:
             clock.settle()
         if predictor._cancelled is not None:
             raise predictor._cancelled
+        if cropped and not probabilities:  # the official --higher_order_resampling export
+            return labels_from_logits(logits, self.model.plans, props, cropped=True)
         # exactly what the official export worker receives: the fp16 logits as a numpy array
         return convert(logits.numpy(), self.plans_manager, self.configuration_manager, self.label_manager, props,
                        return_probabilities=probabilities)

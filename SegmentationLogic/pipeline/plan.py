@@ -77,6 +77,7 @@ class RunPlan:
     nnunet_resampling: bool = False  # --higher_order_resampling: nnU-Net resamples, not the pipeline
     smooth_upsampling: bool = False  # --higher_order_resampling_LEGACY: one-hot order-1 upsampling of the labels
     save_lowres: bool = False  # the labelmap stays at the model resolution
+    cropped_export: bool = False  # -ho: the official cropped logits resampling export (pipeline/cropped_export)
 
     @property
     def resample(self):
@@ -157,6 +158,8 @@ def plan_run(task, quality="normal", roi_subset=None, body_seg=False, robust_cro
             crop = CropStep(_sub_plan(cat, "body", "fast", resampling_order), None, BODY_SEG_ADDON_MM)
     refine = _sub_plan(cat, REFINE_TASK[spec.postprocessing], "normal", resampling_order) \
         if spec.postprocessing in REFINE_TASK else None
+    if refine is not None and nnunet_resampling:  # official: the refining model keeps its resampling, not the export
+        refine = dataclasses.replace(refine, cropped_export=True)
     models = tuple(mode.models)
     if roi_subset and mode.multi_part:
         wanted = set(roi_subset)
@@ -167,7 +170,7 @@ def plan_run(task, quality="normal", roi_subset=None, body_seg=False, robust_cro
     return RunPlan(spec, mode, models, tuple(roi_subset) if roi_subset else None, crop, refine, force_split,
                    remove_small_blobs, fast_statistics=fast_statistics, small_blob_mm3=small_blob_mm3,
                    resampling_order=resampling_order, nnunet_resampling=nnunet_resampling,
-                   smooth_upsampling=smooth_upsampling, save_lowres=save_lowres)
+                   smooth_upsampling=smooth_upsampling, save_lowres=save_lowres, cropped_export=nnunet_resampling)
 
 
 def plan_request(request, catalogue=None):

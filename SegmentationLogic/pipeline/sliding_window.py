@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from .cropped_export import cropped_labels
 from .nnunet_preprocessing import resampling_function
 
 INF_MESSAGE = ("Encountered inf in predicted array. Aborting... If this problem persists, reduce "
@@ -303,12 +304,13 @@ def labels_on_device(logits, plans, props):
     return out.transpose(plans.transpose_backward)
 
 
-def labels_from_logits(logits, plans, props, weights=None, unpad=None):
+def labels_from_logits(logits, plans, props, weights=None, unpad=None, cropped=False):
     """convert_predicted_logits_to_segmentation_with_correct_shape(...) for a model without
     regions: labels in the image's shape before nnU-Net's crop, in the reader's axis order.
 
     logits: float16 (C, ...) on the CPU. Either final (divided, unpadded), or, with
-    `weights` and `unpad` from sliding_window_logits, as they come out of the tiles."""
+    `weights` and `unpad` from sliding_window_logits, as they come out of the tiles.
+    `cropped`: the official --higher_order_resampling export (cropped_export)."""
     torch = _torch()
     seg_dtype = np.dtype(plans.seg_dtype_name)
     out = np.zeros(tuple(props["shape_before_cropping"]), dtype=seg_dtype)
@@ -326,6 +328,9 @@ def labels_from_logits(logits, plans, props, weights=None, unpad=None):
         if weights is not None:
             logits = divided(logits, weights, unpad)
         spacing = [props["spacing"][i] for i in plans.transpose_forward]
+        if cropped:
+            out[box] = cropped_labels(logits.numpy(), plans, target_shape, spacing, seg_dtype)
+            return out.transpose(plans.transpose_backward)
         resampled = resampling_function(plans, "probabilities")(logits.numpy(), target_shape, plans.spacing, spacing)
         if isinstance(resampled, torch.Tensor):
             resampled = resampled.numpy()

@@ -234,7 +234,7 @@ def _predict(ctx, plan, loaded, model_input, clock):
                     ctx.probabilities = probabilities
             else:
                 seg = predict(lm, pdata, model_input.zooms, model_input.affine, plan.mode.step_size, tiles,
-                              preprocessed[pi], clock=clock)
+                              preprocessed[pi], clock=clock, cropped=plan.cropped_export)
             if multi:
                 lut = np.zeros(max(model.classes) + 1, np.uint8)
                 for local, name in model.classes.items():

@@ -64,11 +64,15 @@ def oracle_env(weights_dir, home):
 
 def official_kwargs(task="total", quality="normal", roi_subset=None, ml=True, statistics=False, body_seg=False,
                     force_split=False, remove_small_blobs=False, robust_crop=False, output_types=None,
-                    statistics_extra=False, stats_aggregation="mean", stats_include_incomplete=False):
-    """Our option names -> the official python_api arguments."""
+                    statistics_extra=False, stats_aggregation="mean", stats_include_incomplete=False,
+                    higher_order_resampling_legacy=False, **same_name):
+    """Our option names -> the official python_api arguments; options named alike in both (e.g.
+    higher_order_resampling, save_lowres, v1_order) pass through unchanged."""
     kwargs = {"task": task, "fast": quality == "fast", "fastest": quality == "fastest", "roi_subset": roi_subset,
               "ml": ml, "statistics": statistics, "body_seg": body_seg, "force_split": force_split,
-              "remove_small_blobs": remove_small_blobs, "robust_crop": robust_crop}
+              "remove_small_blobs": remove_small_blobs, "robust_crop": robust_crop, **same_name}
+    if higher_order_resampling_legacy:
+        kwargs["higher_order_resampling_LEGACY"] = True
     if output_types:  # the official CLI passes one type as a string, several as a list
         kwargs["output_type"] = output_types[0] if len(output_types) == 1 else list(output_types)
     if statistics_extra or stats_aggregation != "mean" or stats_include_incomplete:
