@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+# --no-compile: no .pyc for the thousands of modules nobody imports (Python writes them on first import)
+PIP := $(PY) -m pip install --disable-pip-version-check -q --no-compile -c constraints.txt
 # PyTorch's index of CPU-only wheels: on Linux, PyPI's torch wheel brings GBs of CUDA libraries
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 

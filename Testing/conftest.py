@@ -49,11 +49,23 @@ def pytest_sessionstart(session):
         pytest.exit(f"slicer-core {expected} was expected on PYTHONPATH, but {version} would be tested", returncode=3)
 
 
+# Files that take longest run first: on two workers (`make test`) the longest file then starts
+# at once on one worker while the other works through the rest, instead of running on alone at the end.
+LONGEST_FIRST = ("parity/test_parity.py", "cohort/test_cohort_ray.py", "parity/test_tools_parity.py")
+
+
+def _longest_first(item):
+    path = item.path.as_posix()
+    return next((i for i, tail in enumerate(LONGEST_FIRST) if path.endswith(tail)), len(LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that use real MRML: `make test` runs them again on the stable slicer-core."""
+    """Mark the tests that use real MRML (`make test` runs them again on the stable slicer-core);
+    the longest files first (a stable sort: the order within a file stays)."""
     for item in items:
         if slicer_core_build.uses_mrml(item.path):
             item.add_marker(pytest.mark.mrml)
+    items.sort(key=_longest_first)
 
 
 @pytest.fixture(scope="session")

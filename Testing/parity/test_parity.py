@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 
 from reference import OfficialBatch
+from SegmentationLogic.catalogue import load_catalogue
 from SegmentationLogic.outputs.labelmap import read_label_table
 from SegmentationLogic.outputs.writer import TEST_MODEL_DESCRIPTION
 from SegmentationLogic.outputs.statistics import EXCLUDED_KEY, without_notes
@@ -208,6 +209,9 @@ def test_identical_to_official(name, official, engine_run, parity_dir):
             assert not excluded
         else:
             assert excluded and all(ours_stats[k]["volume"] == 0.0 for k in excluded)
+    if options.get("v1_order"):  # both tools wrote the v1 label values (the label tables are equal above)
+        assert result.class_map != load_catalogue().task("total").classes
+        assert set(np.unique(labels)) - {0} <= set(result.class_map)
     if name in PLAIN_CASE and PLAIN_CASE[name] in official.names:  # the options must have had an effect
         plain = np.asanyarray(nib.load(_official_output(official, parity_dir, PLAIN_CASE[name])).dataobj)
         assert plain.shape != labels.shape or np.count_nonzero(plain != labels) > 0
