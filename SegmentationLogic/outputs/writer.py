@@ -168,12 +168,15 @@ def write_result(request, result, reference, progress, extra_masks=None, dicom=N
     ml = request.ml or dicom is not None
     output = None if request.output is None else (dicom.main_path if dicom is not None else Path(request.output))
     out_dir = None if output is None else (dicom.directory if dicom is not None else output.parent if ml else output)
+    # the NIfTI result (labelmap or per-class folder), with its sidecar; None: only DICOM or nothing
+    nifti = None
+    if output is not None and not request.skip_saving and (dicom is None or dicom.nifti is not None):
+        nifti = output if dicom is None else dicom.nifti
     writer = AtomicWriter(protect=[request.input], note=result.model_note)
     try:
         if output is not None and not request.skip_saving:
             progress("save", 0.0, f"writing {output}")
-            if dicom is None or dicom.nifti is not None:
-                nifti = output if dicom is None else dicom.nifti
+            if nifti is not None:
                 if ml:
                     write_multilabel(writer, result.labelmap, nifti)
                 else:
@@ -191,8 +194,8 @@ def write_result(request, result, reference, progress, extra_masks=None, dicom=N
             _preview(writer, result, out_dir / f"preview_{request.task}.png", title, progress)
         if request.save_probabilities and probabilities is not None:
             write_probabilities(writer, probabilities, Path(request.save_probabilities))
-        if output is not None and not request.skip_saving and (dicom is None or dicom.nifti is not None):
-            label_file = sidecar_path(output if dicom is None else dicom.nifti, ml)  # last: it lists what this run wrote
+        if nifti is not None:
+            label_file = sidecar_path(nifti, ml)  # last: it lists what this run wrote
             writer.json(sidecar(request.task, result.class_map, result.model_note, writer.finals() + [label_file]),
                         label_file)
         return writer.commit()
